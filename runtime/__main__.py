@@ -1,0 +1,79 @@
+"""Command line: ``python -m runtime {psi,train,score,run} --config job.json``.
+
+The same program runs as a local subprocess or inside a Kubernetes pod. It exits
+0 on success, 2 on a bad config or bad data (the message names the problem), and
+1 on any other failure; the message is reported to the installation either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+from runtime.config import JobConfig, load_config
+from runtime.errors import ConfigError, DataError, RuntimeJobError
+from runtime.report import Reporter
+
+# Each step's entry point: module with `run(cfg: JobConfig, reporter: Reporter) -> dict`.
+STEP_MODULES = {
+    "psi": "runtime.psi.step",
+    "train": "runtime.train.step",
+    "score": "runtime.train.score",
+}
+
+
+def run_step(step: str, cfg: JobConfig, reporter: Reporter) -> dict:
+    module = importlib.import_module(STEP_MODULES[step])
+    return module.run(cfg, reporter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description="Fedsite runtime (data plane)")
+    parser.add_argument("command", choices=[*STEP_MODULES, "run"], help="what to do; `run` does the config's steps in order")
+    parser.add_argument("--config", required=True, help="path of the job's JSON config")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reporter = Reporter(cfg.report)
+    steps = list(cfg.steps) if args.command == "run" else [args.command]
+    if not steps:
+        reporter.log("config has no steps to run", "error")
+        reporter.close()
+        return 2
+    code = 0
+    try:
+        for step in steps:
+            reporter.log(f"step {step}: starting as {cfg.role}")
+            result = run_step(step, cfg, reporter)
+            reporter.result(step, result or {})
+            reporter.log(f"step {step}: done")
+    except (ConfigError, DataError) as exc:
+        reporter.log(f"error: {exc}", "error")
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except RuntimeJobError as exc:
+        reporter.log(f"error: {exc}", "error")
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        reporter.log("error: interrupted", "error")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: report, then fail
+        reporter.log(f"error: internal error: {exc.__class__.__name__}: {exc}", "error")
+        traceback.print_exc()
+        code = 1
+    finally:
+        reporter.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
