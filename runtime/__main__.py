@@ -32,7 +32,9 @@ def run_step(step: str, cfg: JobConfig, reporter: Reporter) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="Fedsite runtime (data plane)")
-    parser.add_argument("command", choices=[*STEP_MODULES, "run"], help="what to do; `run` does the config's steps in order")
+    parser.add_argument(
+        "command", choices=[*STEP_MODULES, "run"], help="what to do; `run` does the config's steps in order"
+    )
     parser.add_argument("--config", required=True, help="path of the job's JSON config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,6 +27,7 @@ import urllib.request
 from typing import Any
 
 from runtime.config import ReportConfig
+from runtime.errors import ConfigError
 
 log = logging.getLogger("fedsite.runtime")
 
@@ -35,6 +36,8 @@ class Reporter:
     """Collects job events and ships them to the installation in the background."""
 
     def __init__(self, report: ReportConfig | None, flush_interval_s: float = 0.5) -> None:
+        if report is not None and not report.url.startswith(("http://", "https://")):
+            raise ConfigError(f"report.url: must be an http(s) URL, got {report.url!r}")
         self._report = report
         self._interval = flush_interval_s
         self._buffer: list[dict[str, Any]] = []
@@ -60,8 +63,12 @@ class Reporter:
         if self._report is None:
             self._draw_bar(value, stage)
 
-    def metric(self, name: str, value: float, *, step: int | None = None, epoch: int | None = None, split: str = "train") -> None:
-        self._emit({"type": "metric", "name": name, "value": float(value), "step": step, "epoch": epoch, "split": split})
+    def metric(
+        self, name: str, value: float, *, step: int | None = None, epoch: int | None = None, split: str = "train"
+    ) -> None:
+        self._emit(
+            {"type": "metric", "name": name, "value": float(value), "step": step, "epoch": epoch, "split": split}
+        )
 
     def log(self, line: str, level: str = "info") -> None:
         getattr(log, level if level in ("info", "warning", "error") else "info")(line)
@@ -116,7 +123,7 @@ class Reporter:
         if not batch or self._report is None:
             return
         body = json.dumps({"events": batch}).encode()
-        req = urllib.request.Request(
+        req = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
             self._report.url,
             data=body,
             method="POST",
@@ -124,7 +131,7 @@ class Reporter:
         )
         for attempt in range(3):
             try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
+                with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) only
                     resp.read()
                 return
             except (urllib.error.URLError, OSError) as exc:

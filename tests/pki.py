@@ -18,7 +18,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass
@@ -31,7 +33,9 @@ class Party:
     key_file: Path
 
 
-def make_party(directory: Path, name: str, *, days: int = 30, server_name: str = "fedsite-runtime", expired: bool = False) -> Party:
+def make_party(
+    directory: Path, name: str, *, days: int = 30, server_name: str = "fedsite-runtime", expired: bool = False
+) -> Party:
     """Create a CA and one leaf certificate (server and client use) for `name`."""
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -49,7 +53,11 @@ def make_party(directory: Path, name: str, *, days: int = 30, server_name: str =
         .sign(ca_key, hashes.SHA256())
     )
     key = _key()
-    start, end = (now - dt.timedelta(days=10), now - dt.timedelta(days=1)) if expired else (now - dt.timedelta(days=1), now + dt.timedelta(days=days))
+    start, end = (
+        (now - dt.timedelta(days=10), now - dt.timedelta(days=1))
+        if expired
+        else (now - dt.timedelta(days=1), now + dt.timedelta(days=days))
+    )
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)]))
@@ -60,7 +68,11 @@ def make_party(directory: Path, name: str, *, days: int = 30, server_name: str =
         .not_valid_after(end)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(server_name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName(server_name),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )

@@ -1,0 +1,46 @@
+from rest_framework import serializers
+
+from apps.datasets.choices import Visibility
+from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    granted_to = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = [
+            "id", "name", "description", "uri", "format", "id_column", "label_column", "schema", "row_count",
+            "stats", "checksum", "size_bytes", "visibility", "granted_to", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_granted_to(self, obj: Dataset) -> list[str]:
+        return [str(g.partner_id) for g in obj.grants.all()]
+
+
+class DatasetCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120)
+    uri = serializers.CharField(max_length=1024, help_text="path (or file:// URI) under a configured data root")
+    id_column = serializers.CharField(max_length=120)
+    label_column = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    visibility = serializers.ChoiceField(choices=Visibility.choices, default=Visibility.SCHEMA)
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    partner = serializers.UUIDField(source="partner_id")
+
+    class Meta:
+        model = DatasetGrant
+        fields = ["id", "partner", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class RemoteDatasetSerializer(serializers.ModelSerializer):
+    partner = serializers.UUIDField(source="partner_id", read_only=True)
+
+    class Meta:
+        model = RemoteDataset
+        fields = ["id", "partner", "remote_id", "name", "schema", "row_count", "has_label", "revoked", "updated_at"]
+        read_only_fields = fields

@@ -1,0 +1,50 @@
+from rest_framework import serializers
+
+from apps.jobs.models import Job, JobMetric
+
+
+class JobSerializer(serializers.ModelSerializer):
+    ticket = serializers.UUIDField(source="ticket_id", read_only=True)
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "ticket", "attempt", "role", "status", "stage", "progress", "launcher", "log_tail", "error", "result",
+            "remote_status", "remote_progress", "remote_error", "remote_updated_at", "started_at", "finished_at", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class JobMetricSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobMetric
+        fields = ["side", "name", "split", "step", "epoch", "value", "created_at"]
+
+
+class CancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RuntimeEventSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["progress", "metric", "log", "result"])
+    value = serializers.FloatField(required=False)
+    stage = serializers.CharField(required=False, allow_blank=True, max_length=32)
+    name = serializers.CharField(required=False, max_length=64)
+    step = serializers.IntegerField(required=False, allow_null=True)
+    epoch = serializers.IntegerField(required=False, allow_null=True)
+    split = serializers.CharField(required=False, max_length=16)
+    line = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    level = serializers.CharField(required=False)
+    data = serializers.JSONField(required=False)
+    ts = serializers.FloatField(required=False)
+
+    def validate(self, attrs):
+        if attrs["type"] == "metric" and ("name" not in attrs or "value" not in attrs):
+            raise serializers.ValidationError("a metric needs name and value")
+        if attrs["type"] == "progress" and "value" not in attrs:
+            raise serializers.ValidationError("progress needs value")
+        return attrs
+
+
+class RuntimeReportSerializer(serializers.Serializer):
+    events = RuntimeEventSerializer(many=True)

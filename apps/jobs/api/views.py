@@ -1,0 +1,65 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView
+
+from apps.core.api import TenantViewSet
+from apps.jobs.api.serializers import CancelSerializer, JobMetricSerializer, JobSerializer, RuntimeReportSerializer
+from apps.jobs.models import Job
+from apps.jobs.services import apply_report, cancel_job, job_for_token
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """Runs of tickets on this side, with the partner's status beside ours."""
+
+    serializer_class = JobSerializer
+    queryset = Job.objects.all()
+    filterset_fields = ["status", "ticket", "role"]
+
+    @extend_schema(request=CancelSerializer, responses=JobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, *args, **kwargs):
+        ser = CancelSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        job = cancel_job(
+            self.get_object(), acting_user=request.user, source=self.source, reason=ser.validated_data["reason"]
+        )
+        return Response(JobSerializer(job).data)
+
+    @extend_schema(responses=JobMetricSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, *args, **kwargs):
+        """Every metric point of the job, both sides (the partner's where it shares them)."""
+        qs = self.get_object().metrics.all()
+        for key in ("name", "split", "side"):
+            if request.query_params.get(key):
+                qs = qs.filter(**{key: request.query_params[key]})
+        return Response(JobMetricSerializer(qs, many=True).data)
+
+
+class RuntimeReportThrottle(SimpleRateThrottle):
+    scope = "runtime-report"
+
+    def get_cache_key(self, request, view):
+        return f"runtime-report:{view.kwargs.get('job_id')}"
+
+
+class RuntimeReportView(APIView):
+    """Where a job's runtime posts progress, metrics and log lines, with its per-job token."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    @extend_schema(request=RuntimeReportSerializer, responses={202: None}, auth=[])
+    def post(self, request, job_id):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+        job = job_for_token(job_id, token) if token else None
+        if job is None:
+            return Response({"detail": "unknown job or bad job token"}, status=status.HTTP_401_UNAUTHORIZED)
+        ser = RuntimeReportSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        applied = apply_report(job, ser.validated_data["events"])
+        return Response({"applied": applied}, status=status.HTTP_202_ACCEPTED)

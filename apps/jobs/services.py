@@ -1,0 +1,242 @@
+"""Jobs: created on approval, moved by launcher and runtime reports, mirrored to the partner."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit.services import record
+from apps.core.errors import ServiceError
+from apps.core.statemachine import transition
+from apps.jobs.choices import ACTIVE, JOB_MACHINE, JobStatus
+from apps.jobs.models import Job, JobMetric
+from apps.peer.outbox import enqueue
+from apps.tickets.choices import TicketStatus
+
+J = JobStatus
+LOG_TAIL_LINES = 200
+# Progress is mirrored to the partner at most this often (in progress units).
+REMOTE_PROGRESS_STEP = 0.05
+
+
+def job_id_for(ticket_id: uuid.UUID | str, attempt: int) -> uuid.UUID:
+    """Both sides derive the same job id from the shared ticket id and attempt number."""
+    return uuid.uuid5(uuid.UUID(str(ticket_id)), f"attempt-{attempt}")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_ticket_run(ticket: Any, *, source: str = "system") -> Job:
+    """Create this side's job for the ticket's next attempt and launch it after commit."""
+    from django.conf import settings
+
+    assert transaction.get_connection().in_atomic_block
+    attempt = (ticket.jobs.order_by("-attempt").values_list("attempt", flat=True).first() or 0) + 1
+    job = Job.objects.create(
+        id=job_id_for(ticket.id, attempt),
+        workspace=ticket.workspace,
+        ticket=ticket,
+        attempt=attempt,
+        role=ticket.role,
+        launcher=settings.FEDSITE_LAUNCHER,
+    )
+    record(ticket.workspace, "job.created", job, source=source, data={"ticket": str(ticket.id), "attempt": attempt})
+    job_id = str(job.id)
+    transaction.on_commit(lambda: _launch(job_id))
+    return job
+
+
+def _launch(job_id: str) -> None:
+    from workers.tasks import launch_job
+
+    launch_job.delay(job_id=job_id)
+
+
+def issue_runtime_token(job: Job) -> str:
+    """A fresh per-job token for the runtime's reports (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    Job.objects.filter(pk=job.pk).update(token_hash=hash_token(token))
+    job.token_hash = hash_token(token)
+    return token
+
+
+def job_for_token(job_id: uuid.UUID | str, token: str) -> Job | None:
+    job = Job.objects.filter(pk=job_id).select_related("ticket", "workspace").first()
+    if job is None or not job.token_hash or not secrets.compare_digest(job.token_hash, hash_token(token)):
+        return None
+    return job
+
+
+def _state_payload(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": str(job.id),
+        "ticket_id": str(job.ticket_id),
+        "attempt": job.attempt,
+        "status": job.status,
+        "stage": job.stage,
+        "progress": job.progress,
+        "error": job.error[:2000],
+    }
+
+
+@transaction.atomic
+def set_job_status(
+    job: Job, status: str, *, error: str = "", source: str = "system", actor: Any = None, notify_partner: bool = True
+) -> Job:
+    """Move the job (and its ticket) and tell the partner."""
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    if job.status == status:
+        return job
+    now = timezone.now()
+    extra: dict[str, Any] = {}
+    if status == J.RUNNING and not job.started_at:
+        extra["started_at"] = now
+    if status in JOB_MACHINE.terminal:
+        extra["finished_at"] = now
+        if status == J.SUCCEEDED:
+            extra["progress"] = 1.0
+    if error:
+        extra["error"] = error[:10_000]
+    before = job.status
+    transition(job, JOB_MACHINE, status, extra=extra)
+    record(job.workspace, f"job.{status}", job, actor=actor, source=source, data={"from": before, "error": error[:500]})
+    _follow_ticket(job, status, error)
+    if notify_partner:
+        enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
+    if status == J.CANCELLED:
+        job_id = str(job.id)
+        transaction.on_commit(lambda: _stop_runtime(job_id))
+    return job
+
+
+def _stop_runtime(job_id: str) -> None:
+    from workers.tasks import stop_job
+
+    stop_job.delay(job_id=job_id)
+
+
+def _follow_ticket(job: Job, status: str, error: str) -> None:
+    from apps.tickets.services import set_run_status
+
+    ticket = job.ticket
+    target = {
+        J.RUNNING: TicketStatus.RUNNING,
+        J.STARTING: TicketStatus.RUNNING,
+        J.SUCCEEDED: TicketStatus.SUCCEEDED,
+        J.FAILED: TicketStatus.FAILED,
+        J.CANCELLED: TicketStatus.CANCELLED,
+    }.get(status)
+    if target and ticket.status != target:
+        from apps.tickets.choices import TICKET_MACHINE
+
+        if TICKET_MACHINE.can(ticket.status, target):
+            set_run_status(ticket, target, comment=error[:500])
+
+
+def cancel_job(job: Job, *, acting_user: Any = None, source: str = "api", reason: str = "") -> Job:
+    if job.status not in ACTIVE:
+        raise ServiceError(f"job is already {job.status}")
+    who = acting_user.get_username() if getattr(acting_user, "is_authenticated", False) else source
+    return set_job_status(job, J.CANCELLED, error=reason or f"cancelled by {who}", source=source, actor=acting_user)
+
+
+@transaction.atomic
+def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
+    """Apply a runtime's batch of progress/metric/log/result events; returns how many."""
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    if job.status not in ACTIVE:
+        return 0
+    old_progress = job.progress
+    lines: list[str] = []
+    metrics: list[JobMetric] = []
+    shared: list[dict[str, Any]] = []
+    for ev in events:
+        kind = ev.get("type")
+        if kind == "progress":
+            job.progress = max(0.0, min(1.0, float(ev.get("value", 0.0))))
+            job.stage = str(ev.get("stage", ""))[:32]
+        elif kind == "metric":
+            m = JobMetric(
+                job=job,
+                name=str(ev["name"])[:64],
+                split=str(ev.get("split") or "train")[:16],
+                step=ev.get("step"),
+                epoch=ev.get("epoch"),
+                value=float(ev["value"]),
+            )
+            metrics.append(m)
+            if m.epoch is not None:
+                shared.append({"name": m.name, "split": m.split, "step": m.step, "epoch": m.epoch, "value": m.value})
+        elif kind == "log":
+            lines.append(str(ev.get("line", ""))[:2000])
+        elif kind == "result":
+            job.result = {**job.result, str(ev.get("stage", "result")): ev.get("data") or {}}
+        else:
+            raise ServiceError(f"unknown event type {kind!r}", field="events")
+    if lines:
+        job.log_tail = "\n".join((job.log_tail.splitlines() + lines)[-LOG_TAIL_LINES:])
+    job.save(update_fields=["progress", "stage", "log_tail", "result", "updated_at"])
+    JobMetric.objects.bulk_create(metrics)
+    if job.status == J.STARTING:
+        set_job_status(job, J.RUNNING, source="runtime")
+    elif abs(job.progress - old_progress) >= REMOTE_PROGRESS_STEP or (
+        shared and job.ticket.params.get("share_metrics", True)
+    ):
+        payload = _state_payload(job)
+        if job.ticket.params.get("share_metrics", True):
+            payload["metrics"] = shared
+        enqueue(job.ticket.partner, "job.progress", payload, ticket_id=job.ticket_id)
+    return len(events)
+
+
+@transaction.atomic
+def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
+    """The partner's side of the job moved: show it here; its failure fails ours too."""
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    job.remote_status = str(payload.get("status", ""))[:16]
+    job.remote_error = str(payload.get("error", ""))[:10_000]
+    progress = payload.get("progress")
+    job.remote_progress = float(progress) if isinstance(progress, int | float) else job.remote_progress
+    job.remote_updated_at = timezone.now()
+    job.save(update_fields=["remote_status", "remote_error", "remote_progress", "remote_updated_at", "updated_at"])
+    metrics = payload.get("metrics") or []
+    JobMetric.objects.bulk_create(
+        [
+            JobMetric(
+                job=job,
+                side=JobMetric.Side.REMOTE,
+                name=str(m["name"])[:64],
+                split=str(m.get("split", "train"))[:16],
+                step=m.get("step"),
+                epoch=m.get("epoch"),
+                value=float(m["value"]),
+            )
+            for m in metrics
+            if isinstance(m, dict) and "name" in m and isinstance(m.get("value"), int | float)
+        ]
+    )
+    if job.status in ACTIVE:
+        if job.remote_status == J.FAILED:
+            set_job_status(
+                job,
+                J.FAILED,
+                error=f"the partner's job failed: {job.remote_error or 'no reason given'}",
+                source="peer",
+                notify_partner=False,
+            )
+        elif job.remote_status == J.CANCELLED:
+            set_job_status(
+                job,
+                J.CANCELLED,
+                error=job.remote_error or "cancelled by the partner",
+                source="peer",
+                notify_partner=False,
+            )
+    return job

@@ -1,0 +1,45 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from apps.core.api import TenantViewSet
+from apps.partners.api.serializers import PartnerPolicySerializer, PartnerSerializer
+from apps.partners.choices import PartnerStatus
+from apps.partners.models import Partner
+from apps.partners.services import set_partner_status, set_policies
+from apps.workspaces.choices import Role
+
+
+class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """Partners of this workspace. Only admins and owners manage them."""
+
+    serializer_class = PartnerSerializer
+    queryset = Partner.objects.all()
+    write_role = Role.ADMIN
+    filterset_fields = ["status"]
+
+    @extend_schema(request=PartnerPolicySerializer, responses=PartnerSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        ser = PartnerPolicySerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        partner = set_policies(
+            self.get_object(), ser.validated_data["policies"], acting_user=request.user, source=self.source
+        )
+        return Response(PartnerSerializer(partner).data)
+
+    @extend_schema(request=None, responses=PartnerSerializer)
+    @action(detail=True, methods=["post"])
+    def suspend(self, request, *args, **kwargs):
+        partner = set_partner_status(
+            self.get_object(), PartnerStatus.SUSPENDED, acting_user=request.user, source=self.source
+        )
+        return Response(PartnerSerializer(partner).data)
+
+    @extend_schema(request=None, responses=PartnerSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, *args, **kwargs):
+        partner = set_partner_status(
+            self.get_object(), PartnerStatus.CONNECTED, acting_user=request.user, source=self.source
+        )
+        return Response(PartnerSerializer(partner).data)

@@ -1,0 +1,17 @@
+from django.contrib import admin
+
+from apps.peer.models import InboxMessage, OutboxMessage
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "partner", "kind", "status", "attempts", "next_attempt_at"]
+    list_filter = ["status", "kind"]
+    readonly_fields = [f.name for f in OutboxMessage._meta.fields]
+
+
+@admin.register(InboxMessage)
+class InboxMessageAdmin(admin.ModelAdmin):
+    list_display = ["received_at", "partner", "kind", "message_id"]
+    list_filter = ["kind"]
+    readonly_fields = [f.name for f in InboxMessage._meta.fields]

@@ -1,0 +1,25 @@
+from rest_framework import serializers
+
+from apps.registry.models import ModelVersion
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    ticket = serializers.UUIDField(source="ticket_id", read_only=True)
+    job = serializers.UUIDField(source="job_id", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "role",
+            "ticket",
+            "job",
+            "artifact_uri",
+            "metrics",
+            "lineage",
+            "stage",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields

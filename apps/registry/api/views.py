@@ -1,0 +1,32 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from apps.core.api import TenantViewSet
+from apps.registry.api.serializers import ModelVersionSerializer
+from apps.registry.choices import Stage
+from apps.registry.models import ModelVersion
+from apps.registry.services import set_stage
+from apps.workspaces.choices import Role
+
+
+class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """This side's halves of trained models. Approvers promote and archive."""
+
+    serializer_class = ModelVersionSerializer
+    queryset = ModelVersion.objects.all()
+    filterset_fields = ["stage", "ticket", "role"]
+    action_roles = {"promote": Role.APPROVER, "archive": Role.APPROVER}
+
+    @extend_schema(request=None, responses=ModelVersionSerializer)
+    @action(detail=True, methods=["post"])
+    def promote(self, request, *args, **kwargs):
+        mv = set_stage(self.get_object(), Stage.PRODUCTION, acting_user=request.user, source=self.source)
+        return Response(ModelVersionSerializer(mv).data)
+
+    @extend_schema(request=None, responses=ModelVersionSerializer)
+    @action(detail=True, methods=["post"])
+    def archive(self, request, *args, **kwargs):
+        mv = set_stage(self.get_object(), Stage.ARCHIVED, acting_user=request.user, source=self.source)
+        return Response(ModelVersionSerializer(mv).data)

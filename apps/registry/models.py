@@ -1,0 +1,29 @@
+import uuid
+
+from django.db import models
+
+from apps.registry.choices import Stage
+from apps.tickets.choices import PartyRole
+
+
+class ModelVersion(models.Model):
+    """This side's half of a trained model; the same id on both installations."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="model_versions")
+    ticket = models.ForeignKey("tickets.Ticket", on_delete=models.PROTECT, related_name="model_versions")
+    job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, related_name="model_versions")
+    name = models.CharField(max_length=200)
+    role = models.CharField(max_length=16, choices=PartyRole.choices)
+    artifact_uri = models.CharField(max_length=1024, help_text="TensorFlow SavedModel directory")
+    metrics = models.JSONField(default=dict, blank=True)
+    lineage = models.JSONField(default=dict, blank=True, help_text="ticket, job, datasets, parameters")
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.CANDIDATE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name

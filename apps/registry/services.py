@@ -1,0 +1,74 @@
+"""Model versions: registration after training, promotion and archiving."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import transaction
+
+from apps.audit.services import record
+from apps.core.statemachine import transition
+from apps.registry.choices import STAGE_MACHINE, Stage
+from apps.registry.models import ModelVersion
+
+
+def model_version_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    """Both sides derive the same model version id from the shared job id."""
+    return uuid.uuid5(uuid.UUID(str(job_id)), "model-version")
+
+
+@transaction.atomic
+def register_model_version(job: Any, *, artifact_uri: str, metrics: dict[str, Any]) -> ModelVersion:
+    ticket = job.ticket
+    mv, created = ModelVersion.objects.get_or_create(
+        id=model_version_id(job.id),
+        defaults={
+            "workspace": job.workspace,
+            "ticket": ticket,
+            "job": job,
+            "name": f"{ticket.name} (attempt {job.attempt})",
+            "role": job.role,
+            "artifact_uri": artifact_uri,
+            "metrics": metrics,
+            "lineage": {
+                "ticket": str(ticket.id),
+                "job": str(job.id),
+                "local_dataset": {
+                    "id": str(ticket.local_dataset_id),
+                    "name": ticket.local_dataset.name if ticket.local_dataset else "",
+                },
+                "remote_dataset": {"id": str(ticket.remote_dataset_id), "name": ticket.remote_dataset_name},
+                "partner": ticket.partner.name,
+                "params": ticket.params,
+            },
+        },
+    )
+    if created:
+        record(job.workspace, "model_version.registered", mv, source="runtime", data={"job": str(job.id)})
+    return mv
+
+
+@transaction.atomic
+def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: str = "api") -> ModelVersion:
+    mv = ModelVersion.objects.select_for_update().get(pk=mv.pk)
+    before = mv.stage
+    if stage == Stage.PRODUCTION:
+        # One production version per ticket lineage: the previous one is archived.
+        for other in (
+            ModelVersion.objects.select_for_update()
+            .filter(workspace=mv.workspace, ticket=mv.ticket, stage=Stage.PRODUCTION)
+            .exclude(pk=mv.pk)
+        ):
+            transition(other, STAGE_MACHINE, Stage.ARCHIVED, field="stage")
+            record(
+                mv.workspace,
+                "model_version.archived",
+                other,
+                actor=acting_user,
+                source=source,
+                data={"replaced_by": str(mv.id)},
+            )
+    transition(mv, STAGE_MACHINE, stage, field="stage")
+    record(mv.workspace, f"model_version.{stage}", mv, actor=acting_user, source=source, data={"from": before})
+    return mv

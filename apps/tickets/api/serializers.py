@@ -1,0 +1,45 @@
+from rest_framework import serializers
+
+from apps.tickets.choices import JobKind
+from apps.tickets.models import Ticket, TicketEvent
+
+
+class TicketEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TicketEvent
+        fields = ["side", "from_status", "to_status", "actor_label", "comment", "created_at"]
+
+
+class TicketSerializer(serializers.ModelSerializer):
+    partner = serializers.UUIDField(source="partner_id", read_only=True)
+    local_dataset = serializers.UUIDField(source="local_dataset_id", read_only=True, allow_null=True)
+    events = TicketEventSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Ticket
+        fields = [
+            "id", "name", "kind", "role", "is_proposer", "partner", "local_dataset", "remote_dataset_id", "remote_dataset_name",
+            "params", "status", "comment", "decision_comment", "expires_at", "created_at", "updated_at", "decided_at", "events",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class TicketCreateSerializer(serializers.Serializer):
+    partner = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=JobKind.choices)
+    local_dataset = serializers.UUIDField(help_text="your dataset")
+    remote_dataset = serializers.UUIDField(help_text="id of a partner dataset shared with you (partner-datasets/)")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    params = serializers.JSONField(required=False, default=dict)
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ApproveSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    dataset = serializers.UUIDField(
+        required=False, allow_null=True, default=None, help_text="bind one of your datasets"
+    )
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="")

@@ -1,0 +1,349 @@
+"""Ticket negotiation: the only code that creates tickets or changes their status.
+
+Every change is one transaction: compare-and-set status update, timeline event,
+audit event and, where the partner must know, an outbox message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from apps.audit.services import record
+from apps.core.errors import Forbidden, ServiceError
+from apps.core.statemachine import transition
+from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
+from apps.partners.choices import PartnerStatus, Policy
+from apps.partners.models import Partner
+from apps.peer.outbox import enqueue
+from apps.tickets.choices import TICKET_MACHINE, JobKind, PartyRole, TicketStatus
+from apps.tickets.models import Ticket, TicketEvent
+from apps.tickets.params import validate_params
+from apps.workspaces.models import Workspace
+
+S = TicketStatus
+
+
+def _label(user: Any, source: str) -> str:
+    return user.get_username() if getattr(user, "is_authenticated", False) else source
+
+
+def _move(
+    ticket: Ticket,
+    target: str,
+    *,
+    actor: Any,
+    source: str,
+    comment: str = "",
+    side: str = "local",
+    extra: dict[str, Any] | None = None,
+) -> None:
+    before = ticket.status
+    transition(ticket, TICKET_MACHINE, target, extra=extra)
+    label = _label(actor, source) if side == "local" else f"{ticket.partner.name} ({source})"
+    TicketEvent.objects.create(
+        ticket=ticket, side=side, from_status=before, to_status=target, actor_label=label, comment=comment
+    )
+    record(
+        ticket.workspace,
+        f"ticket.{target}",
+        ticket,
+        actor=actor,
+        actor_label=label,
+        source=source,
+        data={"from": before, "comment": comment},
+    )
+
+
+def _roles(kind: str, local: Dataset, remote: RemoteDataset) -> str:
+    """Who leads: the side holding labels. Training needs exactly one such side."""
+    if kind == JobKind.PSI:
+        return PartyRole.LEADER
+    if local.label_column and remote.has_label:
+        raise ServiceError(
+            "both datasets have a label column; vertical training needs labels on exactly one side",
+            field="remote_dataset",
+        )
+    if local.label_column:
+        return PartyRole.LEADER
+    if remote.has_label:
+        return PartyRole.FOLLOWER
+    raise ServiceError(
+        "neither dataset has a label column; vertical training needs labels on one side", field="local_dataset"
+    )
+
+
+@transaction.atomic
+def propose_ticket(
+    workspace: Workspace,
+    *,
+    partner: Partner,
+    kind: str,
+    local_dataset: Dataset,
+    remote_dataset: RemoteDataset,
+    name: str = "",
+    params: dict[str, Any] | None = None,
+    comment: str = "",
+    acting_user: Any = None,
+    source: str = "api",
+) -> Ticket:
+    """Propose a joint job to `partner`; its copy appears there as pending."""
+    if kind not in JobKind.values:
+        raise ServiceError(f"unknown job kind {kind!r}", field="kind")
+    if partner.workspace_id != workspace.id:
+        raise ServiceError("unknown partner", field="partner")
+    if partner.status != PartnerStatus.CONNECTED:
+        raise ServiceError(f"partner {partner.name} is {partner.status}, not connected", field="partner")
+    if local_dataset.workspace_id != workspace.id:
+        raise ServiceError("unknown dataset", field="local_dataset")
+    if remote_dataset.partner_id != partner.id or remote_dataset.revoked:
+        raise ServiceError(f"{partner.name} has not granted this dataset to you", field="remote_dataset")
+    validated = validate_params(kind, params)
+    role = _roles(kind, local_dataset, remote_dataset)
+    ticket = Ticket.objects.create(
+        workspace=workspace,
+        partner=partner,
+        name=name or f"{kind}: {local_dataset.name} × {remote_dataset.name}",
+        kind=kind,
+        role=role,
+        is_proposer=True,
+        local_dataset=local_dataset,
+        remote_dataset_id=remote_dataset.remote_id,
+        remote_dataset_name=remote_dataset.name,
+        params=validated,
+        comment=comment,
+        expires_at=timezone.now() + dt.timedelta(hours=settings.FEDSITE_TICKET_TTL_HOURS),
+        created_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
+        status=S.DRAFT,
+    )
+    _move(ticket, S.PROPOSED, actor=acting_user, source=source, comment=comment)
+    enqueue(
+        partner,
+        "ticket.proposed",
+        {
+            "ticket_id": str(ticket.id),
+            "name": ticket.name,
+            "kind": kind,
+            "proposer_role": role,
+            "proposer_dataset": {"id": str(local_dataset.id), "name": local_dataset.name},
+            "receiver_dataset_id": str(remote_dataset.remote_id),
+            "params": validated,
+            "comment": comment,
+            "expires_at": ticket.expires_at.isoformat(),
+            "proposed_by": _label(acting_user, source),
+        },
+        ticket_id=ticket.id,
+    )
+    return ticket
+
+
+@transaction.atomic
+def receive_proposal(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> Ticket:
+    """Apply a partner's `ticket.proposed`: a pending copy, then the partner's policy.
+
+    A proposal naming a dataset we never granted to this partner is refused
+    (the ticket is kept, as rejected, so both sides see why).
+    """
+    try:
+        ticket_id = uuid.UUID(str(payload["ticket_id"]))
+        kind = str(payload["kind"])
+        proposer_role = str(payload["proposer_role"])
+        receiver_dataset_id = uuid.UUID(str(payload["receiver_dataset_id"]))
+        proposer_dataset = payload["proposer_dataset"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ServiceError(f"malformed ticket.proposed: {exc}") from None
+    if kind not in JobKind.values:
+        raise ServiceError(f"unknown job kind {kind!r}")
+    if proposer_role not in PartyRole.values:
+        raise ServiceError(f"unknown role {proposer_role!r}")
+    existing = Ticket.objects.filter(pk=ticket_id).first()
+    if existing is not None:
+        if existing.workspace_id != workspace.id or existing.partner_id != partner.id:
+            raise ServiceError("ticket id already used")
+        return existing
+    dataset = Dataset.objects.filter(pk=receiver_dataset_id, workspace=workspace).first()
+    granted = dataset is not None and DatasetGrant.objects.filter(dataset=dataset, partner=partner).exists()
+    expires = parse_datetime(str(payload.get("expires_at") or "")) or timezone.now() + dt.timedelta(
+        hours=settings.FEDSITE_TICKET_TTL_HOURS
+    )
+    try:
+        params = validate_params(kind, payload.get("params"))
+    except ServiceError as exc:
+        raise ServiceError(f"bad params from partner: {exc.field}: {exc.message}") from None
+    ticket = Ticket.objects.create(
+        id=ticket_id,
+        workspace=workspace,
+        partner=partner,
+        name=str(payload.get("name") or kind)[:200],
+        kind=kind,
+        role=PartyRole.FOLLOWER if proposer_role == PartyRole.LEADER else PartyRole.LEADER,
+        is_proposer=False,
+        local_dataset=dataset if granted else None,
+        remote_dataset_id=uuid.UUID(str(proposer_dataset.get("id")))
+        if isinstance(proposer_dataset, dict) and proposer_dataset.get("id")
+        else None,
+        remote_dataset_name=str(proposer_dataset.get("name", ""))[:120] if isinstance(proposer_dataset, dict) else "",
+        params=params,
+        comment=str(payload.get("comment") or ""),
+        expires_at=expires,
+        status=S.PENDING,
+    )
+    label = f"{partner.name} ({payload.get('proposed_by', 'partner')})"
+    TicketEvent.objects.create(
+        ticket=ticket,
+        side=TicketEvent.Side.REMOTE,
+        from_status="",
+        to_status=S.PROPOSED,
+        actor_label=label,
+        comment=ticket.comment,
+    )
+    record(workspace, "ticket.received", ticket, actor_label=label, source="peer", data={"kind": kind})
+    if not granted:
+        reject_ticket(
+            ticket,
+            reason="the dataset named in this ticket was never granted to you",
+            acting_user=None,
+            source="system",
+            _policy=True,
+        )
+        return ticket
+    policy = partner.policy_for(kind)
+    if policy == Policy.ALWAYS_ALLOW:
+        approve_ticket(ticket, comment=f"approved by policy ({policy})", acting_user=None, source="system")
+    elif policy == Policy.ALWAYS_REFUSE:
+        reject_ticket(ticket, reason=f"refused by policy ({policy})", acting_user=None, source="system", _policy=True)
+    return ticket
+
+
+def _require_receiver(ticket: Ticket, action: str) -> None:
+    if ticket.is_proposer:
+        raise Forbidden(f"only {ticket.partner.name} can {action} this ticket; you proposed it")
+
+
+@transaction.atomic
+def approve_ticket(
+    ticket: Ticket, *, comment: str = "", dataset: Dataset | None = None, acting_user: Any = None, source: str = "api"
+) -> Ticket:
+    """The receiver approves (optionally binding its dataset); both sides then create their job."""
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    _require_receiver(ticket, "approve")
+    if dataset is not None:
+        if dataset.workspace_id != ticket.workspace_id:
+            raise ServiceError("unknown dataset", field="dataset")
+        if not DatasetGrant.objects.filter(dataset=dataset, partner=ticket.partner).exists():
+            raise ServiceError(f"dataset {dataset.name} is not granted to {ticket.partner.name}", field="dataset")
+        ticket.local_dataset = dataset
+        ticket.save(update_fields=["local_dataset"])
+    if ticket.local_dataset is None:
+        raise ServiceError("choose which of your datasets this ticket runs on", field="dataset")
+    _move(
+        ticket,
+        S.APPROVED,
+        actor=acting_user,
+        source=source,
+        comment=comment,
+        extra={"decision_comment": comment, "decided_at": timezone.now()},
+    )
+    enqueue(
+        ticket.partner,
+        "ticket.approved",
+        {
+            "ticket_id": str(ticket.id),
+            "comment": comment,
+            "dataset": {"id": str(ticket.local_dataset.id), "name": ticket.local_dataset.name},
+            "by": _label(acting_user, source),
+        },
+        ticket_id=ticket.id,
+    )
+    from apps.jobs.services import start_ticket_run
+
+    start_ticket_run(ticket, source=source)
+    return ticket
+
+
+@transaction.atomic
+def reject_ticket(
+    ticket: Ticket, *, reason: str, acting_user: Any = None, source: str = "api", _policy: bool = False
+) -> Ticket:
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if not _policy:
+        _require_receiver(ticket, "reject")
+    if not reason.strip():
+        raise ServiceError("say why you reject it", field="reason")
+    _move(
+        ticket,
+        S.REJECTED,
+        actor=acting_user,
+        source=source,
+        comment=reason,
+        extra={"decision_comment": reason, "decided_at": timezone.now()},
+    )
+    enqueue(
+        ticket.partner,
+        "ticket.rejected",
+        {"ticket_id": str(ticket.id), "reason": reason, "by": _label(acting_user, source)},
+        ticket_id=ticket.id,
+    )
+    return ticket
+
+
+@transaction.atomic
+def withdraw_ticket(ticket: Ticket, *, reason: str = "", acting_user: Any = None, source: str = "api") -> Ticket:
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if not ticket.is_proposer:
+        raise Forbidden("only the proposer can withdraw a ticket; reject it instead")
+    _move(ticket, S.WITHDRAWN, actor=acting_user, source=source, comment=reason)
+    enqueue(
+        ticket.partner,
+        "ticket.withdrawn",
+        {"ticket_id": str(ticket.id), "reason": reason, "by": _label(acting_user, source)},
+        ticket_id=ticket.id,
+    )
+    return ticket
+
+
+@transaction.atomic
+def expire_ticket(ticket: Ticket) -> bool:
+    """Expire an undecided ticket past its deadline (each side expires its own copy)."""
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if ticket.status not in (S.PROPOSED, S.PENDING) or not ticket.expires_at or ticket.expires_at > timezone.now():
+        return False
+    _move(ticket, S.EXPIRED, actor=None, source="system", comment="no decision before the deadline")
+    return True
+
+
+@transaction.atomic
+def apply_remote_decision(ticket: Ticket, status: str, payload: dict[str, Any]) -> Ticket:
+    """The partner approved, rejected or withdrew: move our copy to the same state."""
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if ticket.status == status:
+        return ticket
+    comment = str(payload.get("comment") or payload.get("reason") or "")
+    extra: dict[str, Any] = {}
+    if status in (S.APPROVED, S.REJECTED):
+        extra = {"decision_comment": comment, "decided_at": timezone.now()}
+    ds = payload.get("dataset")
+    if isinstance(ds, dict) and ds.get("id"):
+        extra["remote_dataset_id"] = uuid.UUID(str(ds["id"]))
+        extra["remote_dataset_name"] = str(ds.get("name", ""))[:120]
+    _move(ticket, status, actor=None, source="peer", comment=comment, side="remote", extra=extra)
+    if status == S.APPROVED:
+        from apps.jobs.services import start_ticket_run
+
+        start_ticket_run(ticket, source="peer")
+    return ticket
+
+
+@transaction.atomic
+def set_run_status(ticket: Ticket, status: str, *, comment: str = "", source: str = "system") -> None:
+    """Follow the job: approved/failed → running → succeeded | failed | cancelled."""
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if ticket.status == status:
+        return
+    _move(ticket, status, actor=None, source=source, comment=comment)

@@ -1,0 +1,216 @@
+"""Fedsite settings, all from environment variables (see `.env.example`).
+
+With nothing set you get the embedded defaults: SQLite and a filesystem Celery
+broker under `var/`, the local job launcher. `DATABASE_URL=postgres://…` and
+`CELERY_BROKER_URL=redis://…` switch to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from fedsite.env import (
+    database_from_url,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("FEDSITE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+FEDSITE_ENV = env_choice("FEDSITE_ENV", "development", ("development", "production", "test"))
+PRODUCTION = FEDSITE_ENV == "production"
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env_str("SECRET_KEY", "")
+    if key:
+        return key
+    if PRODUCTION:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when FEDSITE_ENV=production")
+    # Development: one random key per installation, kept under var/ so sessions survive restarts.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(64), encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "apps.core",
+    "apps.workspaces",
+    "apps.audit",
+    "apps.partners",
+    "apps.datasets",
+    "apps.tickets",
+    "apps.jobs",
+    "apps.registry",
+    "apps.peer",
+    "apps.dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fedsite.urls"
+WSGI_APPLICATION = "fedsite.wsgi.application"
+ASGI_APPLICATION = "fedsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.dashboard.context.fedsite",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database_from_url(env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), BASE_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from static/ without collectstatic in development and tests.
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", not PRODUCTION)
+
+# --- Security (production turns all of these on; `manage.py check --deploy` is clean) ---
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- REST API ---
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "apps.core.drf.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.core.drf.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"runtime-report": "600/minute"},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fedsite API",
+    "DESCRIPTION": "Federated learning between organisations: partners, datasets, tickets, jobs, model versions.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TicketStatusEnum": "apps.tickets.choices.TicketStatus",
+        "JobStatusEnum": "apps.jobs.choices.JobStatus",
+        "RoleEnum": "apps.workspaces.choices.Role",
+        "PartyRoleEnum": "apps.tickets.choices.PartyRole",
+    },
+}
+
+# --- Celery (workers/) ---
+_broker = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = _broker
+if _broker.startswith("filesystem://"):
+    _queue = VAR_DIR / "broker" / "queue"
+    _processed = VAR_DIR / "broker" / "processed"
+    _queue.mkdir(parents=True, exist_ok=True)
+    _processed.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue),
+        "data_folder_out": str(_queue),
+        "processed_folder": str(_processed),
+        "store_processed": False,
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_S", 0.1),
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "fedsite")
+
+# --- Fedsite ---
+FEDSITE_INSTALLATION_NAME = env_str("FEDSITE_INSTALLATION_NAME", "fedsite")
+FEDSITE_PUBLIC_URL = env_str("FEDSITE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+FEDSITE_DATA_ROOTS = [
+    Path(p).resolve() for p in env_list("FEDSITE_DATA_ROOTS", [str(BASE_DIR / "data"), str(VAR_DIR / "data")])
+]
+FEDSITE_LAUNCHER = env_choice("FEDSITE_LAUNCHER", "local", ("local", "kubernetes"))
+FEDSITE_JOBS_DIR = Path(env_str("FEDSITE_JOBS_DIR", str(VAR_DIR / "jobs"))).resolve()
+FEDSITE_PEER_LISTEN = env_str("FEDSITE_PEER_LISTEN", "127.0.0.1:7443")
+FEDSITE_PEER_ENDPOINT = env_str("FEDSITE_PEER_ENDPOINT", FEDSITE_PEER_LISTEN)
+FEDSITE_RUNTIME_HOST = env_str("FEDSITE_RUNTIME_HOST", "127.0.0.1")
+FEDSITE_RUNTIME_PORTS = env_str("FEDSITE_RUNTIME_PORTS", "17000-17999")
+FEDSITE_TICKET_TTL_HOURS = env_int("FEDSITE_TICKET_TTL_HOURS", 72, minimum=1)
+FEDSITE_INVITATION_TTL_MINUTES = env_int("FEDSITE_INVITATION_TTL_MINUTES", 60, minimum=1)
+FEDSITE_CLOCK_SKEW_S = env_int("FEDSITE_CLOCK_SKEW_S", 300, minimum=1)
+FEDSITE_K8S_NAMESPACE = env_str("FEDSITE_K8S_NAMESPACE", "fedsite-jobs")
+FEDSITE_K8S_IMAGE = env_str("FEDSITE_K8S_IMAGE", "fedsite-runtime:latest")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,1 @@
+"""Celery tasks and worker entry points (the app itself is fedsite.celery)."""
