@@ -32,6 +32,10 @@ class Partner(models.Model):
     last_rtt_ms = models.FloatField(null=True, blank=True)
     cert_expires_at = models.DateTimeField(null=True, blank=True)
     clock_skew_s = models.FloatField(null=True, blank=True)
+    last_error = models.TextField(blank=True, help_text="the last failed call to the partner, if any")
+    delivery_lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="a worker is delivering this partner's outbox until then"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,5 +1,6 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
@@ -47,6 +48,7 @@ class InboxMessage(models.Model):
     ticket_id = models.UUIDField(null=True, blank=True)
     seq = models.BigIntegerField(default=0)
     payload = models.JSONField(default=dict)
+    sent_at_ms = models.BigIntegerField(default=0, help_text="the sender's signed timestamp (replay detection)")
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -54,3 +56,40 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} from {self.partner}"
+
+
+class WorkspaceSigningKey(models.Model):
+    """A workspace's Ed25519 key: it signs every message the workspace sends to partners."""
+
+    workspace = models.OneToOneField(
+        "workspaces.Workspace", primary_key=True, on_delete=models.CASCADE, related_name="signing_key"
+    )
+    private_key = models.TextField(help_text="PKCS#8 PEM; never leaves this installation")
+    public_key = models.CharField(max_length=64, help_text="base64 of the raw 32-byte public key, pinned by partners")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"signing key of {self.workspace_id}"
+
+
+class Invitation(models.Model):
+    """A one-time partnership invitation; only a hash of its secret is stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="invitations")
+    secret_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    partner = models.ForeignKey(
+        "partners.Partner", null=True, blank=True, on_delete=models.SET_NULL, related_name="invitations"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation {self.id} of {self.workspace_id}"
