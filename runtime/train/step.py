@@ -1,0 +1,465 @@
+"""The ``train`` command: one side of vertical split-NN training.
+
+Per training batch ``k`` (rows chosen by a seeded shuffle both sides compute):
+
+1. the follower sends its bottom model's activations ``a_f[k]``;
+2. the leader runs its bottom and top models and the loss, sends back
+   ``dL/da_f[k]`` at once, then applies its own update while the follower works;
+3. the follower applies ``dL/da_f[k]`` to its bottom model and, in the same
+   compiled call, computes ``a_f[k+1]`` with the updated weights.
+
+So the result is exactly that of training the whole network in one place
+(no stale gradients); see docs/training.md for the protocol and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsite_proto.runtime.v1 import train_pb2 as pb
+from runtime.config import JobConfig
+from runtime.errors import ConfigError, DataError, PeerError
+from runtime.report import Reporter
+from runtime.train.data import (
+    Preprocessor,
+    Table,
+    aligned_path,
+    batch_hash,
+    batches,
+    epoch_order,
+    ids_digest,
+    read_table,
+    split_rows,
+)
+from runtime.train.link import PROTOCOL_VERSION, FollowerLink, LeaderLink, from_tensor, to_tensor
+from runtime.train.metrics import binary_metrics
+from runtime.train.params import TrainParams, parse_train_params
+
+STAGE = "train"
+
+
+@dataclass
+class Prepared:
+    table: Table
+    x: np.ndarray
+    y: np.ndarray | None
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    pre: Preprocessor
+    digest: bytes
+
+
+def prepare(cfg: JobConfig, params: TrainParams, reporter: Reporter) -> Prepared:
+    path = aligned_path(cfg, params.data_path)
+    reporter.log(f"train: reading {path}")
+    table = read_table(path, cfg.data.id_column, cfg.data.label_column, need_label=cfg.is_leader)
+    n = len(table.ids)
+    train_idx, val_idx = split_rows(n, params.validation_fraction, params.seed)
+    pre = Preprocessor.fit(table.features, train_idx, params.max_categories)
+    x = pre.transform(table.features)
+    reporter.log(
+        f"train: {n} rows ({len(train_idx)} train, {len(val_idx)} validation), {table.features.shape[1]} columns -> {x.shape[1]} inputs"
+    )
+    return Prepared(table, x, table.labels, train_idx, val_idx, pre, ids_digest(table.ids))
+
+
+def make_hello(
+    cfg: JobConfig,
+    params: TrainParams | None,
+    prep_rows: int,
+    digest: bytes,
+    mode: str,
+    ckpt_epochs: list[int],
+    act_dim: int = 0,
+) -> pb.Hello:
+    return pb.Hello(
+        protocol_version=PROTOCOL_VERSION,
+        job_id=cfg.job_id,
+        role=cfg.role,
+        mode=mode,
+        rows=prep_rows,
+        ids_digest=digest,
+        shared_params=params.shared() if params else "",
+        checkpoint_epochs=ckpt_epochs,
+        activation_dim=act_dim,
+    )
+
+
+def check_hello(mine: pb.Hello, theirs: pb.Hello) -> None:
+    """Both sides run this on the other's hello; a mismatch fails the job on both."""
+    if theirs.protocol_version != PROTOCOL_VERSION:
+        raise PeerError(
+            f"the partner speaks training protocol {theirs.protocol_version}, this runtime {PROTOCOL_VERSION}"
+        )
+    if theirs.role == mine.role:
+        raise ConfigError(f"role: both sides are configured as {mine.role}")
+    if theirs.job_id != mine.job_id:
+        raise ConfigError(f"job_id: this side runs job {mine.job_id}, the partner job {theirs.job_id}")
+    if theirs.mode != mine.mode:
+        raise ConfigError(f"the partner runs '{theirs.mode}' while this side runs '{mine.mode}'")
+    if theirs.rows != mine.rows:
+        raise DataError(
+            f"misaligned data: this side has {mine.rows} rows, the partner {theirs.rows}; align the datasets (PSI) again"
+        )
+    if theirs.ids_digest != mine.ids_digest:
+        raise DataError(
+            "misaligned data: the ids (or their order) differ from the partner's; align the datasets (PSI) again"
+        )
+    if theirs.shared_params != mine.shared_params:
+        a, b = json.loads(mine.shared_params or "{}"), json.loads(theirs.shared_params or "{}")
+        diff = ", ".join(
+            f"{k}: {a.get(k)!r} here, {b.get(k)!r} there" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        )
+        raise ConfigError(f"train: parameters differ between the sides ({diff})")
+
+
+def expect(msg: Any, body: str) -> Any:
+    got = msg.WhichOneof("body")
+    if got != body:
+        raise PeerError(f"protocol error: expected {body} from the partner, got {got}")
+    return getattr(msg, body)
+
+
+def clean(obj: Any) -> Any:
+    """NaN and infinities become null, so result files are strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def export_half(half: Any, prep: Prepared, cfg: JobConfig, params: TrainParams, path: Path) -> None:
+    from runtime.train.nn import write_dir_atomically
+
+    meta = {
+        "format": "fedsite-splitnn/1",
+        "job_id": cfg.job_id,
+        "role": cfg.role,
+        "id_column": cfg.data.id_column,
+        "label_column": cfg.data.label_column if cfg.is_leader else None,
+        "input_dim": half.input_dim,
+        "activation_dim": half.out_dim,
+        "peer_activation_dim": half.peer_dim,
+        "params": {k: v for k, v in asdict(params).items() if k != "extra"},
+    }
+
+    def fill(tmp: Path) -> None:
+        half.export(tmp)
+        (tmp / "preprocess.json").write_text(prep.pre.to_json())
+        (tmp / "fedsite.json").write_text(json.dumps(meta, indent=2))
+
+    write_dir_atomically(path, fill)
+
+
+def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {"epoch_s": None, "samples_per_s": None}
+    epoch_s = float(np.median([h["epoch_s"] for h in history]))
+    rows = history[-1].get("train_rows", 0)
+    return {"epoch_s": epoch_s, "samples_per_s": rows / epoch_s if epoch_s > 0 else None}
+
+
+def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
+    params = parse_train_params(cfg.train)
+    from runtime.train.nn import configure_threads
+
+    configure_threads(params)
+    # A re-run (or a resume) is not finished until it writes a new result.
+    (Path(cfg.output_dir) / "train" / "result.json").unlink(missing_ok=True)
+    prep = prepare(cfg, params, reporter)
+    if cfg.is_leader:
+        return _leader(cfg, params, prep, reporter)
+    return _follower(cfg, params, prep, reporter)
+
+
+# -- leader ----------------------------------------------------------------------
+def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Reporter) -> dict[str, Any]:
+    from runtime.train.nn import Checkpoints, Half
+
+    out = Path(cfg.output_dir) / "train"
+    ckpts = Checkpoints(out / "checkpoint")
+    link = LeaderLink(cfg)
+    reporter.log(f"train: leader listening on {cfg.listen_address}, waiting for the follower")
+    timeout = params.peer_timeout_s
+    try:
+        link.accept(min(params.connect_timeout_s, cfg.timeout_s))
+        theirs = expect(link.recv(timeout, "the follower's hello"), "hello")
+        mine = make_hello(cfg, params, len(prep.table.ids), prep.digest, "train", ckpts.epochs())
+        link.send(pb.LeaderMessage(hello=mine))
+        check_hello(mine, theirs)
+        if theirs.activation_dim <= 0:
+            raise PeerError("the follower announced no activation width")
+        common = set(ckpts.epochs()) & set(theirs.checkpoint_epochs)
+        start = max(common, default=0)
+        link.send(pb.LeaderMessage(welcome=pb.Welcome(start_epoch=start, share_metrics=params.share_metrics)))
+        half = Half("leader", prep.x.shape[1], params, peer_dim=theirs.activation_dim)
+        state: dict[str, Any] = {"epoch": 0, "stopped": False, "best": None, "wait": 0, "history": [], "step": 0}
+        if start:
+            arrays, state = ckpts.load(start)
+            half.load_arrays(arrays)
+            reporter.log(f"train: resuming after epoch {start} from the checkpoints of both sides")
+        x, y = prep.x, prep.y
+        assert y is not None
+        ids = prep.table.ids
+        every = params.check_alignment_every
+        n_train, val_idx = len(prep.train_idx), prep.val_idx
+        val_batches = batches(val_idx, params.batch_size)
+        n_batches = math.ceil(n_train / params.batch_size)
+        total = params.epochs * (n_batches + len(val_batches))
+        step = state["step"]
+        for epoch in range(start, params.epochs):
+            if state["stopped"]:
+                break
+            t0 = time.perf_counter()
+            order = epoch_order(prep.train_idx, params.seed, epoch)
+            preds = np.empty(n_train, np.float32)
+            noise_rng = np.random.default_rng([params.seed, 13, epoch])
+            loss_sum, loss_n, pos = 0.0, 0, 0
+            for b, idx in enumerate(batches(order, params.batch_size)):
+                act = expect(link.recv(timeout, f"activations of epoch {epoch + 1} batch {b}"), "activations")
+                _check_batch(act, epoch, b, "train", ids, idx, every)
+                a_peer = from_tensor(act.value)
+                if a_peer.shape != (len(idx), theirs.activation_dim):
+                    raise PeerError(f"the follower sent activations of shape {a_peer.shape} for a batch of {len(idx)}")
+                g, loss, p, grads = half.leader_step(x[idx], y[idx], a_peer)
+                g = g.numpy()
+                if params.gradient_noise_stddev > 0:
+                    g = g + noise_rng.normal(0.0, params.gradient_noise_stddev, g.shape).astype(np.float32)
+                loss_v = float(loss)
+                link.send(
+                    pb.LeaderMessage(
+                        gradients=pb.Gradients(
+                            epoch=epoch,
+                            batch=b,
+                            value=to_tensor(g),
+                            loss=loss_v if params.share_metrics else float("nan"),
+                        )
+                    )
+                )
+                half.apply(grads)  # overlaps with the follower's backward pass
+                preds[pos : pos + len(idx)] = p.numpy()
+                pos += len(idx)
+                step += 1
+                loss_sum += loss_v
+                loss_n += 1
+                if step % params.log_every_steps == 0:
+                    reporter.metric("loss", loss_sum / loss_n, step=step, epoch=epoch + 1, split="train")
+                    loss_sum, loss_n = 0.0, 0
+                reporter.progress((epoch * (n_batches + len(val_batches)) + b + 1) / total, STAGE)
+            train_s = time.perf_counter() - t0
+            vpreds = np.empty(len(val_idx), np.float32)
+            pos = 0
+            for b, idx in enumerate(val_batches):
+                act = expect(
+                    link.recv(timeout, f"validation activations of epoch {epoch + 1} batch {b}"), "activations"
+                )
+                _check_batch(act, epoch, b, "validation", ids, idx, every)
+                vpreds[pos : pos + len(idx)] = half.predict(x[idx], from_tensor(act.value)).numpy()
+                pos += len(idx)
+            metrics = {
+                "train": binary_metrics(y[order], preds),
+                "validation": binary_metrics(y[val_idx], vpreds) if len(val_idx) else {},
+            }
+            monitor = metrics["validation"].get("loss", metrics["train"]["loss"])
+            if state["best"] is None or monitor < state["best"]:
+                state["best"], state["wait"] = monitor, 0
+            else:
+                state["wait"] += 1
+            stop = bool(params.early_stopping_patience and state["wait"] >= params.early_stopping_patience)
+            epoch_s = time.perf_counter() - t0
+            flat = {f"{split}.{k}": v for split, m in metrics.items() for k, v in m.items()}
+            flat.update({"epoch_s": epoch_s, "train_s": train_s})
+            link.send(
+                pb.LeaderMessage(
+                    epoch_end=pb.EpochEnd(epoch=epoch, stop=stop, metrics=flat if params.share_metrics else {})
+                )
+            )
+            for split, m in metrics.items():
+                for k, v in m.items():
+                    reporter.metric(k, v, step=step, epoch=epoch + 1, split=split)
+            state["history"].append(
+                clean({"epoch": epoch + 1, **metrics, "epoch_s": epoch_s, "train_s": train_s, "train_rows": n_train})
+            )
+            state.update(epoch=epoch + 1, stopped=stop, step=step)
+            ckpts.save(epoch + 1, half.state_arrays(), state)
+            reporter.log(
+                f"train: epoch {epoch + 1}/{params.epochs} {epoch_s:.2f} s, loss {metrics['train']['loss']:.4f}, "
+                f"validation auc {metrics['validation'].get('auc', float('nan')):.4f}{', early stop' if stop else ''}"
+            )
+        model_dir = out / "model"
+        export_half(half, prep, cfg, params, model_dir)
+        expect(link.recv(timeout, "the follower's export"), "done")
+        last = state["history"][-1] if state["history"] else {}
+        result = {
+            "role": "leader",
+            "job_id": cfg.job_id,
+            "metrics": {"train": last.get("train", {}), "validation": last.get("validation", {})},
+            "history": state["history"],
+            "model_dir": str(model_dir),
+            "epochs": state["epoch"],
+            "rows": len(prep.table.ids),
+            "train_rows": n_train,
+            "validation_rows": len(val_idx),
+            "resumed_from": start,
+            "stopped_early": state["stopped"],
+            "share_metrics": params.share_metrics,
+            **summarise(state["history"]),
+        }
+        result = clean(result)
+        from runtime.train.nn import write_file_atomically
+
+        write_file_atomically(out / "result.json", json.dumps(result, indent=2))
+        done_metrics = {
+            f"{s}.{k}": v for s in ("train", "validation") for k, v in result["metrics"][s].items() if v is not None
+        }
+        link.send(
+            pb.LeaderMessage(
+                done=pb.Done(rows=len(prep.table.ids), metrics=done_metrics if params.share_metrics else {})
+            )
+        )
+        reporter.progress(1.0, STAGE)
+        link.close()
+        return result
+    except BaseException as exc:
+        link.fail(exc)
+        raise
+
+
+def _check_batch(
+    act: pb.Activations, epoch: int, b: int, split: str, ids: np.ndarray, idx: np.ndarray, every: int
+) -> None:
+    if act.epoch != epoch or act.batch != b or act.split != split:
+        raise PeerError(
+            f"protocol error: expected {split} batch {b} of epoch {epoch + 1}, the follower sent {act.split} batch {act.batch} of epoch {act.epoch + 1}"
+        )
+    if b % every == 0 and act.ids_hash != batch_hash(ids, idx):
+        raise DataError(
+            f"misaligned data: the ids of {split} batch {b} in epoch {epoch + 1} differ between the sides; align the datasets (PSI) again"
+        )
+
+
+# -- follower --------------------------------------------------------------------
+def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Reporter) -> dict[str, Any]:
+    from runtime.train.nn import Checkpoints, Half, write_file_atomically
+
+    out = Path(cfg.output_dir) / "train"
+    ckpts = Checkpoints(out / "checkpoint")
+    half = Half("follower", prep.x.shape[1], params)
+    reporter.log(f"train: follower connecting to the leader at {cfg.peer_address}")
+    link = FollowerLink(cfg, min(params.connect_timeout_s, cfg.timeout_s))
+    timeout = params.peer_timeout_s
+    try:
+        mine = make_hello(cfg, params, len(prep.table.ids), prep.digest, "train", ckpts.epochs(), act_dim=half.out_dim)
+        link.send(pb.FollowerMessage(hello=mine))
+        theirs = expect(link.recv(timeout, "the leader's hello"), "hello")
+        check_hello(mine, theirs)
+        welcome = expect(link.recv(timeout, "the leader's welcome"), "welcome")
+        start = welcome.start_epoch
+        state: dict[str, Any] = {"epoch": 0, "stopped": False, "history": []}
+        if start:
+            if start not in ckpts.epochs():
+                raise PeerError(f"the leader resumes after epoch {start} but this side has no checkpoint for it")
+            arrays, state = ckpts.load(start)
+            half.load_arrays(arrays)
+            reporter.log(f"train: resuming after epoch {start} from the checkpoints of both sides")
+        x, ids, every = prep.x, prep.table.ids, params.check_alignment_every
+        val_batches = batches(prep.val_idx, params.batch_size)
+        n_train = len(prep.train_idx)
+        n_batches = math.ceil(n_train / params.batch_size)
+        total = params.epochs * (n_batches + len(val_batches))
+        step = 0
+
+        def send_act(epoch: int, b: int, split: str, idx: np.ndarray, a: Any) -> None:
+            h = batch_hash(ids, idx) if b % every == 0 else b""
+            link.send(
+                pb.FollowerMessage(
+                    activations=pb.Activations(
+                        epoch=epoch, batch=b, split=split, value=to_tensor(a.numpy()), ids_hash=h
+                    )
+                )
+            )
+
+        for epoch in range(start, params.epochs):
+            if state["stopped"]:
+                break
+            t0 = time.perf_counter()
+            bl = batches(epoch_order(prep.train_idx, params.seed, epoch), params.batch_size)
+            send_act(epoch, 0, "train", bl[0], half.forward(x[bl[0]]))
+            loss_sum, loss_n = 0.0, 0
+            for b in range(len(bl)):
+                grad = expect(link.recv(timeout, f"gradients of epoch {epoch + 1} batch {b}"), "gradients")
+                if grad.epoch != epoch or grad.batch != b:
+                    raise PeerError(
+                        f"protocol error: expected gradients of batch {b} of epoch {epoch + 1}, got batch {grad.batch} of epoch {grad.epoch + 1}"
+                    )
+                g = from_tensor(grad.value)
+                if b + 1 < len(bl):
+                    nxt = bl[b + 1]
+                    send_act(epoch, b + 1, "train", nxt, half.backward_forward(x[bl[b]], g, x[nxt]))
+                else:
+                    half.backward(x[bl[b]], g)
+                step += 1
+                if params.share_metrics and not math.isnan(grad.loss):
+                    loss_sum += grad.loss
+                    loss_n += 1
+                    if step % params.log_every_steps == 0:
+                        reporter.metric("loss", loss_sum / loss_n, step=step, epoch=epoch + 1, split="train")
+                        loss_sum, loss_n = 0.0, 0
+                reporter.progress((epoch * (n_batches + len(val_batches)) + b + 1) / total, STAGE)
+            for b, idx in enumerate(val_batches):
+                send_act(epoch, b, "validation", idx, half.forward(x[idx]))
+            end = expect(link.recv(timeout, f"the end of epoch {epoch + 1}"), "epoch_end")
+            if end.epoch != epoch:
+                raise PeerError(f"protocol error: the leader ended epoch {end.epoch + 1}, expected {epoch + 1}")
+            epoch_s = time.perf_counter() - t0
+            metrics: dict[str, dict[str, float]] = {"train": {}, "validation": {}}
+            for key, v in end.metrics.items():
+                split, _, name = key.partition(".")
+                if split in metrics and name:
+                    metrics[split][name] = v
+                    reporter.metric(name, v, step=step, epoch=epoch + 1, split=split)
+            state["history"].append(clean({"epoch": epoch + 1, **metrics, "epoch_s": epoch_s, "train_rows": n_train}))
+            state.update(epoch=epoch + 1, stopped=end.stop)
+            ckpts.save(epoch + 1, half.state_arrays(), state)
+            reporter.log(
+                f"train: epoch {epoch + 1}/{params.epochs} {epoch_s:.2f} s{', early stop' if end.stop else ''}"
+            )
+        model_dir = out / "model"
+        export_half(half, prep, cfg, params, model_dir)
+        link.send(pb.FollowerMessage(done=pb.Done(rows=len(ids))))
+        expect(link.recv(timeout, "the leader's export"), "done")
+        last = state["history"][-1] if state["history"] else {}
+        result = clean(
+            {
+                "role": "follower",
+                "job_id": cfg.job_id,
+                "metrics": {"train": last.get("train", {}), "validation": last.get("validation", {})},
+                "history": state["history"],
+                "model_dir": str(model_dir),
+                "epochs": state["epoch"],
+                "rows": len(ids),
+                "train_rows": n_train,
+                "validation_rows": len(prep.val_idx),
+                "resumed_from": start,
+                "stopped_early": state["stopped"],
+                "share_metrics": welcome.share_metrics,
+                **summarise(state["history"]),
+            }
+        )
+        write_file_atomically(out / "result.json", json.dumps(result, indent=2))
+        reporter.progress(1.0, STAGE)
+        link.close()
+        return result
+    except BaseException as exc:
+        link.fail(exc)
+        raise
