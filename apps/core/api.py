@@ -41,6 +41,14 @@ class TenantViewSet(viewsets.GenericViewSet):
             raise exceptions.PermissionDenied(
                 f"your role in {slug} is {membership.role}; this needs {required} or above"
             )
+        # Resolve the object before any body is parsed, so another workspace's id is a 404, never a 400.
+        if (self.lookup_url_kwarg or self.lookup_field) in kwargs:
+            self.get_object()
+
+    def get_object(self):
+        if not hasattr(self, "_object"):
+            self._object = super().get_object()
+        return self._object
 
     def get_queryset(self):
         qs = super().get_queryset()
