@@ -1,0 +1,1 @@
+"""Private set intersection between the two runtimes (see docs/psi.md)."""

@@ -1,0 +1,183 @@
+"""What every PSI engine shares: parameters, the output folder, checkpoints, the intersection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.config import JobConfig
+from runtime.errors import ConfigError, DataError
+from runtime.psi.data import atomic_write_bytes, atomic_write_json
+from runtime.psi.h2c import SUITE_NU, SUITE_RO
+
+PROTOCOLS = ("ecdh", "rsa", "rr22", "kkrt", "auto")
+ENGINES = ("auto", "builtin", "libpsi")
+H2C = {"nu": SUITE_NU, "ro": SUITE_RO}
+
+
+@dataclass(frozen=True)
+class PsiParams:
+    protocol: str = "ecdh"
+    engine: str = "auto"
+    batch_size: int = 8192
+    workers: int = 0  # 0 = compute in this process (tests); default: cpu count
+    rsa_bits: int = 2048
+    rsa_primes: int = 3
+    hash_to_curve: str = "nu"
+
+    @property
+    def suite(self) -> str:
+        if self.protocol == "rsa":
+            return f"rsa-{self.rsa_bits}-{self.rsa_primes}p-fdh-shake256"
+        return H2C[self.hash_to_curve]
+
+
+def parse_params(raw: dict[str, Any]) -> PsiParams:
+    """Validate ``cfg.psi``; ConfigError names the field."""
+    known = {"protocol", "engine", "batch_size", "workers", "rsa_bits", "rsa_primes", "hash_to_curve"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"psi.{key}: unknown parameter (known: {', '.join(sorted(known))})")
+    protocol = raw.get("protocol", "ecdh")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"psi.protocol: must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    engine = raw.get("engine", "auto")
+    if engine not in ENGINES:
+        raise ConfigError(f"psi.engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+
+    def _int(key: str, default: int, lo: int, hi: int) -> int:
+        v = raw.get(key, default)
+        if v is None:
+            v = default
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ConfigError(f"psi.{key}: must be an integer in [{lo}, {hi}], got {v!r}")
+        return v
+
+    h2c = raw.get("hash_to_curve", "nu")
+    if h2c not in H2C:
+        raise ConfigError(f"psi.hash_to_curve: must be 'nu' or 'ro', got {h2c!r}")
+    rsa_bits = _int("rsa_bits", 2048, 1024, 8192)
+    rsa_primes = _int("rsa_primes", 3, 2, 3 if rsa_bits < 4096 else 4)
+    return PsiParams(
+        protocol=protocol,
+        engine=engine,
+        batch_size=_int("batch_size", 8192, 1, 1_000_000),
+        workers=_int("workers", os.cpu_count() or 1, 0, 256),
+        rsa_bits=rsa_bits,
+        rsa_primes=rsa_primes,
+        hash_to_curve=h2c,
+    )
+
+
+class Output:
+    """``{output_dir}/psi/``: aligned.csv and stats.json (written last), checkpoint/ while running."""
+
+    def __init__(self, cfg: JobConfig) -> None:
+        self.root = Path(cfg.output_dir) / "psi"
+        self.aligned = self.root / "aligned.csv"
+        self.stats = self.root / "stats.json"
+        self.ckpt = Checkpoint(self.root / "checkpoint")
+
+    def clear_results(self) -> None:
+        """A new run: remove results of an earlier run so they cannot be mistaken for this one's."""
+        self.stats.unlink(missing_ok=True)
+        self.aligned.unlink(missing_ok=True)
+
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        atomic_write_json(self.stats, stats)
+
+
+class Checkpoint:
+    """Per-batch files written atomically; ``state.json`` ties them to one session and one key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def reset(self, state: dict[str, Any]) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.save(state)
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.root / "state.json", state)
+        os.chmod(self.root / "state.json", 0o600)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _path(self, kind: str, index: int) -> Path:
+        return self.root / kind / f"{index:08d}.bin"
+
+    def has(self, kind: str, index: int) -> bool:
+        return self._path(kind, index).exists()
+
+    def indices(self, kind: str) -> list[int]:
+        d = self.root / kind
+        if not d.is_dir():
+            return []
+        return sorted(int(p.stem) for p in d.glob("*.bin"))
+
+    def write(self, kind: str, index: int, data: bytes) -> None:
+        atomic_write_bytes(self._path(kind, index), data)
+
+    def read(self, kind: str, index: int) -> bytes:
+        return self._path(kind, index).read_bytes()
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def batch_len(n: int, batch_size: int, index: int) -> int:
+    return min(batch_size, n - index * batch_size)
+
+
+def intersect(own: bytes, peer: bytes, width: int) -> tuple[np.ndarray, bytes]:
+    """Rows of `own` whose value is among `peer`'s, ordered by value; and a digest of that order.
+
+    Both sides hold the same final values for the common ids, so ordering by value
+    gives the same row order on both sides without revealing anything more.
+    """
+    dt = np.dtype(f"V{width}")
+    a = np.frombuffer(own, dtype=dt)
+    b = np.frombuffer(peer, dtype=dt)
+
+    # Compare as two big-endian integers (hi, lo): exact, no trailing-zero quirks.
+    def key(x: np.ndarray) -> np.ndarray:
+        raw = np.frombuffer(x.tobytes(), dtype=">u8").reshape(-1, width // 8)
+        return raw
+
+    ka, kb = key(a), key(b)
+    sa = np.lexsort(ka.T[::-1])
+    sb = np.lexsort(kb.T[::-1])
+    ka_s, kb_s = ka[sa], kb[sb]
+    # Merge-join of the two sorted key lists.
+    va = ka_s.view([("f" + str(i), ">u8") for i in range(width // 8)]).ravel()
+    vb = kb_s.view([("f" + str(i), ">u8") for i in range(width // 8)]).ravel()
+    pos = np.searchsorted(vb, va)
+    pos_c = np.minimum(pos, len(vb) - 1) if len(vb) else pos
+    hit = (pos < len(vb)) & (vb[pos_c] == va) if len(vb) else np.zeros(len(va), dtype=bool)
+    rows = sa[hit]  # already in value order
+    digest = hashlib.sha256(np.ascontiguousarray(ka_s[hit]).tobytes()).digest()
+    return rows.astype(np.int64), digest
+
+
+def check_unique_values(values: bytes, width: int, what: str) -> None:
+    """Two different ids with equal final values mean a duplicate id or a broken peer."""
+    a = np.frombuffer(values, dtype=f"V{width}")
+    if len(np.unique(a)) != len(a):
+        raise DataError(f"{what}: two ids have the same PSI value (duplicate id)")

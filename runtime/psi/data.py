@@ -1,0 +1,261 @@
+"""Reading this side's table in batches, checking its ids, writing the aligned output.
+
+CSV is read with the standard library's streaming reader, so every cell comes
+back exactly as written (no type inference rewrites "007" as 7). Parquet is read
+with pyarrow in record batches. Ids are compared as strings: integers as their
+decimal form (so a CSV "42" matches a Parquet int64 42), text as its exact
+Unicode code points (no normalisation, no trimming).
+
+Outputs are written to a temporary file in the same folder and renamed, so a
+killed run never leaves a complete-looking file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import DataError
+
+csv.field_size_limit(1 << 24)
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+def _canonical(value: Any, where: str) -> str:
+    if value is None:
+        raise DataError(f"{where}: empty id")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DataError(f"{where}: id is not a number ({value})")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: id is not valid UTF-8") from None
+    text = str(value)
+    if text == "":
+        raise DataError(f"{where}: empty id")
+    return text
+
+
+class Table:
+    """One side's input table: a CSV or Parquet file with an id column."""
+
+    def __init__(self, path: str, id_column: str) -> None:
+        self.path = Path(path)
+        self.id_column = id_column
+        if not self.path.is_file():
+            raise DataError(f"data.path: no such file {self.path}")
+        self.is_parquet = self.path.suffix.lower() in PARQUET_SUFFIXES
+        self.columns = self._read_columns()
+        if id_column not in self.columns:
+            raise DataError(
+                f"data.id_column: column {id_column!r} is not in {self.path.name} (columns: {', '.join(self.columns) or 'none'})"
+            )
+        self.id_index = self.columns.index(id_column)
+        if self.columns.count(id_column) > 1:
+            raise DataError(f"data.id_column: column {id_column!r} appears more than once in the header")
+
+    def fingerprint(self) -> dict[str, Any]:
+        st = self.path.stat()
+        return {"path": str(self.path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    # -- reading ------------------------------------------------------------
+    def _parquet(self):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise DataError(
+                f"data.path: reading Parquet needs pyarrow, which cannot be imported here ({exc})"
+            ) from None
+        try:
+            return pq.ParquetFile(self.path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+            raise DataError(f"data.path: {self.path.name} is not a readable Parquet file ({exc})") from None
+
+    def _read_columns(self) -> list[str]:
+        if self.is_parquet:
+            return list(self._parquet().schema_arrow.names)
+        try:
+            with self.path.open(newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), None)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"data.path: {self.path.name} line 1 is not valid UTF-8 ({exc.reason})") from None
+        if not header:
+            raise DataError(f"data.path: {self.path.name} is empty (no header line)")
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        return header
+
+    def iter_rows(self, batch_size: int) -> Iterator[list[list[str]]]:
+        """Rows in file order, all cells as strings, in batches."""
+        if self.is_parquet:
+            pf = self._parquet()
+            for rb in pf.iter_batches(batch_size=batch_size):
+                cols = [rb.column(i).to_pylist() for i in range(rb.num_columns)]
+                rows = []
+                for r in zip(*cols, strict=True):
+                    rows.append(
+                        ["" if v is None else (_canonical(v, "cell") if not isinstance(v, str) else v) for v in r]
+                    )
+                yield rows
+            return
+        width = len(self.columns)
+        line = 1
+        try:
+            with self.path.open(newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                next(reader, None)
+                batch: list[list[str]] = []
+                for row in reader:
+                    line = reader.line_num
+                    if len(row) != width:
+                        if not row:
+                            continue
+                        raise DataError(
+                            f"data.path: {self.path.name} line {line}: expected {width} fields, got {len(row)}"
+                        )
+                    batch.append(row)
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+                if batch:
+                    yield batch
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"data.path: {self.path.name} near line {line + 1} is not valid UTF-8 ({exc.reason})"
+            ) from None
+        except csv.Error as exc:
+            raise DataError(f"data.path: {self.path.name} line {line}: {exc}") from None
+
+    def iter_ids(self, batch_size: int) -> Iterator[list[str]]:
+        """Canonical ids in file order, in batches of exactly `batch_size` (the last may be shorter)."""
+        k = self.id_index
+        row_no = 0
+        if self.is_parquet:
+            pf = self._parquet()
+            buf: list[str] = []
+            for rb in pf.iter_batches(batch_size=batch_size, columns=[self.id_column]):
+                for v in rb.column(0).to_pylist():
+                    row_no += 1
+                    buf.append(_canonical(v, f"data.path: {self.path.name} row {row_no}"))
+                while len(buf) >= batch_size:
+                    yield buf[:batch_size]
+                    buf = buf[batch_size:]
+            if buf:
+                yield buf
+            return
+        for rows in self.iter_rows(batch_size):
+            out = []
+            for r in rows:
+                row_no += 1
+                v = r[k]
+                if v == "":
+                    raise DataError(f"data.path: {self.path.name} row {row_no} (line {row_no + 1}): empty id")
+                out.append(v)
+            yield out
+
+
+def check_ids(table: Table, batch_size: int) -> int:
+    """Count the ids; raise DataError on empty input or on a duplicate id (naming it)."""
+    hashes: list[np.ndarray] = []
+    n = 0
+    for ids in table.iter_ids(batch_size):
+        hashes.append(
+            np.fromiter(
+                (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") for i in ids),
+                dtype=np.uint64,
+                count=len(ids),
+            )
+        )
+        n += len(ids)
+    if n == 0:
+        raise DataError(f"data.path: {table.path.name} has no rows")
+    allh = np.concatenate(hashes)
+    del hashes
+    s = np.sort(allh)
+    dup = np.unique(s[1:][s[1:] == s[:-1]])
+    if dup.size:
+        wanted = set(int(x) for x in dup[:1000])
+        seen: dict[str, int] = {}
+        row = 0
+        for ids in table.iter_ids(batch_size):
+            for i in ids:
+                row += 1
+                if int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") in wanted:
+                    if i in seen:
+                        raise DataError(
+                            f"data.id_column: duplicate id {i!r} in {table.path.name} (rows {seen[i]} and {row}); ids must be unique"
+                        )
+                    seen[i] = row
+    return n
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size: int) -> None:
+    """Write the table's rows at positions `rows_in_order` (0-based), in that order, id column first."""
+    wanted = np.sort(rows_in_order)
+    picked: list[list[str]] = []
+    pos = 0
+    j = 0
+    for rows in table.iter_rows(batch_size):
+        end = pos + len(rows)
+        while j < len(wanted) and wanted[j] < end:
+            picked.append(rows[int(wanted[j]) - pos])
+            j += 1
+        pos = end
+        if j >= len(wanted):
+            break
+    if j != len(wanted):
+        raise DataError(f"data.path: {table.path.name} changed while PSI ran (fewer rows than before)")
+    perm = np.searchsorted(wanted, rows_in_order)
+    k = table.id_index
+    order = [k] + [i for i in range(len(table.columns)) if i != k]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow([table.columns[i] for i in order])
+            for p in perm:
+                r = picked[int(p)]
+                w.writerow([r[i] for i in order])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

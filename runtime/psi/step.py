@@ -1,0 +1,30 @@
+"""``python -m runtime psi``: align this side's ids with the partner's.
+
+Contract: ``run(cfg, reporter) -> dict`` with ``engine``, ``protocol``,
+``input_size``, ``peer_input_size``, ``intersection_size`` and ``seconds``;
+``{output_dir}/psi/aligned.csv`` (own columns only, id first, the same row
+order on both sides) and ``{output_dir}/psi/stats.json`` are written atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.config import JobConfig
+from runtime.errors import ConfigError
+from runtime.psi.builtin import run_builtin
+from runtime.psi.common import parse_params
+from runtime.report import Reporter
+
+
+def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
+    params = parse_params(cfg.psi)
+    if params.protocol not in ("ecdh", "rsa") or params.engine == "libpsi":
+        raise ConfigError(
+            f"psi.protocol: {params.protocol!r} with engine {params.engine!r} needs the libpsi engine, which this runtime does not have yet"
+        )
+    stats = run_builtin(cfg, params, reporter)
+    reporter.log(
+        f"psi: {stats['intersection_size']} common ids of {stats['input_size']} here and {stats['peer_input_size']} at the partner ({stats['engine']} engine, {stats['protocol']}, {stats['seconds']}s)"
+    )
+    return stats
