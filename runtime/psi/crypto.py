@@ -225,7 +225,7 @@ def rsa_blind(pub: tuple[int, int], ids: list[str]) -> tuple[bytes, bytes]:
 
 def rsa_unblind(pub: tuple[int, int], sigs: bytes, unblind: bytes) -> bytes:
     """Follower: H2(s * r^-1 mod n) = H2(FDH(id)^d) for each signed value; checks the signature."""
-    n, e = gmpy2.mpz(pub[0]), gmpy2.mpz(pub[1])
+    n = gmpy2.mpz(pub[0])
     k = _nbytes(n)
     if len(sigs) != len(unblind):
         raise CryptoError("peer returned a different number of signatures than were sent")
