@@ -8,7 +8,7 @@ class PartnerSerializer(serializers.ModelSerializer):
         model = Partner
         fields = [
             "id", "name", "status", "remote_installation", "remote_workspace_id", "remote_workspace_slug", "endpoint",
-            "ca_fingerprint", "policies", "last_contact_at", "last_rtt_ms", "cert_expires_at", "clock_skew_s", "created_at",
+            "ca_fingerprint", "policies", "last_contact_at", "last_rtt_ms", "cert_expires_at", "clock_skew_s", "last_error", "created_at",
         ]  # fmt: skip
         read_only_fields = [f for f in fields if f != "policies"]
 
@@ -17,3 +17,14 @@ class PartnerPolicySerializer(serializers.Serializer):
     policies = serializers.DictField(
         child=serializers.CharField(), help_text="job kind → always_allow | manual | always_refuse"
     )
+
+
+class InvitationSerializer(serializers.Serializer):
+    id = serializers.UUIDField(read_only=True)
+    code = serializers.CharField(read_only=True, help_text="give this to the partner's admin; it works once")
+    expires_at = serializers.DateTimeField(read_only=True)
+
+
+class AcceptInvitationSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="the invitation code the partner's admin gave you")
+    name = serializers.CharField(required=False, allow_blank=True, max_length=120, default="")

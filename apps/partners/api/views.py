@@ -4,7 +4,12 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from apps.core.api import TenantViewSet
-from apps.partners.api.serializers import PartnerPolicySerializer, PartnerSerializer
+from apps.partners.api.serializers import (
+    AcceptInvitationSerializer,
+    InvitationSerializer,
+    PartnerPolicySerializer,
+    PartnerSerializer,
+)
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.partners.services import set_partner_status, set_policies
@@ -43,3 +48,29 @@ class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVie
             self.get_object(), PartnerStatus.CONNECTED, acting_user=request.user, source=self.source
         )
         return Response(PartnerSerializer(partner).data)
+
+    @extend_schema(request=None, responses={201: InvitationSerializer})
+    @action(detail=False, methods=["post"])
+    def invitations(self, request, *args, **kwargs):
+        """A one-time invitation code for a partner's admin to accept."""
+        from apps.peer.handshake import create_invitation
+
+        invitation, code = create_invitation(self.workspace, acting_user=request.user, source=self.source)
+        return Response({"id": invitation.id, "code": code, "expires_at": invitation.expires_at}, status=201)
+
+    @extend_schema(request=AcceptInvitationSerializer, responses={201: PartnerSerializer})
+    @action(detail=False, methods=["post"])
+    def accept(self, request, *args, **kwargs):
+        """Accept a partner's invitation: connect to it and pin each other."""
+        from apps.peer.handshake import accept_invitation
+
+        ser = AcceptInvitationSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        partner = accept_invitation(
+            self.workspace,
+            ser.validated_data["code"],
+            name=ser.validated_data["name"],
+            acting_user=request.user,
+            source=self.source,
+        )
+        return Response(PartnerSerializer(partner).data, status=201)

@@ -1,0 +1,192 @@
+"""Delivering the outbox: per partner, in sequence order, exactly once, with backoff.
+
+- One worker at a time delivers a partner's messages: it takes a lease on the
+  partner row with a compare-and-set update (no transaction is held open over
+  the network). Others that find the lease taken return at once; the holder
+  looks again after releasing it, so a message committed meanwhile is not left
+  for the beat.
+- Messages go in `seq` order and delivery stops at the first one that fails,
+  so per-ticket (indeed per-partner) order holds. The failed message gets
+  `next_attempt_at = now + min(cap, base * 2**attempts)` (with jitter); the
+  beat task (`deliver_due_outbox`) re-pushes partners whose head is due.
+- The receiver dedupes on the message id, so a message whose acknowledgement
+  was lost is re-sent and acknowledged as DUPLICATE without being re-applied.
+- A message the receiver refuses as invalid is marked refused and skipped: it
+  would never succeed, and must not block the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import grpc
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.partners.choices import PartnerStatus
+from apps.partners.models import Partner
+from apps.peer import client
+from apps.peer.envelope import HEARTBEAT, build, now_ms
+from apps.peer.models import OutboxMessage, OutboxStatus
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = float(getattr(settings, "FEDSITE_PEER_BACKOFF_MAX_S", 300))
+LEASE_S = 60
+BATCH = 200
+# Answers meaning "this message will never be accepted": stop retrying it.
+REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+# "Already applied": the receiver has it.
+DELIVERED_CODES = {grpc.StatusCode.ALREADY_EXISTS}
+
+
+def backoff_s(attempts: int) -> float:
+    """Delay before attempt `attempts + 1`: 1, 2, 4 … s, capped, with ±10 % jitter."""
+    delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+    return delay * random.uniform(0.9, 1.1)
+
+
+def _acquire(partner_id: Any, token: str) -> bool:
+    now = timezone.now()
+    return (
+        Partner.objects.filter(pk=partner_id)
+        .filter(Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now))
+        .update(delivery_lease_until=now + dt.timedelta(seconds=LEASE_S))
+        == 1
+    )
+
+
+def _renew(partner_id: Any) -> None:
+    Partner.objects.filter(pk=partner_id).update(delivery_lease_until=timezone.now() + dt.timedelta(seconds=LEASE_S))
+
+
+def _release(partner_id: Any) -> None:
+    Partner.objects.filter(pk=partner_id).update(delivery_lease_until=None)
+
+
+def _head_due(partner_id: Any) -> bool:
+    head = (
+        OutboxMessage.objects.filter(partner_id=partner_id, status=OutboxStatus.PENDING)
+        .order_by("seq")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    return head is not None and head <= timezone.now()
+
+
+def deliver_pending(partner_id: str | uuid.UUID) -> int:
+    """Send this partner's due messages in order; returns how many were delivered."""
+    delivered = 0
+    token = uuid.uuid4().hex
+    while True:
+        if not _acquire(partner_id, token):
+            return delivered
+        try:
+            delivered += _drain(partner_id)
+        finally:
+            _release(partner_id)
+        if not _head_due(partner_id):
+            return delivered
+
+
+def _drain(partner_id: Any) -> int:
+    partner = Partner.objects.select_related("workspace").filter(pk=partner_id).first()
+    if partner is None or partner.status != PartnerStatus.CONNECTED or not partner.endpoint:
+        return 0  # a suspended partner's messages wait until it is resumed
+    delivered = 0
+    while True:
+        batch = list(OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING).order_by("seq")[:BATCH])
+        if not batch:
+            return delivered
+        for message in batch:
+            if message.next_attempt_at > timezone.now():
+                return delivered
+            outcome = _send(partner, message)
+            if outcome == "retry":
+                return delivered
+            delivered += outcome == "delivered"
+            _renew(partner.pk)
+
+
+def _send(partner: Partner, message: OutboxMessage) -> str:
+    envelope = build(
+        partner, message.kind, message.payload, message_id=message.id, seq=message.seq, ticket_id=message.ticket_id
+    )
+    now = timezone.now()
+    try:
+        client.deliver(partner, envelope)
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+        error = f"{code.name}: {details}"[:2000]
+        if code in DELIVERED_CODES:
+            _mark(message, OutboxStatus.DELIVERED, error)
+            return "delivered"
+        if code in REFUSED_CODES:
+            log.warning("%s %s refused by %s: %s", message.kind, message.id, partner.name, error)
+            _mark(message, OutboxStatus.REFUSED, error)
+            return "refused"
+        attempts = message.attempts + 1
+        OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
+            attempts=attempts,
+            next_attempt_at=now + dt.timedelta(seconds=backoff_s(attempts)),
+            last_error=error,
+        )
+        Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
+        log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
+        return "retry"
+    _mark(message, OutboxStatus.DELIVERED, "")
+    Partner.objects.filter(pk=partner.pk).update(last_contact_at=now, last_error="")
+    return "delivered"
+
+
+def _mark(message: OutboxMessage, status: str, error: str) -> None:
+    OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
+        status=status, attempts=message.attempts + 1, last_error=error, delivered_at=timezone.now()
+    )
+
+
+# --- heartbeat ---------------------------------------------------------------------------
+
+
+def heartbeat(partner: Partner, *, timeout: float = 5.0) -> dict[str, Any]:
+    """Ping one partner; record last contact, round-trip time, its certificate expiry and clock skew."""
+    envelope = build(partner, HEARTBEAT, {"installation": settings.FEDSITE_INSTALLATION_NAME})
+    start, sent_ms = time.monotonic(), now_ms()
+    try:
+        ack = client.deliver(partner, envelope, timeout=timeout)
+    except grpc.RpcError as exc:
+        error = f"{exc.code().name}: {exc.details() or ''}"[:2000]
+        Partner.objects.filter(pk=partner.pk).update(last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} UTC {error}")
+        return {"ok": False, "error": error}
+    rtt_ms = (time.monotonic() - start) * 1000
+    # The partner stamped its clock about half-way through the round trip.
+    skew_s = (ack.server_time_ms - (sent_ms + rtt_ms / 2)) / 1000
+    expires = dt.datetime.fromisoformat(ack.cert_not_after) if ack.cert_not_after else None
+    Partner.objects.filter(pk=partner.pk).update(
+        last_contact_at=timezone.now(),
+        last_rtt_ms=round(rtt_ms, 2),
+        clock_skew_s=round(skew_s, 3),
+        cert_expires_at=expires,
+        last_error="",
+    )
+    return {"ok": True, "rtt_ms": rtt_ms, "clock_skew_s": skew_s, "cert_expires_at": expires}
+
+
+def heartbeat_all() -> int:
+    """Beat: heartbeat every connected partner; returns how many answered."""
+    ok = 0
+    for partner in (
+        Partner.objects.select_related("workspace").filter(status=PartnerStatus.CONNECTED).exclude(endpoint="")
+    ):
+        try:
+            ok += heartbeat(partner)["ok"]
+        except Exception:  # noqa: BLE001 - one broken partner must not stop the others' heartbeats
+            log.exception("heartbeat to %s failed", partner.name)
+    return ok
