@@ -16,7 +16,7 @@ from apps.core.statemachine import transition
 from apps.jobs.choices import ACTIVE, JOB_MACHINE, JobStatus
 from apps.jobs.models import Job, JobMetric
 from apps.peer.outbox import enqueue
-from apps.tickets.choices import TicketStatus
+from apps.tickets.choices import PartyRole, TicketStatus
 
 J = JobStatus
 LOG_TAIL_LINES = 200
@@ -33,12 +33,19 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_ticket_run(ticket: Any, *, source: str = "system") -> Job:
-    """Create this side's job for the ticket's next attempt and launch it after commit."""
+def start_ticket_run(ticket: Any, *, source: str = "system", attempt: int | None = None) -> Job:
+    """Create this side's job for the ticket's next attempt (or the given one) and launch it after commit.
+
+    Idempotent per attempt: if this attempt's job exists, it is returned unchanged.
+    """
     from django.conf import settings
 
     assert transaction.get_connection().in_atomic_block
-    attempt = (ticket.jobs.order_by("-attempt").values_list("attempt", flat=True).first() or 0) + 1
+    if attempt is None:
+        attempt = (ticket.jobs.order_by("-attempt").values_list("attempt", flat=True).first() or 0) + 1
+    existing = Job.objects.filter(ticket=ticket, attempt=attempt).first()
+    if existing is not None:
+        return existing
     job = Job.objects.create(
         id=job_id_for(ticket.id, attempt),
         workspace=ticket.workspace,
@@ -83,6 +90,8 @@ def _state_payload(job: Job) -> dict[str, Any]:
         "stage": job.stage,
         "progress": job.progress,
         "error": job.error[:2000],
+        # The leader's runtime address: the follower launches once it knows it.
+        "runtime_address": job.runtime_address if job.role == PartyRole.LEADER else "",
     }
 
 
@@ -110,7 +119,8 @@ def set_job_status(
     _follow_ticket(job, status, error)
     if notify_partner:
         enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
-    if status == J.CANCELLED:
+    if status in (J.CANCELLED, J.FAILED) and job.handle and job.handle.get("state") not in ("launching", "not-started"):
+        # A cancel, or a failure decided here or by the partner: the runtime may still run.
         job_id = str(job.id)
         transaction.on_commit(lambda: _stop_runtime(job_id))
     return job
@@ -205,7 +215,18 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
     progress = payload.get("progress")
     job.remote_progress = float(progress) if isinstance(progress, int | float) else job.remote_progress
     job.remote_updated_at = timezone.now()
-    job.save(update_fields=["remote_status", "remote_error", "remote_progress", "remote_updated_at", "updated_at"])
+    fields = ["remote_status", "remote_error", "remote_progress", "remote_updated_at", "updated_at"]
+    address = str(payload.get("runtime_address") or "")[:255]
+    learned = False
+    if address and job.role == PartyRole.FOLLOWER and job.runtime_address != address:
+        if _valid_address(address):
+            learned = not job.runtime_address
+            job.runtime_address = address
+            fields.append("runtime_address")
+    job.save(update_fields=fields)
+    if learned and job.status == J.PENDING and not job.handle:
+        job_id = str(job.id)
+        transaction.on_commit(lambda: _launch(job_id))
     metrics = payload.get("metrics") or []
     JobMetric.objects.bulk_create(
         [
@@ -239,4 +260,95 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 source="peer",
                 notify_partner=False,
             )
+    return job
+
+
+def _valid_address(address: str) -> bool:
+    """host:port with a sane port (the partner's word; the runtime's mTLS still pins its CA)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536 and " " not in host)
+
+
+RETRYABLE = (J.FAILED, J.CANCELLED)
+
+
+def _retry_payload(job: Job, previous: Job, by: str) -> dict[str, Any]:
+    return {
+        "ticket_id": str(job.ticket_id),
+        "job_id": str(job.id),
+        "attempt": job.attempt,
+        "previous_job_id": str(previous.id),
+        "by": by,
+    }
+
+
+@transaction.atomic
+def retry_job(job: Job, *, acting_user: Any = None, source: str = "api") -> Job:
+    """Run a failed or cancelled job's ticket again as the next attempt; the partner follows.
+
+    The partner receives `job.retry` and creates the same attempt (same job UUID)
+    through `apply_remote_retry`.
+    """
+    from apps.partners.choices import PartnerStatus
+    from apps.tickets.models import Ticket
+
+    ticket = Ticket.objects.select_for_update().select_related("partner").get(pk=job.ticket_id)
+    latest = ticket.jobs.order_by("-attempt").first()
+    job = Job.objects.get(pk=job.pk)
+    if latest is not None and latest.pk != job.pk:
+        raise ServiceError(f"attempt {latest.attempt} is newer; retry that one", field="job")
+    if job.status not in RETRYABLE:
+        raise ServiceError(f"only a failed or cancelled job can be retried; this one is {job.status}")
+    if ticket.partner.status != PartnerStatus.CONNECTED:
+        raise ServiceError(f"partner {ticket.partner.name} is {ticket.partner.status}, not connected")
+    who = acting_user.get_username() if getattr(acting_user, "is_authenticated", False) else source
+    new = start_ticket_run(ticket, source=source, attempt=job.attempt + 1)
+    record(ticket.workspace, "job.retried", new, actor=acting_user, source=source, data={"previous": str(job.id)})
+    enqueue(ticket.partner, "job.retry", _retry_payload(new, job, who), ticket_id=ticket.id)
+    return new
+
+
+@transaction.atomic
+def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
+    """The partner retried the ticket: create the same attempt here (idempotent).
+
+    Called by the peer service for a `job.retry` message. Refuses (ServiceError)
+    an attempt that does not follow ours, or one while our previous attempt still
+    runs, or a ticket our policy for its kind now refuses.
+    """
+    from apps.partners.choices import Policy
+    from apps.tickets.models import Ticket
+
+    ticket = Ticket.objects.select_for_update().select_related("partner").get(pk=ticket.pk)
+    try:
+        attempt = int(payload["attempt"])
+    except (KeyError, TypeError, ValueError):
+        raise ServiceError("malformed job.retry: attempt", field="attempt") from None
+    job_id = str(payload.get("job_id") or "")
+    expected = job_id_for(ticket.id, attempt)
+    if job_id and job_id != str(expected):
+        raise ServiceError("job.retry: job id does not match the ticket and attempt", field="job_id")
+    existing = Job.objects.filter(ticket=ticket, attempt=attempt).first()
+    if existing is not None:
+        return existing
+    latest = ticket.jobs.order_by("-attempt").first()
+    if latest is None or attempt != latest.attempt + 1:
+        have = latest.attempt if latest else 0
+        raise ServiceError(f"job.retry: attempt {attempt} does not follow ours ({have})", field="attempt")
+    if ticket.partner.policy_for(ticket.kind) == Policy.ALWAYS_REFUSE:
+        raise ServiceError(f"our policy refuses {ticket.kind} jobs from {ticket.partner.name}")
+    if latest.status in ACTIVE:
+        # The partner's run ended before ours heard of it: end ours now (its failure reached us first).
+        set_job_status(
+            latest, J.CANCELLED, error="superseded by the partner's retry", source="peer", notify_partner=False
+        )
+    job = start_ticket_run(ticket, source="peer", attempt=attempt)
+    record(
+        ticket.workspace,
+        "job.retried",
+        job,
+        actor_label=f"{ticket.partner.name} ({payload.get('by', 'partner')})",
+        source="peer",
+        data={"previous": str(latest.id)},
+    )
     return job

@@ -8,7 +8,8 @@ from rest_framework.views import APIView
 from apps.core.api import TenantViewSet
 from apps.jobs.api.serializers import CancelSerializer, JobMetricSerializer, JobSerializer, RuntimeReportSerializer
 from apps.jobs.models import Job
-from apps.jobs.services import apply_report, cancel_job, job_for_token
+from apps.jobs.services import apply_report, cancel_job, job_for_token, retry_job
+from apps.workspaces.choices import Role
 
 
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
@@ -17,6 +18,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
     serializer_class = JobSerializer
     queryset = Job.objects.all()
     filterset_fields = ["status", "ticket", "role"]
+    action_roles = {"retry": Role.APPROVER}
 
     @extend_schema(request=CancelSerializer, responses=JobSerializer)
     @action(detail=True, methods=["post"])
@@ -27,6 +29,13 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
             self.get_object(), acting_user=request.user, source=self.source, reason=ser.validated_data["reason"]
         )
         return Response(JobSerializer(job).data)
+
+    @extend_schema(request=None, responses={201: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, *args, **kwargs):
+        """Run a failed or cancelled job's ticket again as a new attempt; the partner runs the same attempt."""
+        job = retry_job(self.get_object(), acting_user=request.user, source=self.source)
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=JobMetricSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -1,0 +1,316 @@
+"""Launching, stopping and reconciling job runtimes (the Celery tasks' bodies).
+
+    launch(job_id)   pending job → runtime started → STARTING (the leader also
+                     picks its runtime port and tells the partner the address);
+                     a follower waits, still pending, until it knows that address.
+    stop(job_id)     a cancelled or failed job's runtime is stopped.
+    reconcile()      beat: finished, vanished or never-launched runtimes are
+                     judged from the backend (exit code, Job status) and the job
+                     moves to succeeded or failed, with the log's last error line.
+
+Every entry point re-reads the job and is idempotent: a second launch of the
+same job does nothing, a stop of a stopped runtime does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.errors import IllegalTransition, ServiceError
+from apps.jobs.choices import ACTIVE, JobStatus
+from apps.jobs.launchers.base import FAILED, SUCCEEDED, Launcher, LaunchError, RuntimeSpec, RuntimeState
+from apps.jobs.models import Job
+from apps.tickets.choices import JobKind, PartyRole
+
+log = logging.getLogger(__name__)
+J = JobStatus
+
+STEPS_BY_KIND: dict[str, list[str]] = {
+    JobKind.PSI: ["psi"],
+    JobKind.PSI_VERTICAL_NN: ["psi", "train"],
+    JobKind.VERTICAL_NN: ["train"],
+}
+
+# A claim ("launching") older than this without a handle means the worker died mid-launch.
+LAUNCH_STALE_S = 300
+# A pending job whose launch task never ran (lost message) is re-enqueued after this.
+RELAUNCH_AFTER_S = 60
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def get_launcher(name: str | None = None) -> Launcher:
+    """The backend by name (`local` or `kubernetes`); default from FEDSITE_LAUNCHER."""
+    name = name or settings.FEDSITE_LAUNCHER
+    if name == "local":
+        from apps.jobs.launchers.local import LocalLauncher
+
+        return LocalLauncher()
+    if name == "kubernetes":
+        from apps.jobs.launchers.kubernetes import KubernetesLauncher
+
+        return KubernetesLauncher.from_settings()
+    raise LaunchError(f"unknown launcher {name!r} (local or kubernetes)")
+
+
+# -- configuration -------------------------------------------------------------
+
+
+def port_range() -> range:
+    spec = str(settings.FEDSITE_RUNTIME_PORTS)
+    try:
+        lo, _, hi = spec.partition("-")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise LaunchError(f"FEDSITE_RUNTIME_PORTS={spec!r}: expected a range such as 17000-17999") from None
+    if not (0 < lo_i <= hi_i < 65536):
+        raise LaunchError(f"FEDSITE_RUNTIME_PORTS={spec!r}: not a port range")
+    return range(lo_i, hi_i + 1)
+
+
+def choose_port(launcher: Launcher, job: Job) -> int:
+    """A port of FEDSITE_RUNTIME_PORTS that no other active job holds and the backend can bind."""
+    used: set[int] = set()
+    for handle in Job.objects.filter(status__in=ACTIVE).exclude(pk=job.pk).values_list("handle", flat=True):
+        if isinstance(handle, dict) and isinstance(handle.get("port"), int):
+            used.add(handle["port"])
+    ports = list(port_range())
+    start = random.randrange(len(ports))
+    for port in ports[start:] + ports[:start]:
+        if port in used:
+            continue
+        if getattr(launcher, "port_available", lambda p: True)(port):
+            return port
+    raise LaunchError(f"no free runtime port in FEDSITE_RUNTIME_PORTS={settings.FEDSITE_RUNTIME_PORTS}")
+
+
+def runtime_tls_files(partner: Any) -> dict[str, str] | None:
+    """Our runtime certificate, key and the partner's pinned CA; None only where plaintext is allowed."""
+    try:
+        from apps.peer.identity import runtime_tls_files as tls_files
+    except ImportError:
+        tls_files = None
+    if tls_files is not None:
+        try:
+            return tls_files(partner)
+        except (ValueError, OSError) as exc:
+            if not _setting("FEDSITE_RUNTIME_ALLOW_INSECURE", False):
+                raise LaunchError(f"no TLS material for the runtime: {exc}") from exc
+    if _setting("FEDSITE_RUNTIME_ALLOW_INSECURE", False):
+        return None
+    raise LaunchError("no TLS material for the runtime (the peer identity is not set up)")
+
+
+def report_url(job: Job) -> str:
+    base = (_setting("FEDSITE_RUNTIME_REPORT_URL", "") or settings.FEDSITE_PUBLIC_URL).rstrip("/")
+    return f"{base}/api/v1/runtime/jobs/{job.id}/report"
+
+
+def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
+    """The runtime's config for this side of the job (a fresh per-job report token each launch)."""
+    from apps.jobs.services import issue_runtime_token
+
+    ticket = job.ticket
+    dataset = ticket.local_dataset
+    if dataset is None:
+        raise LaunchError("the ticket names no dataset on this side")
+    steps = STEPS_BY_KIND.get(ticket.kind)
+    if not steps:
+        raise LaunchError(f"no runtime steps for job kind {ticket.kind!r}")
+    tls = runtime_tls_files(ticket.partner)
+    timeout_s = int(_setting("FEDSITE_JOB_TIMEOUT_S", 24 * 3600))
+    leader = job.role == PartyRole.LEADER
+    params = ticket.params or {}
+    config: dict[str, Any] = {
+        "version": 1,
+        "job_id": str(job.id),
+        "role": job.role,
+        "peer_server_name": _setting("FEDSITE_RUNTIME_SERVER_NAME", "fedsite-runtime"),
+        "data": {
+            "path": dataset.uri,
+            "id_column": dataset.id_column,
+            "label_column": (dataset.label_column or None) if leader else None,
+        },
+        "steps": steps,
+        "psi": dict(params.get("psi") or {}),
+        "train": dict(params.get("train") or {}),
+        "report": {"url": report_url(job), "token": issue_runtime_token(job)},
+        "timeout_s": timeout_s,
+    }
+    if leader:
+        assert port is not None
+        config["listen_address"] = launcher.listen_address(port)
+    else:
+        config["peer_address"] = job.runtime_address
+    if tls is None:
+        config["allow_insecure"] = True
+    return RuntimeSpec(
+        job_id=str(job.id),
+        side=job.role,
+        config=config,
+        tls_files=tls,
+        port=port,
+        timeout_s=timeout_s,
+        labels={"workspace": job.workspace.slug, "ticket": str(job.ticket_id)},
+    )
+
+
+# -- launch --------------------------------------------------------------------
+
+
+def launch(job_id: str) -> str:
+    """Start this side's runtime for a pending job. Returns what happened (for logs and tests)."""
+    from apps.jobs.services import set_job_status
+
+    job = Job.objects.select_related("ticket", "ticket__partner", "ticket__local_dataset", "workspace").filter(
+        pk=job_id
+    )
+    job = job.first()
+    if job is None:
+        return "gone"
+    if job.status != J.PENDING or job.handle:
+        return "skipped"
+    leader = job.role == PartyRole.LEADER
+    if not leader and not job.runtime_address:
+        log.info("job %s waits for the leader's runtime address", job_id)
+        return "waiting"
+    try:
+        launcher = get_launcher(job.launcher or None)
+    except LaunchError as exc:
+        set_job_status(job, J.FAILED, error=str(exc), source="launcher")
+        return "failed"
+
+    port: int | None = None
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status != J.PENDING or locked.handle:
+            return "skipped"
+        try:
+            if leader:
+                port = choose_port(launcher, locked)
+                locked.runtime_address = launcher.runtime_host(str(job.id), job.role, port)
+        except LaunchError as exc:
+            port = None
+            claim_error = str(exc)
+        else:
+            claim_error = ""
+        locked.handle = {"backend": launcher.name, "state": "launching", "since": time.time(), "port": port}
+        locked.save(update_fields=["handle", "runtime_address", "updated_at"])
+    job.refresh_from_db()
+    if claim_error:
+        set_job_status(job, J.FAILED, error=f"could not start the runtime: {claim_error}", source="launcher")
+        return "failed"
+
+    try:
+        spec = build_spec(job, launcher, port)
+        handle = launcher.start(spec)
+    except (LaunchError, ServiceError) as exc:
+        Job.objects.filter(pk=job.pk).update(handle={"backend": launcher.name, "state": "not-started", "port": port})
+        set_job_status(job, J.FAILED, error=f"could not start the runtime: {exc}", source="launcher")
+        return "failed"
+    Job.objects.filter(pk=job.pk).update(handle=handle, updated_at=timezone.now())
+    job.handle = handle
+    try:
+        set_job_status(job, J.STARTING, source="launcher")
+    except IllegalTransition:
+        # Cancelled (or failed by the partner) while we were starting it: stop what we started.
+        launcher.stop(handle)
+        return "stopped"
+    return "started"
+
+
+def stop(job_id: str) -> str:
+    """Stop the runtime of a job that is no longer active (idempotent)."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        return "gone"
+    handle = job.handle or {}
+    if handle.get("state") in ("launching", "not-started") or not handle:
+        return "nothing"
+    get_launcher(handle.get("backend") or job.launcher or None).stop(handle)
+    return "stopped"
+
+
+# -- reconcile -----------------------------------------------------------------
+
+
+def _finish(job: Job, state: RuntimeState) -> bool:
+    from apps.jobs.services import set_job_status
+
+    if state.log_tail and not job.log_tail:
+        Job.objects.filter(pk=job.pk).update(log_tail=state.log_tail)
+    try:
+        if state.state == SUCCEEDED:
+            set_job_status(job, J.SUCCEEDED, source="launcher")
+        else:
+            set_job_status(job, J.FAILED, error=state.error or "the runtime failed", source="launcher")
+    except IllegalTransition:
+        return False
+    return True
+
+
+def reconcile_job(job: Job, now: float | None = None) -> str:
+    """Compare one active job with its runtime; move it if the runtime is done or gone."""
+    from apps.jobs.services import set_job_status
+
+    now = now or time.time()
+    handle = job.handle or {}
+    if job.status == J.PENDING:
+        if handle.get("state") == "launching":
+            if now - float(handle.get("since", now)) > LAUNCH_STALE_S:
+                set_job_status(job, J.FAILED, error="the launch was interrupted (worker lost)", source="launcher")
+                return "failed"
+            return "launching"
+        if not handle:
+            waited = (timezone.now() - job.created_at).total_seconds()
+            if job.role == PartyRole.FOLLOWER and not job.runtime_address:
+                limit = float(_setting("FEDSITE_LEADER_WAIT_S", 3600))
+                if waited > limit:
+                    set_job_status(
+                        job,
+                        J.FAILED,
+                        error=f"the partner's runtime did not start within {limit:g} s",
+                        source="launcher",
+                    )
+                    return "failed"
+                return "waiting"
+            if waited > RELAUNCH_AFTER_S:
+                from workers.tasks import launch_job
+
+                launch_job.delay(job_id=str(job.id))
+                return "relaunched"
+        return "pending"
+    if not handle or handle.get("state") in ("launching", "not-started"):
+        return "no-handle"
+    try:
+        launcher = get_launcher(handle.get("backend") or job.launcher or None)
+        state = launcher.poll(handle)
+    except LaunchError as exc:
+        log.warning("cannot look at job %s: %s", job.pk, exc)
+        return "unknown"
+    if not state.finished:
+        return "running"
+    return state.state if _finish(job, state) else "raced"
+
+
+def reconcile() -> int:
+    """Beat: look at every active job of this installation; returns how many moved."""
+    moved = 0
+    for job in Job.objects.filter(status__in=ACTIVE).select_related("ticket", "workspace").order_by("created_at"):
+        try:
+            outcome = reconcile_job(job)
+        except Exception:  # noqa: BLE001 - one broken job must not stop the others
+            log.exception("reconciling job %s", job.pk)
+            continue
+        if outcome in (SUCCEEDED, FAILED, "missing"):
+            moved += 1
+    return moved

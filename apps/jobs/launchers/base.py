@@ -1,0 +1,97 @@
+"""The launcher interface the job service talks to."""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+MISSING = "missing"
+
+# A line of a runtime's log that says what went wrong ("error: tls: required", "ERROR ...").
+_ERROR_LINE = re.compile(r"\berror\b|Traceback|Exception", re.IGNORECASE)
+
+
+class LaunchError(Exception):
+    """The runtime could not be started; the job fails with this message."""
+
+
+@dataclass
+class RuntimeSpec:
+    """Everything a backend needs to start one side's runtime.
+
+    `config` is the runtime config without `tls` and `output_dir`: those depend on
+    where the runtime runs, so the backend fills them in.
+    """
+
+    job_id: str
+    side: str
+    config: dict[str, Any]
+    tls_files: dict[str, str] | None = None
+    port: int | None = None
+    timeout_s: int = 24 * 3600
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeState:
+    """What a backend saw of a runtime: still running, finished (and how), or gone."""
+
+    state: str
+    exit_code: int | None = None
+    error: str = ""
+    log_tail: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state != RUNNING
+
+
+def error_summary(log_tail: str, exit_code: int | None = None) -> str:
+    """The last line of the log that names an error, else a line naming the exit code."""
+    lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line) and not line.startswith("Traceback"):
+            return line[:2000]
+    if exit_code is None:
+        return "the runtime stopped without an exit status"
+    if exit_code < 0:
+        return f"the runtime was killed by signal {-exit_code}"
+    return f"the runtime exited with code {exit_code}"
+
+
+class Launcher(abc.ABC):
+    """Starts, watches and stops one side's runtime. Handles are JSON dicts stored on the job."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def runtime_host(self, job_id: str, side: str, port: int) -> str:
+        """The address (host:port) the partner's runtime dials to reach this leader runtime."""
+
+    def listen_address(self, port: int) -> str:
+        return f"0.0.0.0:{port}"
+
+    @abc.abstractmethod
+    def start(self, spec: RuntimeSpec) -> dict[str, Any]:
+        """Start the runtime; return the handle to store on the job."""
+
+    @abc.abstractmethod
+    def poll(self, handle: dict[str, Any]) -> RuntimeState:
+        """Look at a started runtime."""
+
+    @abc.abstractmethod
+    def stop(self, handle: dict[str, Any]) -> None:
+        """Stop the runtime (and clean up what the backend created); idempotent."""
+
+    @abc.abstractmethod
+    def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
+        """The last lines of the runtime's own output."""
+
+    def used_ports(self) -> set[int]:
+        """Ports in use outside the database's knowledge (e.g. bound by other programs)."""
+        return set()

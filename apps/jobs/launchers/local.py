@@ -1,0 +1,279 @@
+"""Local backend: the runtime as a process group on this machine, logs and exit codes under var/jobs.
+
+Layout per job and side (`side` is this installation's role)::
+
+    <FEDSITE_JOBS_DIR>/<job uuid>/<side>.json   the runtime config (0600: it holds the job token)
+    <FEDSITE_JOBS_DIR>/<job uuid>/<side>.log    stdout + stderr of the runtime
+    <FEDSITE_JOBS_DIR>/<job uuid>/<side>.exit   {"code": …} written by the supervisor when it ends
+    <FEDSITE_JOBS_DIR>/<job uuid>/<side>/       the runtime's output_dir
+
+The process tree is `supervise` (session and group leader, pid in the handle) →
+`python -m runtime run --config <side>.json`. Cancel kills the group; the exit
+file lets a reconciler judge runs that ended while no worker was watching.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from apps.jobs.launchers.base import (
+    FAILED,
+    MISSING,
+    RUNNING,
+    SUCCEEDED,
+    Launcher,
+    LaunchError,
+    RuntimeSpec,
+    RuntimeState,
+    error_summary,
+)
+
+log = logging.getLogger(__name__)
+
+# Environment the runtime inherits: nothing of the web app's secrets (database URL,
+# SECRET_KEY, broker credentials) — only what a Python program needs to run.
+_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE")
+_ENV_PREFIXES = ("FEDSITE_RUNTIME_", "TF_", "OMP_", "CUDA_")
+
+# Popen objects of runtimes this worker started, so finished ones are reaped (no zombies).
+_children: dict[int, subprocess.Popen] = {}
+
+
+def runtime_command() -> list[str]:
+    """argv prefix that runs the runtime CLI (`FEDSITE_RUNTIME_COMMAND` overrides it, e.g. in tests)."""
+    cmd = getattr(settings, "FEDSITE_RUNTIME_COMMAND", None)
+    if not cmd:
+        return [sys.executable, "-m", "runtime"]
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgid, start time in clock ticks) of a process, from /proc; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def is_alive(pid: int, start_ticks: int | None) -> bool:
+    """True while the process `pid` runs and is the one we started (not a reused pid)."""
+    _reap(pid)
+    if Path("/proc/self/stat").exists():
+        st = _proc_stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            return False
+        return start_ticks is None or st[2] == start_ticks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_members(pgid: int, marker: str) -> list[int]:
+    """Pids in process group `pgid` whose command line mentions `marker` (our config path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        st = _proc_stat(int(entry.name))
+        if st is None or st[1] != pgid or st[0] in ("Z", "X"):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def __init__(self, jobs_dir: Path | str | None = None) -> None:
+        self.jobs_dir = Path(jobs_dir or settings.FEDSITE_JOBS_DIR)
+
+    # -- addresses ---------------------------------------------------------
+    def runtime_host(self, job_id: str, side: str, port: int) -> str:
+        return f"{settings.FEDSITE_RUNTIME_HOST}:{port}"
+
+    def bind_host(self) -> str:
+        bind = getattr(settings, "FEDSITE_RUNTIME_BIND", "")
+        if bind:
+            return bind
+        try:
+            ipaddress.ip_address(settings.FEDSITE_RUNTIME_HOST)
+        except ValueError:
+            return "0.0.0.0"
+        return settings.FEDSITE_RUNTIME_HOST
+
+    def listen_address(self, port: int) -> str:
+        return f"{self.bind_host()}:{port}"
+
+    def port_available(self, port: int) -> bool:
+        return port_is_free(self.bind_host(), port)
+
+    # -- lifecycle ---------------------------------------------------------
+    def paths(self, job_id: str, side: str) -> dict[str, Path]:
+        base = self.jobs_dir / job_id
+        return {
+            "dir": base,
+            "config": base / f"{side}.json",
+            "log": base / f"{side}.log",
+            "exit": base / f"{side}.exit",
+            "output": base / side,
+        }
+
+    def start(self, spec: RuntimeSpec) -> dict[str, Any]:
+        p = self.paths(spec.job_id, spec.side)
+        p["output"].mkdir(parents=True, exist_ok=True)
+        p["exit"].unlink(missing_ok=True)
+        config = {**spec.config, "output_dir": str(p["output"]), "tls": spec.tls_files}
+        fd = os.open(p["config"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=2)
+        argv = [
+            sys.executable,
+            "-m",
+            "apps.jobs.launchers.supervise",
+            "--exit-file",
+            str(p["exit"]),
+            "--deadline",
+            str(spec.timeout_s),
+            "--",
+            *runtime_command(),
+            "run",
+            "--config",
+            str(p["config"]),
+        ]
+        base_dir = str(settings.BASE_DIR)
+        env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith(_ENV_PREFIXES)}
+        env["PYTHONPATH"] = os.pathsep.join([base_dir, *filter(None, [os.environ.get("PYTHONPATH")])])
+        env["PYTHONUNBUFFERED"] = "1"
+        with p["log"].open("ab") as logfh:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfh,
+                    stderr=subprocess.STDOUT,
+                    cwd=base_dir,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot start the runtime: {exc}") from exc
+        _children[proc.pid] = proc
+        st = _proc_stat(proc.pid)
+        return {
+            "backend": self.name,
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "start_ticks": st[2] if st else None,
+            "config": str(p["config"]),
+            "log": str(p["log"]),
+            "exit_file": str(p["exit"]),
+            "output_dir": str(p["output"]),
+            "port": spec.port,
+            "started": time.time(),
+        }
+
+    def _read_exit(self, handle: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return json.loads(Path(handle["exit_file"]).read_text())
+        except (FileNotFoundError, KeyError, ValueError):
+            return None
+
+    def poll(self, handle: dict[str, Any]) -> RuntimeState:
+        if not handle.get("pid"):
+            return RuntimeState(MISSING, error="the runtime was never started")
+        done = self._read_exit(handle)
+        if done is None and is_alive(handle["pid"], handle.get("start_ticks")):
+            return RuntimeState(RUNNING)
+        done = done or self._read_exit(handle)
+        tail = self.log_tail(handle)
+        if done is None:
+            line = error_summary(tail, None)
+            return RuntimeState(
+                MISSING,
+                error="the runtime process disappeared without an exit status"
+                + (f" (last error: {line})" if "error" in line.lower() else ""),
+                log_tail=tail,
+            )
+        code = int(done.get("code", 1))
+        if code == 0:
+            return RuntimeState(SUCCEEDED, exit_code=0, log_tail=tail)
+        return RuntimeState(
+            FAILED, exit_code=code, error=done.get("reason") or error_summary(tail, code), log_tail=tail
+        )
+
+    def stop(self, handle: dict[str, Any], grace_s: float | None = None) -> None:
+        pid = handle.get("pid")
+        if not pid:
+            return
+        grace = float(getattr(settings, "FEDSITE_LOCAL_STOP_GRACE_S", 5.0) if grace_s is None else grace_s)
+        pgid = handle.get("pgid", pid)
+        leader_alive = is_alive(pid, handle.get("start_ticks"))
+        if not leader_alive and not _group_members(pgid, handle.get("config", str(pid))):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+            while time.monotonic() < deadline:
+                if not is_alive(pid, handle.get("start_ticks")) and not _group_members(pgid, handle.get("config", "")):
+                    return
+                time.sleep(0.05)
+        log.warning("runtime group %s still has members after SIGKILL", pgid)
+
+    def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
+        return _tail(Path(handle["log"]), lines) if handle.get("log") else ""

@@ -1,0 +1,68 @@
+"""Parent of a local runtime: runs it, enforces a deadline, and records its exit code.
+
+    python -m apps.jobs.launchers.supervise --exit-file F --deadline S -- <runtime argv…>
+
+The local launcher starts this in a new session, so it leads the process group
+that a cancel kills. The exit file survives the worker that started it: a
+reconciler reads it later to tell success from failure, even after a restart.
+No Django here: this module must import nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+DEADLINE_EXIT = 124
+
+
+def _write_exit(path: str, code: int, reason: str = "") -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"code": code, "reason": reason, "finished_at": time.time()}, fh)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="supervise")
+    parser.add_argument("--exit-file", required=True)
+    parser.add_argument("--deadline", type=float, default=0.0, help="seconds; 0 means none")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command")
+    proc = subprocess.Popen(command)
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    reason = ""
+    try:
+        code = proc.wait(timeout=args.deadline or None)
+    except subprocess.TimeoutExpired:
+        reason = f"error: the runtime ran past its deadline of {args.deadline:g} s and was stopped"
+        print(reason, file=sys.stderr, flush=True)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = DEADLINE_EXIT
+    _write_exit(args.exit_file, code, reason)
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""A stand-in for `python -m runtime run --config F` that starts fast and does what the config says.
+
+It parses the config with the real runtime's parser (so every config the
+launcher writes must be valid), then follows `psi.fake`:
+
+    {"sleep": seconds, "exit": code, "message": "error: …", "child": true}
+
+`child` starts a grandchild in the same process group (to prove cancel kills
+the whole group). It writes `<output_dir>/fake.json` with its pid and config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from runtime.config import load_config  # noqa: E402
+from runtime.errors import ConfigError  # noqa: E402
+
+
+def main() -> int:
+    path = sys.argv[sys.argv.index("--config") + 1]
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    fake = cfg.psi.get("fake", {})
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "pgid": os.getpgid(0), "role": cfg.role, "peer_address": cfg.peer_address}
+    info["listen_address"] = cfg.listen_address
+    if fake.get("child"):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        info["child_pid"] = child.pid
+    (out / "fake.json").write_text(json.dumps(info))
+    print(f"fake runtime: {cfg.role} step(s) {','.join(cfg.steps)}", flush=True)
+    time.sleep(float(fake.get("sleep", 0.0)))
+    if fake.get("message"):
+        print(fake["message"], file=sys.stderr, flush=True)
+    code = int(fake.get("exit", 0))
+    print(f"fake runtime: exiting {code}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Jobs through the service layer with the local backend and real subprocesses.
+
+The partner is simulated by the `job.state` / `job.retry` payloads its peer
+service would deliver (both sides of one job share a UUID, so they cannot live
+in one test database).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from apps.jobs import launch as launching
+from apps.jobs.models import Job
+from apps.jobs.services import apply_remote_job_state, cancel_job, set_job_status
+from apps.peer.models import OutboxMessage
+from apps.tickets.choices import PartyRole
+from tests.launcher.conftest import gone, wait_for
+
+pytestmark = [pytest.mark.launcher, pytest.mark.django_db]
+
+
+@pytest.fixture(autouse=True)
+def direct_tasks(monkeypatch, runtime_env):
+    """Run launch/stop right where the service would enqueue them (no broker in these tests)."""
+    monkeypatch.setattr("apps.jobs.services._launch", lambda job_id: launching.launch(job_id))
+    monkeypatch.setattr("apps.jobs.services._stop_runtime", lambda job_id: launching.stop(job_id))
+    monkeypatch.setattr("apps.peer.outbox._push", lambda partner_id: None)
+
+
+def states(job) -> list[dict]:
+    return [m.payload for m in OutboxMessage.objects.filter(ticket_id=job.ticket_id, kind="job.state").order_by("seq")]
+
+
+def reconcile_until(job, status, timeout=20.0) -> Job:
+    def done():
+        launching.reconcile()
+        j = Job.objects.get(pk=job.pk)
+        return j if j.status == status else None
+
+    return wait_for(done, timeout, what=f"job {status}")
+
+
+def runtime_info(job) -> dict:
+    job.refresh_from_db()
+    path = Path(job.handle["output_dir"]) / "fake.json"
+    return json.loads(wait_for(lambda: path.exists() and path.read_text(), what="runtime start"))
+
+
+def test_leader_picks_a_port_tells_the_partner_and_succeeds(side):
+    job = side(PartyRole.LEADER, fake={"sleep": 0.3})
+    assert launching.launch(str(job.id)) == "started"
+    assert launching.launch(str(job.id)) == "skipped"  # idempotent
+    job.refresh_from_db()
+    assert job.status == "starting" and job.handle["pid"]
+    host, _, port = job.runtime_address.partition(":")
+    assert host == "127.0.0.1" and int(port) in range(17000, 18000)
+    sent = states(job)
+    assert sent[-1]["status"] == "starting" and sent[-1]["runtime_address"] == job.runtime_address
+    info = runtime_info(job)
+    assert info["listen_address"] == job.runtime_address
+    config = json.loads(Path(job.handle["config"]).read_text())
+    assert config["report"]["url"].endswith(f"/api/v1/runtime/jobs/{job.id}/report")
+    assert config["data"] == {"path": job.ticket.local_dataset.uri, "id_column": "id", "label_column": "label"}
+    assert config["steps"] == ["psi"]
+    from apps.jobs.services import job_for_token
+
+    assert job_for_token(job.id, config["report"]["token"]) is not None  # a per-job token, not a user's
+    job = reconcile_until(job, "succeeded")
+    assert job.ticket.status == "succeeded" and job.progress == 1.0
+    assert states(job)[-1]["status"] == "succeeded"
+
+
+def test_follower_waits_for_the_leader_address_then_launches(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.FOLLOWER, fake={"sleep": 0.2})
+    assert launching.launch(str(job.id)) == "waiting"
+    job.refresh_from_db()
+    assert job.status == "pending" and not job.handle
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_remote_job_state(job, {"status": "starting", "runtime_address": "127.0.0.1:17123", "progress": 0})
+    job.refresh_from_db()
+    assert job.status == "starting" and job.remote_status == "starting"
+    info = runtime_info(job)
+    assert info["role"] == "follower" and info["peer_address"] == "127.0.0.1:17123"
+    config = json.loads(Path(job.handle["config"]).read_text())
+    assert config["data"]["label_column"] is None and "listen_address" not in config
+    reconcile_until(job, "succeeded")
+
+
+def test_a_bad_address_from_the_partner_is_ignored(side):
+    job = side(PartyRole.FOLLOWER)
+    apply_remote_job_state(job, {"status": "starting", "runtime_address": "no port here"})
+    job.refresh_from_db()
+    assert job.runtime_address == "" and job.status == "pending"
+
+
+def test_failure_summary_reaches_the_partner(side):
+    job = side(PartyRole.LEADER, fake={"exit": 2, "message": "error: data.id_column: 'id' has 3 duplicates"})
+    launching.launch(str(job.id))
+    job = reconcile_until(job, "failed")
+    assert job.error == "error: data.id_column: 'id' has 3 duplicates"
+    assert "duplicates" in job.log_tail
+    last = states(job)[-1]
+    assert last["status"] == "failed" and last["error"] == job.error
+    assert job.ticket.status == "failed"
+
+
+def test_partner_failure_fails_ours_and_stops_our_runtime(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.LEADER, fake={"sleep": 60, "child": True})
+    launching.launch(str(job.id))
+    info = runtime_info(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_remote_job_state(job, {"status": "failed", "error": "error: PSI: peer certificate not trusted"})
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error == "the partner's job failed: error: PSI: peer certificate not trusted"
+    assert job.remote_error == "error: PSI: peer certificate not trusted"
+    assert gone(info["pid"]) and gone(info["child_pid"])
+    # Not echoed back: the partner already knows it failed.
+    assert states(job)[-1]["status"] == "starting"
+
+
+def test_cancel_here_stops_the_runtime_and_tells_the_partner(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.FOLLOWER, fake={"sleep": 60})
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_remote_job_state(job, {"status": "starting", "runtime_address": "127.0.0.1:17124"})
+    info = runtime_info(job)
+    job.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        cancel_job(job, reason="wrong dataset")
+    assert gone(info["pid"])
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.ticket.status == "cancelled"
+    last = states(job)[-1]
+    assert last["status"] == "cancelled" and last["error"] == "wrong dataset"
+    launching.reconcile()  # the killed runtime does not turn the cancel into a failure
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+
+
+def test_partner_cancel_cancels_ours(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.LEADER, fake={"sleep": 60})
+    launching.launch(str(job.id))
+    info = runtime_info(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_remote_job_state(job, {"status": "cancelled", "error": "cancelled by erin"})
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.error == "cancelled by erin"
+    assert gone(info["pid"])
+
+
+def test_cancel_while_launching_stops_what_was_started(side, monkeypatch):
+    job = side(PartyRole.LEADER, fake={"sleep": 60})
+    real_start = launching.get_launcher("local").start.__func__
+
+    def start_then_cancel(self, spec):
+        handle = real_start(self, spec)
+        set_job_status(Job.objects.get(pk=job.pk), "cancelled", error="cancelled by dave")
+        return handle
+
+    monkeypatch.setattr("apps.jobs.launchers.local.LocalLauncher.start", start_then_cancel)
+    assert launching.launch(str(job.id)) == "stopped"
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert gone(job.handle["pid"])
+
+
+def test_worker_killed_mid_job_then_reconciler(side):
+    """The runtime finished while no worker ran; the next reconcile judges it from its exit file."""
+    job = side(PartyRole.LEADER, fake={"sleep": 0.2, "exit": 1, "message": "error: train: loss is NaN"})
+    launching.launch(str(job.id))
+    job.refresh_from_db()
+    from apps.jobs.launchers import local
+
+    local._children.clear()  # a restarted worker has no Popen objects, only the stored handle
+    wait_for(lambda: Path(job.handle["exit_file"]).exists(), what="exit file")
+    assert launching.reconcile() == 1
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error == "error: train: loss is NaN"
+
+
+def test_launch_without_tls_material_fails_clearly(side, settings):
+    settings.FEDSITE_RUNTIME_ALLOW_INSECURE = False
+    job = side(PartyRole.LEADER)
+    assert launching.launch(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.status == "failed" and "TLS material" in job.error
+    assert states(job)[-1]["status"] == "failed"
+
+
+def test_launch_with_the_installation_tls_files(side, settings, tmp_path):
+    from tests.pki import make_party
+
+    settings.FEDSITE_RUNTIME_ALLOW_INSECURE = False
+    settings.VAR_DIR = tmp_path / "var"
+    job = side(PartyRole.LEADER, fake={"sleep": 0})
+    partner = job.ticket.partner
+    partner.ca_pem = make_party(tmp_path / "pki", "beta").ca_file.read_text()
+    partner.save()
+    assert launching.launch(str(job.id)) == "started"
+    config = json.loads(Path(job.__class__.objects.get(pk=job.pk).handle["config"]).read_text())
+    assert set(config["tls"]) == {"cert_file", "key_file", "peer_ca_file"}
+    assert Path(config["tls"]["peer_ca_file"]).read_text() == partner.ca_pem
+    assert "allow_insecure" not in config
+
+
+def test_no_free_port_fails_the_job(side, settings):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings.FEDSITE_RUNTIME_PORTS = f"{port}-{port}"  # the only port is taken
+        job = side(PartyRole.LEADER)
+        assert launching.launch(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert "no free runtime port" in job.error
+
+
+def test_stale_launch_claim_is_failed_by_the_reconciler(side):
+    job = side(PartyRole.LEADER)
+    Job.objects.filter(pk=job.pk).update(handle={"backend": "local", "state": "launching", "since": 0})
+    launching.reconcile()
+    job.refresh_from_db()
+    assert job.status == "failed" and "interrupted" in job.error
