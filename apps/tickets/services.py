@@ -205,19 +205,20 @@ def receive_proposal(workspace: Workspace, partner: Partner, payload: dict[str, 
     )
     record(workspace, "ticket.received", ticket, actor_label=label, source="peer", data={"kind": kind})
     if not granted:
-        reject_ticket(
+        return reject_ticket(
             ticket,
             reason="the dataset named in this ticket was never granted to you",
             acting_user=None,
             source="system",
             _policy=True,
         )
-        return ticket
     policy = partner.policy_for(kind)
     if policy == Policy.ALWAYS_ALLOW:
-        approve_ticket(ticket, comment=f"approved by policy ({policy})", acting_user=None, source="system")
+        return approve_ticket(ticket, comment=f"approved by policy ({policy})", acting_user=None, source="system")
     elif policy == Policy.ALWAYS_REFUSE:
-        reject_ticket(ticket, reason=f"refused by policy ({policy})", acting_user=None, source="system", _policy=True)
+        return reject_ticket(
+            ticket, reason=f"refused by policy ({policy})", acting_user=None, source="system", _policy=True
+        )
     return ticket
 
 

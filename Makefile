@@ -1,0 +1,49 @@
+# Fedsite: `make demo` runs two installations through the main flow; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+ONCE ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint protos protos-check bench bench-quick clean static
+
+$(STAMP): requirements.txt
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP) static ## create .venv and install everything
+
+static: ## vendor front-end libraries (Chart.js, htmx) from npm into static/vendor
+	@if [ -x scripts/vendor_static.sh ]; then scripts/vendor_static.sh; fi
+
+demo: setup ## two installations on loopback through the whole main flow (ONCE=1 exits after the summary)
+	$(PY) scripts/demo.py $(if $(ONCE),--once,)
+
+test: setup ## every test, including peer, launcher, kubernetes, browser and e2e
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (no live servers)
+	$(PY) -m pytest -m "not peer and not launcher and not kubernetes and not browser and not e2e and not runtime" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+protos: setup ## regenerate fedsite_proto/ from protos/
+	scripts/gen_protos.sh
+
+protos-check: setup
+	scripts/gen_protos.sh --check
+
+bench: setup ## every benchmark at full size; tables printed, figures in bench/results/
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+bench-quick: setup
+	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf var test-artifacts
