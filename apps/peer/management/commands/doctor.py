@@ -1,0 +1,81 @@
+"""manage.py doctor: this installation's identity, and every partner's connectivity, certificate and clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.partners.choices import PartnerStatus
+from apps.partners.models import Partner
+from apps.peer.delivery import heartbeat
+from apps.peer.identity import RENEW_BEFORE, ensure_identity
+from apps.peer.models import OutboxMessage, OutboxStatus
+
+
+class Command(BaseCommand):
+    help = "Check the installation certificate and, for every partner, connectivity, certificates and clock skew."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--workspace", help="only this workspace's partners (slug)")
+
+    def _line(self, ok: bool | None, what: str, detail: str) -> None:
+        mark = {True: self.style.SUCCESS("ok  "), False: self.style.ERROR("FAIL"), None: self.style.WARNING("warn")}[ok]
+        self.stdout.write(f"    {mark}  {what:<13} {detail}")
+        if ok is False:
+            self.problems += 1
+
+    def _expiry(self, what: str, expires: dt.datetime | None) -> None:
+        if expires is None:
+            self._line(None, what, "unknown")
+            return
+        left = expires - dt.datetime.now(dt.UTC)
+        detail = f"valid until {expires:%Y-%m-%d %H:%M} UTC ({left.days} days left)"
+        self._line(False if left.total_seconds() <= 0 else None if left < RENEW_BEFORE else True, what, detail)
+
+    def handle(self, *args, **opts):
+        self.problems = 0
+        ident = ensure_identity()
+        self.stdout.write(f"Fedsite doctor: installation {settings.FEDSITE_INSTALLATION_NAME}")
+        self.stdout.write(f"  peer endpoint {settings.FEDSITE_PEER_ENDPOINT} (listen {settings.FEDSITE_PEER_LISTEN})")
+        self.stdout.write(f"  CA fingerprint {ident.ca_fingerprint}")
+        self._expiry("our cert", ident.cert_not_after)
+        partners = Partner.objects.select_related("workspace").order_by("workspace__slug", "name")
+        if opts["workspace"]:
+            partners = partners.filter(workspace__slug=opts["workspace"])
+        if not partners:
+            self.stdout.write("  no partners")
+        allowed = settings.FEDSITE_CLOCK_SKEW_S
+        for partner in partners:
+            self.stdout.write(
+                f"\n  {partner.workspace.slug} → {partner.name} ({partner.remote_installation}/"
+                f"{partner.remote_workspace_slug}) at {partner.endpoint or '?'}: {partner.status}"
+            )
+            pending = OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING)
+            if partner.status != PartnerStatus.CONNECTED:
+                self._line(None, "status", f"{partner.status}; not contacted ({pending.count()} messages waiting)")
+                continue
+            result = heartbeat(partner)
+            if not result["ok"]:
+                self._line(False, "connectivity", result["error"])
+                self._expiry("their cert", partner.cert_expires_at)
+            else:
+                self._line(True, "connectivity", f"round trip {result['rtt_ms']:.1f} ms")
+                self._expiry("their cert", result["cert_expires_at"])
+                skew = result["clock_skew_s"]
+                ok = True if abs(skew) < allowed / 2 else None if abs(skew) < allowed else False
+                self._line(ok, "clock skew", f"{skew:+.3f} s (allowed ±{allowed} s)")
+            oldest = pending.order_by("seq").first()
+            if oldest is None:
+                self._line(True, "outbox", "nothing waiting")
+            else:
+                self._line(
+                    None if oldest.attempts < 5 else False,
+                    "outbox",
+                    f"{pending.count()} waiting; oldest {oldest.kind} tried {oldest.attempts}× "
+                    f"({oldest.last_error[:120] or 'not yet tried'})",
+                )
+        if self.problems:
+            raise CommandError(f"{self.problems} problem(s) found")
+        self.stdout.write(self.style.SUCCESS("\nall checks passed"))
