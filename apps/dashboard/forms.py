@@ -1,0 +1,164 @@
+"""Forms of the dashboard pages. They shape input; the service functions validate it."""
+
+from __future__ import annotations
+
+from django import forms
+
+from apps.datasets.choices import Visibility
+from apps.partners.choices import Policy
+from apps.tickets.choices import JobKind
+from apps.tickets.params import ACTIVATIONS, OPTIMIZERS, PSI_PROTOCOLS, TRAIN_DEFAULTS
+
+
+class InviteForm(forms.Form):
+    name = forms.CharField(
+        max_length=120, label="Partner name", help_text="How this partner appears here, e.g. “Beta Bank”."
+    )
+
+
+class AcceptForm(forms.Form):
+    code = forms.CharField(
+        label="Invitation code",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off"}),
+        help_text="Paste the code the other organisation's admin sent you.",
+    )
+    name = forms.CharField(
+        max_length=120, required=False, label="Partner name", help_text="Optional; defaults to the inviter's name."
+    )
+
+
+class PolicyForm(forms.Form):
+    """One approval policy per job kind."""
+
+    def __init__(self, *args, partner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kind, label in JobKind.choices:
+            self.fields[kind] = forms.ChoiceField(
+                label=label,
+                choices=Policy.choices,
+                initial=partner.policy_for(kind) if partner else Policy.MANUAL,
+            )
+
+
+class DatasetForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="Unique in this workspace, e.g. users_labels.")
+    uri = forms.CharField(
+        max_length=1024,
+        label="File path",
+        help_text="A CSV or Parquet file under one of this installation's data roots.",
+        widget=forms.TextInput(attrs={"list": "data-files", "spellcheck": "false", "autocomplete": "off"}),
+    )
+    id_column = forms.CharField(max_length=120, label="ID column", help_text="Unique per row; used to align users.")
+    label_column = forms.CharField(
+        max_length=120, required=False, label="Label column", help_text="Only on the side that holds the labels."
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    visibility = forms.ChoiceField(
+        choices=Visibility.choices,
+        initial=Visibility.SCHEMA,
+        label="What partners you grant it to may see",
+    )
+
+
+class GrantForm(forms.Form):
+    partner = forms.UUIDField(widget=forms.Select)
+
+    def __init__(self, *args, partners=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["partner"].widget.choices = [(str(p.pk), p.name) for p in partners]
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+def _layers_text(value: list[int]) -> str:
+    return ", ".join(str(v) for v in value)
+
+
+class TicketForm(forms.Form):
+    """A proposal: whom, on which data, what to run, with which parameters."""
+
+    partner = forms.ChoiceField(help_text="Only connected partners can receive proposals.")
+    local_dataset = forms.ChoiceField(label="Your dataset")
+    remote_dataset = forms.ChoiceField(
+        label="The partner's dataset", help_text="Datasets the partner has granted to you."
+    )
+    kind = forms.ChoiceField(label="Job", choices=JobKind.choices, initial=JobKind.PSI_VERTICAL_NN)
+    name = forms.CharField(max_length=200, required=False, help_text="Optional; a name is made from the datasets.")
+    comment = forms.CharField(required=False, label="Note to the partner", widget=forms.Textarea(attrs={"rows": 2}))
+    share_metrics = forms.BooleanField(required=False, initial=True, label="Share training metrics with the partner")
+    psi_protocol = forms.ChoiceField(
+        label="PSI protocol", choices=[(p, p.upper() if p != "auto" else "Automatic") for p in PSI_PROTOCOLS]
+    )
+    train_bottom_layers = forms.CharField(
+        label="Bottom layers", initial=_layers_text(TRAIN_DEFAULTS["bottom_layers"]), help_text="Sizes, comma-separated"
+    )
+    train_top_layers = forms.CharField(
+        label="Top layers", initial=_layers_text(TRAIN_DEFAULTS["top_layers"]), help_text="Leader only"
+    )
+    train_activation = forms.ChoiceField(
+        label="Activation", choices=[(a, a) for a in ACTIVATIONS], initial=TRAIN_DEFAULTS["activation"]
+    )
+    train_optimizer = forms.ChoiceField(
+        label="Optimizer", choices=[(o, o) for o in OPTIMIZERS], initial=TRAIN_DEFAULTS["optimizer"]
+    )
+    train_learning_rate = forms.FloatField(label="Learning rate", initial=TRAIN_DEFAULTS["learning_rate"])
+    train_batch_size = forms.IntegerField(label="Batch size", initial=TRAIN_DEFAULTS["batch_size"])
+    train_epochs = forms.IntegerField(label="Epochs", initial=TRAIN_DEFAULTS["epochs"])
+    train_validation_fraction = forms.FloatField(
+        label="Validation fraction", initial=TRAIN_DEFAULTS["validation_fraction"]
+    )
+    train_early_stopping_patience = forms.IntegerField(
+        label="Early-stopping patience", initial=TRAIN_DEFAULTS["early_stopping_patience"], help_text="Epochs; 0 = off"
+    )
+    train_seed = forms.IntegerField(label="Seed", initial=TRAIN_DEFAULTS["seed"])
+    train_gradient_noise_stddev = forms.FloatField(
+        label="Gradient noise (std dev)", initial=TRAIN_DEFAULTS["gradient_noise_stddev"]
+    )
+
+    TRAIN_FIELDS = [f"train_{k}" for k in TRAIN_DEFAULTS]
+
+    def __init__(self, *args, partners=(), local_datasets=(), remote_datasets=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["partner"].choices = [("", "Choose a partner…")] + [(str(p.pk), p.name) for p in partners]
+        self.fields["local_dataset"].choices = [("", "Choose your dataset…")] + [
+            (str(d.pk), f"{d.name}{' (labels)' if d.label_column else ''}") for d in local_datasets
+        ]
+        self.fields["remote_dataset"].choices = [("", "Choose the partner's dataset…")] + [
+            (str(d.pk), f"{d.partner.name}: {d.name}{' (labels)' if d.has_label else ''}") for d in remote_datasets
+        ]
+        # Let the page's script show only the chosen partner's datasets.
+        self.remote_partner = {str(d.pk): str(d.partner_id) for d in remote_datasets}
+
+    def clean(self):
+        data = super().clean()
+        for key in ("train_bottom_layers", "train_top_layers"):
+            raw = data.get(key)
+            if raw is None:
+                continue
+            try:
+                data[key] = [int(part) for part in raw.replace(" ", "").split(",") if part]
+            except ValueError:
+                self.add_error(key, "Enter whole numbers separated by commas, e.g. 64, 32.")
+        return data
+
+    def params(self) -> dict:
+        """The ticket's params in the shape apps.tickets.params validates."""
+        d = self.cleaned_data
+        return {
+            "share_metrics": bool(d.get("share_metrics")),
+            "psi": {"protocol": d["psi_protocol"]},
+            "train": {key: d[f"train_{key}"] for key in TRAIN_DEFAULTS},
+        }
+
+    @staticmethod
+    def field_for(service_field: str | None) -> str | None:
+        """Map a service error's field (params.train.epochs) to this form's (train_epochs)."""
+        if not service_field:
+            return None
+        if service_field.startswith("params.train."):
+            return "train_" + service_field.removeprefix("params.train.").split("[")[0]
+        if service_field.startswith("params.psi"):
+            return "psi_protocol"
+        return {"params": None}.get(service_field, service_field)

@@ -1,0 +1,129 @@
+"""Jobs: live progress of both sides, log tail, loss and AUC curves, cancel and retry."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from apps.core.errors import ServiceError
+from apps.dashboard.access import workspace_page
+from apps.dashboard.views.common import act, get_in_workspace, page
+from apps.jobs import services as job_services
+from apps.jobs.choices import ACTIVE, JobStatus
+from apps.jobs.models import Job, JobMetric
+from apps.workspaces.choices import Role
+
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+MAX_POINTS = 5000
+
+
+def retry_available() -> bool:
+    """Retry is a jobs service (issue 4); offered once it exists."""
+    return callable(getattr(job_services, "retry_job", None))
+
+
+@workspace_page
+def job_list(request):
+    jobs = Job.objects.filter(workspace=request.workspace).select_related("ticket", "ticket__partner")
+    status = request.GET.get("status", "")
+    if status in JobStatus.values:
+        jobs = jobs.filter(status=status)
+    return page(request, "dashboard/jobs/list.html", "jobs", jobs=jobs[:200], statuses=JobStatus.choices, status=status)
+
+
+def job_state(job: Job) -> dict:
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "active": job.status in ACTIVE,
+        "stage": job.stage,
+        "progress": job.progress,
+        "remote_status": job.remote_status,
+        "remote_progress": job.remote_progress,
+        "error": job.error,
+        "remote_error": job.remote_error,
+        "log_tail": job.log_tail,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "model_versions": [{"id": str(mv.id), "name": mv.name} for mv in job.model_versions.all()],
+    }
+
+
+def metric_points(job: Job, after: int = 0) -> list[dict]:
+    qs = JobMetric.objects.filter(job=job, id__gt=after).order_by("id")[:MAX_POINTS]
+    return [
+        {
+            "id": m.id,
+            "side": m.side,
+            "name": m.name,
+            "split": m.split,
+            "step": m.step,
+            "epoch": m.epoch,
+            "value": m.value,
+        }
+        for m in qs
+    ]
+
+
+@workspace_page
+def job_detail(request, pk):
+    job = get_in_workspace(request, Job, pk)
+    return page(
+        request,
+        "dashboard/jobs/detail.html",
+        "jobs",
+        job=job,
+        ticket=job.ticket,
+        state=job_state(job),
+        can_cancel=job.status in ACTIVE and request.can.write,
+        can_retry=job.status in RETRYABLE
+        and request.can.write
+        and retry_available()
+        and not job.ticket.jobs.filter(attempt__gt=job.attempt).exists(),
+    )
+
+
+@workspace_page
+def job_live(request, pk):
+    """The job's state and its metric points after `after` (the page polls this while the job runs)."""
+    job = get_in_workspace(request, Job, pk)
+    try:
+        after = max(0, int(request.GET.get("after", "0")))
+    except ValueError:
+        after = 0
+    return JsonResponse({"job": job_state(job), "metrics": metric_points(job, after)})
+
+
+@require_POST
+@workspace_page(role=Role.MEMBER)
+def cancel(request, pk):
+    job = get_in_workspace(request, Job, pk)
+    reason = request.POST.get("reason", "").strip()[:500]
+    return act(
+        request,
+        lambda: job_services.cancel_job(job, acting_user=request.user, source="ui", reason=reason),
+        success="Cancelled. The partner's side stops too.",
+        then=request.path.rsplit("/", 1)[0] + "/",
+    )
+
+
+@require_POST
+@workspace_page(role=Role.MEMBER)
+def retry(request, pk):
+    job = get_in_workspace(request, Job, pk)
+    back = request.path.rsplit("/", 1)[0] + "/"
+    if not retry_available():
+        messages.error(request, "Retrying jobs is not available on this installation yet.")
+        return redirect(back)
+    try:
+        new = job_services.retry_job(job, acting_user=request.user, source="ui")  # type: ignore[attr-defined]
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect(back)
+    messages.success(request, "Retrying: a new attempt starts on both sides.")
+    if isinstance(new, Job):
+        return redirect("dashboard:job", slug=request.workspace.slug, pk=new.pk)
+    return redirect(back)

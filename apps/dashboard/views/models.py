@@ -1,0 +1,116 @@
+"""Model versions: list, detail with metrics and lineage, curves of two compared, promote and archive."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from apps.dashboard.access import workspace_page
+from apps.dashboard.views.common import act, get_in_workspace, page
+from apps.dashboard.views.jobs import metric_points
+from apps.registry.choices import STAGE_MACHINE, Stage
+from apps.registry.models import ModelVersion
+from apps.registry.services import set_stage
+from apps.workspaces.choices import Role
+
+
+def summary(mv: ModelVersion) -> list[tuple[str, object]]:
+    """Headline metrics, whatever shape the runtime stored them in."""
+    metrics = mv.metrics or {}
+    out: list[tuple[str, object]] = []
+    for split in ("validation", "train", "test", "score"):
+        values = metrics.get(split)
+        if isinstance(values, dict):
+            out += [(f"{split} {k}", v) for k, v in values.items() if isinstance(v, int | float)]
+    out += [
+        (k.replace("_", " "), v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    return out
+
+
+@workspace_page
+def model_list(request):
+    versions = ModelVersion.objects.filter(workspace=request.workspace).select_related("ticket", "ticket__partner")
+    stage = request.GET.get("stage", "")
+    if stage in Stage.values:
+        versions = versions.filter(stage=stage)
+    return page(
+        request,
+        "dashboard/models/list.html",
+        "models",
+        versions=versions[:200],
+        all_versions=ModelVersion.objects.filter(workspace=request.workspace)[:200],
+        stages=Stage.choices,
+        stage=stage,
+    )
+
+
+@workspace_page
+def model_detail(request, pk):
+    mv = get_in_workspace(request, ModelVersion, pk)
+    return page(
+        request,
+        "dashboard/models/detail.html",
+        "models",
+        mv=mv,
+        summary=summary(mv),
+        can_promote=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION),
+        can_archive=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.ARCHIVED),
+        can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
+        others=ModelVersion.objects.filter(workspace=request.workspace).exclude(pk=mv.pk)[:100],
+    )
+
+
+def _pick(request, key: str) -> ModelVersion | None:
+    try:
+        value = uuid.UUID(request.GET.get(key, ""))
+    except ValueError:
+        return None
+    return ModelVersion.objects.filter(workspace=request.workspace, pk=value).select_related("job").first()
+
+
+@workspace_page
+def compare(request):
+    a, b = _pick(request, "a"), _pick(request, "b")
+    chosen = [mv for mv in (a, b) if mv is not None]
+    data = [{"label": f"{'AB'[i]}: {mv.name}", "metrics": metric_points(mv.job)} for i, mv in enumerate(chosen)]
+    return page(
+        request,
+        "dashboard/models/compare.html",
+        "models",
+        a=a,
+        b=b,
+        rows=_compare_rows(a, b) if a and b else [],
+        versions=ModelVersion.objects.filter(workspace=request.workspace)[:200],
+        compare_data=data,
+    )
+
+
+def _compare_rows(a: ModelVersion, b: ModelVersion) -> list[tuple[str, object, object]]:
+    left, right = dict(summary(a)), dict(summary(b))
+    names = list(dict.fromkeys([*left, *right]))
+    return [(n, left.get(n), right.get(n)) for n in names]
+
+
+@require_POST
+@workspace_page(role=Role.APPROVER)
+def stage(request, pk):
+    mv = get_in_workspace(request, ModelVersion, pk)
+    target = request.POST.get("stage", "")
+    back = request.path.rsplit("/", 1)[0] + "/"
+    if target not in Stage.values:
+        messages.error(request, "Unknown stage.")
+        return redirect(back)
+    return act(
+        request,
+        lambda: set_stage(mv, target, acting_user=request.user, source="ui"),
+        success={
+            Stage.PRODUCTION: f"{mv.name} is now in production.",
+            Stage.ARCHIVED: f"{mv.name} is archived.",
+            Stage.CANDIDATE: f"{mv.name} is a candidate again.",
+        }[Stage(target)],
+        then=back,
+    )

@@ -1,0 +1,65 @@
+"""Home (pick a workspace), the workspace switcher, and a workspace's overview."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+
+from apps.dashboard.access import user_workspaces, workspace_page
+from apps.dashboard.presenters import with_health
+from apps.dashboard.views.common import page
+from apps.jobs.choices import ACTIVE
+from apps.jobs.models import Job
+from apps.partners.models import Partner
+from apps.registry.models import ModelVersion
+from apps.tickets.choices import TicketStatus
+from apps.tickets.models import Ticket
+
+
+@login_required
+def home(request):
+    """Go to the last workspace used (or the only one); otherwise list them."""
+    mine = user_workspaces(request.user)
+    slugs = [ws.slug for ws, _ in mine]
+    last = request.session.get("workspace")
+    if last in slugs:
+        return redirect("dashboard:overview", slug=last)
+    if len(mine) == 1:
+        return redirect("dashboard:overview", slug=slugs[0])
+    return render(request, "dashboard/home.html", {"memberships": mine})
+
+
+@login_required
+def switch(request):
+    slug = request.GET.get("workspace", "")
+    if slug in {ws.slug for ws, _ in user_workspaces(request.user)}:
+        return redirect("dashboard:overview", slug=slug)
+    return redirect("dashboard:home")
+
+
+@workspace_page
+def overview(request):
+    ws = request.workspace
+    partners = Partner.objects.filter(workspace=ws)
+    waiting = Ticket.objects.filter(workspace=ws, status=TicketStatus.PENDING, is_proposer=False).select_related(
+        "partner"
+    )
+    running = Job.objects.filter(workspace=ws, status__in=ACTIVE).select_related("ticket", "ticket__partner")
+    models = ModelVersion.objects.filter(workspace=ws).select_related("ticket")[:5]
+    return page(
+        request,
+        "dashboard/overview.html",
+        "overview",
+        partners=with_health(partners),
+        waiting=waiting,
+        running=running,
+        models=models,
+        counts={
+            "partners": partners.count(),
+            "datasets": ws.datasets.count(),
+            "open_tickets": Ticket.objects.filter(
+                workspace=ws, status__in=[TicketStatus.PROPOSED, TicketStatus.PENDING]
+            ).count(),
+            "running": running.count(),
+        },
+    )

@@ -1,0 +1,141 @@
+"""Partners: invitations (create, accept), status, health, approval policies."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from apps.core.errors import ServiceError
+from apps.dashboard import peering
+from apps.dashboard.access import workspace_page
+from apps.dashboard.forms import AcceptForm, InviteForm, PolicyForm
+from apps.dashboard.presenters import partner_health, with_health
+from apps.dashboard.views.common import act, form_error, get_in_workspace, page
+from apps.datasets.models import DatasetGrant, RemoteDataset
+from apps.partners.choices import PartnerStatus
+from apps.partners.models import Partner
+from apps.partners.services import set_partner_status, set_policies
+from apps.workspaces.choices import Role
+
+
+def _list(request, *, invite_form=None, accept_form=None, invitation=None, status=200):
+    partners = Partner.objects.filter(workspace=request.workspace)
+    response = page(
+        request,
+        "dashboard/partners/list.html",
+        "partners",
+        partners=with_health(partners),
+        peering_available=peering.available(),
+        invite_form=invite_form or InviteForm(),
+        accept_form=accept_form or AcceptForm(),
+        invitation=invitation,
+    )
+    response.status_code = status
+    return response
+
+
+@workspace_page
+def partner_list(request):
+    return _list(request)
+
+
+def _invitation_code(invitation) -> str:
+    if isinstance(invitation, str):
+        return invitation
+    if isinstance(invitation, dict):
+        return str(invitation.get("code", ""))
+    return str(getattr(invitation, "code", invitation))
+
+
+@require_POST
+@workspace_page(role=Role.ADMIN)
+def invite(request):
+    form = InviteForm(request.POST)
+    if not peering.available():
+        messages.error(request, "Invitations need the peer service, which is not installed on this installation yet.")
+        return redirect("dashboard:partners", slug=request.workspace.slug)
+    if form.is_valid():
+        try:
+            invitation = peering.create_invitation(
+                request.workspace, name=form.cleaned_data["name"], acting_user=request.user
+            )
+        except ServiceError as exc:
+            form_error(form, exc)
+        else:
+            messages.success(request, "Invitation created. Send the code to your partner's admin; it works once.")
+            return _list(request, invitation={"code": _invitation_code(invitation), "raw": invitation})
+    return _list(request, invite_form=form, status=400)
+
+
+@require_POST
+@workspace_page(role=Role.ADMIN)
+def accept(request):
+    form = AcceptForm(request.POST)
+    if not peering.available():
+        messages.error(request, "Accepting invitations needs the peer service, which is not installed here yet.")
+        return redirect("dashboard:partners", slug=request.workspace.slug)
+    if form.is_valid():
+        try:
+            partner = peering.accept_invitation(
+                request.workspace,
+                code=form.cleaned_data["code"].strip(),
+                name=form.cleaned_data["name"],
+                acting_user=request.user,
+            )
+        except ServiceError as exc:
+            form_error(form, exc, {"invitation": "code", "secret": "code"})
+        else:
+            messages.success(request, f"Connected to {partner}.")
+            if isinstance(partner, Partner):
+                return redirect("dashboard:partner", slug=request.workspace.slug, pk=partner.pk)
+            return redirect("dashboard:partners", slug=request.workspace.slug)
+    return _list(request, accept_form=form, status=400)
+
+
+@workspace_page
+def partner_detail(request, pk):
+    partner = get_in_workspace(request, Partner, pk)
+    return page(
+        request,
+        "dashboard/partners/detail.html",
+        "partners",
+        partner=partner,
+        health=partner_health(partner),
+        policy_form=PolicyForm(partner=partner),
+        grants=DatasetGrant.objects.filter(partner=partner).select_related("dataset"),
+        shared_with_us=RemoteDataset.objects.filter(partner=partner, revoked=False),
+    )
+
+
+@require_POST
+@workspace_page(role=Role.ADMIN)
+def policies(request, pk):
+    partner = get_in_workspace(request, Partner, pk)
+    form = PolicyForm(request.POST, partner=partner)
+    if not form.is_valid():
+        messages.error(request, "Choose a policy for every job kind.")
+        return redirect("dashboard:partner", slug=request.workspace.slug, pk=pk)
+    return act(
+        request,
+        lambda: set_policies(partner, dict(form.cleaned_data), acting_user=request.user, source="ui"),
+        success="Approval policies saved.",
+        then=request.path.rsplit("/", 1)[0] + "/",
+    )
+
+
+@require_POST
+@workspace_page(role=Role.ADMIN)
+def status(request, pk):
+    partner = get_in_workspace(request, Partner, pk)
+    target = request.POST.get("status", "")
+    if target not in (PartnerStatus.SUSPENDED, PartnerStatus.CONNECTED):
+        messages.error(request, "Unknown status.")
+        return redirect("dashboard:partner", slug=request.workspace.slug, pk=pk)
+    verb = "suspended" if target == PartnerStatus.SUSPENDED else "resumed"
+    return act(
+        request,
+        lambda: set_partner_status(partner, target, acting_user=request.user, source="ui"),
+        success=f"Partnership with {partner.name} {verb}.",
+        then=request.path.rsplit("/", 1)[0] + "/",
+    )

@@ -1,0 +1,201 @@
+/* Live job page and model comparison: progress, log tail and Chart.js curves.
+   Polls the job's /live endpoint every second while the job is active. */
+(function () {
+  "use strict";
+
+  var TONES = {
+    ok: ["connected", "approved", "succeeded", "production"],
+    bad: ["failed", "rejected", "suspended"],
+    warn: ["pending", "invited", "proposed", "expired", "withdrawn", "cancelled", "starting"],
+    info: ["running", "candidate"]
+  };
+  var PALETTE = ["#3346b8", "#c2410c", "#15803d", "#9333ea", "#0e7490", "#b91c1c"];
+
+  function badge(status) {
+    var span = document.createElement("span");
+    var tone = Object.keys(TONES).find(function (t) { return TONES[t].indexOf(status) >= 0; });
+    span.className = "badge" + (tone ? " badge-" + tone : "");
+    span.textContent = status ? status.charAt(0).toUpperCase() + status.slice(1).replace(/_/g, " ") : "—";
+    return span;
+  }
+
+  function pct(v) { return v === null || v === undefined ? "—" : Math.round(v * 100) + "%"; }
+
+  function makeChart(canvas, xTitle, yTitle) {
+    if (!window.Chart || !canvas) return null;
+    return new window.Chart(canvas, {
+      type: "line",
+      data: { datasets: [] },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        parsing: false,
+        interaction: { mode: "nearest", intersect: false },
+        scales: {
+          x: { type: "linear", title: { display: true, text: xTitle } },
+          y: { title: { display: true, text: yTitle } }
+        },
+        plugins: { legend: { position: "bottom" } },
+        elements: { point: { radius: 2 }, line: { borderWidth: 2, tension: 0.15 } }
+      }
+    });
+  }
+
+  /* Series: key → {label, points[]}; points are {x, y}. */
+  function Series() { this.map = {}; this.order = []; }
+  Series.prototype.add = function (key, label, x, y) {
+    if (x === null || x === undefined) return;
+    if (!this.map[key]) { this.map[key] = { label: label, points: [] }; this.order.push(key); }
+    this.map[key].points.push({ x: x, y: y });
+  };
+  Series.prototype.datasets = function () {
+    var self = this;
+    return this.order.map(function (key, i) {
+      var s = self.map[key];
+      var pts = s.points.slice().sort(function (a, b) { return a.x - b.x; });
+      var color = PALETTE[i % PALETTE.length];
+      return { label: s.label, data: pts, borderColor: color, backgroundColor: color, borderDash: key.indexOf("remote") === 0 ? [6, 4] : [] };
+    });
+  };
+  Series.prototype.count = function () { return this.order.length; };
+
+  function splitLabel(split) { return split === "validation" ? "validation" : split; }
+
+  /* ---------------- Job page ---------------- */
+  var head = document.querySelector("[data-job-live]");
+  if (head) {
+    var url = head.getAttribute("data-job-live");
+    var modelsUrl = head.getAttribute("data-model-url");
+    var stateNode = document.getElementById("job-state");
+    var state = stateNode ? JSON.parse(stateNode.textContent) : {};
+    var lastId = 0;
+    var loss = new Series();
+    var auc = new Series();
+    var localNames = {};
+    var remoteBuffer = [];
+    var lossChart = makeChart(document.getElementById("chart-loss"), "step", "loss");
+    var aucChart = makeChart(document.getElementById("chart-auc"), "epoch", "AUC");
+
+    var addMetric = function (m) {
+      var who = m.side === "remote" ? "partner " : "";
+      var key = m.side + ":" + m.name + ":" + m.split;
+      if (m.name === "loss") loss.add(key, who + splitLabel(m.split) + " loss", m.step !== null ? m.step : m.epoch, m.value);
+      if (m.name === "auc") auc.add(key, who + splitLabel(m.split) + " AUC", m.epoch, m.value);
+    };
+
+    var ingest = function (metrics) {
+      metrics.forEach(function (m) {
+        lastId = Math.max(lastId, m.id);
+        if (m.side === "local") { localNames[m.name + ":" + m.split] = true; addMetric(m); }
+        else remoteBuffer.push(m);
+      });
+      // The partner's curves only where this side has none of its own (the follower receives the leader's).
+      remoteBuffer = remoteBuffer.filter(function (m) {
+        if (localNames[m.name + ":" + m.split]) return false;
+        addMetric(m);
+        return false;
+      });
+      [[lossChart, loss, "loss"], [aucChart, auc, "auc"]].forEach(function (t) {
+        var note = document.querySelector("[data-empty-note=" + t[2] + "]");
+        if (note) note.hidden = t[1].count() > 0;
+        if (t[0]) { t[0].data.datasets = t[1].datasets(); t[0].update("none"); }
+      });
+    };
+
+    var setBar = function (id, value, status) {
+      var bar = document.getElementById(id);
+      if (!bar) return;
+      var v = Math.max(0, Math.min(1, value || 0));
+      bar.querySelector("span").style.width = (v * 100).toFixed(1) + "%";
+      bar.setAttribute("aria-valuenow", (v * 100).toFixed(0));
+      bar.classList.toggle("is-ok", status === "succeeded");
+      bar.classList.toggle("is-bad", status === "failed");
+    };
+
+    var field = function (name) { return document.querySelector("[data-field=" + name + "]"); };
+
+    var render = function (job) {
+      setBar("progress-local", job.progress, job.status);
+      setBar("progress-remote", job.remote_progress, job.remote_status);
+      field("progress").textContent = pct(job.progress);
+      field("remote_progress").textContent = pct(job.remote_progress);
+      field("stage").textContent = job.stage || "—";
+      var sb = field("status-badge"); sb.replaceChildren(badge(job.status));
+      var rb = field("remote-badge"); rb.replaceChildren(job.remote_status ? badge(job.remote_status) : document.createTextNode("no report yet"));
+      field("live-note").textContent = job.active ? "updating live" : "finished";
+      var log = document.getElementById("log-tail");
+      if (job.log_tail && log.textContent !== job.log_tail) {
+        var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+        log.textContent = job.log_tail;
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      }
+      var errors = document.getElementById("job-errors");
+      errors.replaceChildren();
+      [["error", "This side"], ["remote_error", "The partner's side"]].forEach(function (e) {
+        if (!job[e[0]]) return;
+        var div = document.createElement("div");
+        div.className = "notice notice-bad";
+        div.setAttribute("role", "alert");
+        var strong = document.createElement("strong");
+        strong.textContent = e[1] + ": ";
+        div.appendChild(strong);
+        div.appendChild(document.createTextNode(job[e[0]]));
+        errors.appendChild(div);
+      });
+      var links = field("model-link");
+      if (job.model_versions && job.model_versions.length && !links.querySelector("a")) {
+        job.model_versions.forEach(function (mv) {
+          var p = document.createElement("p");
+          var a = document.createElement("a");
+          a.className = "btn btn-primary";
+          a.href = modelsUrl + mv.id + "/";
+          a.textContent = "Open model version";
+          p.appendChild(a);
+          links.appendChild(p);
+        });
+      }
+      if (!job.active) {
+        document.querySelectorAll("[data-hide-when-done]").forEach(function (n) { n.hidden = true; });
+      }
+    };
+
+    var wasActive = state.active;
+    var finalPolls = 0;
+    var poll = function () {
+      fetch(url + "?after=" + lastId, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+        .then(function (body) {
+          ingest(body.metrics);
+          render(body.job);
+          // After the job ends keep polling a little: the partner's last report and the model version follow.
+          if (body.job.active || (wasActive && finalPolls++ < 15)) setTimeout(poll, 1000);
+          else if (wasActive && !body.job.active) setTimeout(function () { window.location.reload(); }, 0);
+        })
+        .catch(function () { setTimeout(poll, 3000); });
+    };
+    poll();
+  }
+
+  /* ---------------- Model comparison ---------------- */
+  var cmp = document.getElementById("compare-data");
+  if (cmp) {
+    var versions = JSON.parse(cmp.textContent);
+    var charts = [
+      ["chart-compare-loss", "loss", "validation", "epoch", "validation loss"],
+      ["chart-compare-auc", "auc", "validation", "epoch", "validation AUC"],
+      ["chart-compare-train-loss", "loss", "train", "step", "train loss"]
+    ];
+    charts.forEach(function (c) {
+      var chart = makeChart(document.getElementById(c[0]), c[3], c[4]);
+      if (!chart) return;
+      var s = new Series();
+      versions.forEach(function (v) {
+        v.metrics.forEach(function (m) {
+          if (m.name === c[1] && m.split === c[2]) s.add("v" + v.label + (m.side === "remote" ? ":r" : ""), v.label, c[3] === "step" && m.step !== null ? m.step : m.epoch, m.value);
+        });
+      });
+      chart.data.datasets = s.datasets();
+      chart.update("none");
+    });
+  }
+})();
