@@ -1,0 +1,467 @@
+"""Kubernetes backend: per job and side a batch/v1 Job, its Secret and ConfigMap, and (leader) a Service.
+
+Objects are named `fs-<job uuid>-<side>` in FEDSITE_K8S_NAMESPACE and labelled
+with the job UUID. The Job is created suspended; the Secret (runtime config with
+its per-job report token, certificate, key, partner CA), the ConfigMap (the same
+config with the token redacted, for operators) and the Service carry owner
+references to it, so deleting the Job garbage-collects the rest; then the Job is
+resumed. `activeDeadlineSeconds`, `backoffLimit` and `ttlSecondsAfterFinished`
+bound its life; image, resources and security context come from settings.
+
+Auth: in-cluster service account when running in a pod (KUBERNETES_SERVICE_HOST),
+else a kubeconfig (FEDSITE_K8S_KUBECONFIG / FEDSITE_K8S_CONTEXT, or the default).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from django.conf import settings
+
+from apps.jobs.launchers.base import (
+    FAILED,
+    MISSING,
+    RUNNING,
+    SUCCEEDED,
+    Launcher,
+    LaunchError,
+    RuntimeSpec,
+    RuntimeState,
+    error_summary,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = "/etc/fedsite/job"
+OUTPUT_DIR = "/var/fedsite/output"
+CONTAINER = "runtime"
+LABEL_JOB = "fedsite.io/job-id"
+LABEL_SIDE = "fedsite.io/side"
+LABEL_WORKSPACE = "fedsite.io/workspace"
+LABEL_TICKET = "fedsite.io/ticket-id"
+# Pod states that will not fix themselves before the deadline: fail the job now.
+STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def _s(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def load_api_client() -> Any:
+    """An ApiClient from the in-cluster service account or a kubeconfig (cached per process)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            from kubernetes import client, config
+
+            cfg = client.Configuration()
+            kubeconfig = _s("FEDSITE_K8S_KUBECONFIG", "")
+            try:
+                if os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig:
+                    config.load_incluster_config(client_configuration=cfg)
+                else:
+                    config.load_kube_config(
+                        config_file=kubeconfig or None,
+                        context=_s("FEDSITE_K8S_CONTEXT", "") or None,
+                        client_configuration=cfg,
+                    )
+            except (config.ConfigException, OSError) as exc:
+                raise LaunchError(f"no Kubernetes credentials: {exc}") from exc
+            _client = client.ApiClient(cfg)
+        return _client
+
+
+def object_name(job_id: str, side: str) -> str:
+    return f"fs-{job_id}-{side}"
+
+
+def _b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+def _api_error(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            return str(json.loads(body).get("message") or body)[:500]
+        except (ValueError, AttributeError):
+            return str(body)[:500]
+    return str(getattr(exc, "reason", "") or exc)[:500]
+
+
+class KubernetesLauncher(Launcher):
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        api_client: Any = None,
+        *,
+        namespace: str | None = None,
+        image: str | None = None,
+        service_type: str | None = None,
+    ) -> None:
+        self._api_client = api_client
+        self.namespace = namespace or settings.FEDSITE_K8S_NAMESPACE
+        self.image = image or settings.FEDSITE_K8S_IMAGE
+        self.service_type = service_type or _s("FEDSITE_K8S_SERVICE_TYPE", "ClusterIP")
+        if self.service_type not in ("ClusterIP", "NodePort"):
+            raise LaunchError(f"FEDSITE_K8S_SERVICE_TYPE={self.service_type!r}: ClusterIP or NodePort")
+
+    @classmethod
+    def from_settings(cls) -> KubernetesLauncher:
+        return cls()
+
+    # -- clients ------------------------------------------------------------
+    @property
+    def api_client(self) -> Any:
+        if self._api_client is None:
+            self._api_client = load_api_client()
+        return self._api_client
+
+    @property
+    def batch(self) -> Any:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api_client)
+
+    @property
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api_client)
+
+    # -- addresses ----------------------------------------------------------
+    def runtime_host(self, job_id: str, side: str, port: int) -> str:
+        if self.service_type == "NodePort":
+            return f"{settings.FEDSITE_RUNTIME_HOST}:{port}"
+        domain = _s("FEDSITE_K8S_SERVICE_DOMAIN", "svc")
+        return f"{object_name(job_id, side)}.{self.namespace}.{domain}:{port}"
+
+    def listen_address(self, port: int) -> str:
+        return f"0.0.0.0:{port}"
+
+    # -- manifests (pure; validated in tests) --------------------------------
+    def labels(self, spec: RuntimeSpec) -> dict[str, str]:
+        out = {
+            "app.kubernetes.io/name": "fedsite-runtime",
+            "app.kubernetes.io/component": "runtime",
+            "app.kubernetes.io/managed-by": "fedsite",
+            LABEL_JOB: spec.job_id,
+            LABEL_SIDE: spec.side,
+        }
+        if spec.labels.get("workspace"):
+            out[LABEL_WORKSPACE] = spec.labels["workspace"][:63]
+        if spec.labels.get("ticket"):
+            out[LABEL_TICKET] = spec.labels["ticket"]
+        return out
+
+    def pod_config(self, spec: RuntimeSpec) -> dict[str, Any]:
+        """The config as the runtime sees it inside the pod."""
+        config = {**spec.config, "output_dir": OUTPUT_DIR}
+        if spec.tls_files:
+            config["tls"] = {
+                "cert_file": f"{CONFIG_DIR}/tls.crt",
+                "key_file": f"{CONFIG_DIR}/tls.key",
+                "peer_ca_file": f"{CONFIG_DIR}/ca.crt",
+            }
+        else:
+            config["tls"] = None
+        return config
+
+    def resources(self) -> dict[str, Any]:
+        return {
+            "requests": {
+                "cpu": str(_s("FEDSITE_K8S_CPU_REQUEST", "500m")),
+                "memory": str(_s("FEDSITE_K8S_MEMORY_REQUEST", "1Gi")),
+            },
+            "limits": {
+                "cpu": str(_s("FEDSITE_K8S_CPU_LIMIT", "2")),
+                "memory": str(_s("FEDSITE_K8S_MEMORY_LIMIT", "4Gi")),
+            },
+        }
+
+    def job_manifest(self, spec: RuntimeSpec) -> dict[str, Any]:
+        name = object_name(spec.job_id, spec.side)
+        labels = self.labels(spec)
+        user = int(_s("FEDSITE_K8S_RUN_AS_USER", 10001))
+        container: dict[str, Any] = {
+            "name": CONTAINER,
+            "image": self.image,
+            "imagePullPolicy": _s("FEDSITE_K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
+            "command": ["python", "-m", "runtime", "run", "--config", f"{CONFIG_DIR}/config.json"],
+            "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],  # noqa: S108 - the pod's own emptyDir
+            "resources": self.resources(),
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "readOnlyRootFilesystem": True,
+            },
+            "volumeMounts": [
+                {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+                {"name": "output", "mountPath": OUTPUT_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own scratch volume
+            ],
+        }
+        if spec.port:
+            container["ports"] = [{"name": "grpc", "containerPort": spec.port, "protocol": "TCP"}]
+        volumes: list[dict[str, Any]] = [
+            {"name": "job", "secret": {"secretName": name, "defaultMode": 0o440}},
+            {"name": "tmp", "emptyDir": {}},
+        ]
+        outputs_pvc = _s("FEDSITE_K8S_OUTPUT_PVC", "")
+        if outputs_pvc:
+            volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": outputs_pvc}})
+            container["volumeMounts"][1]["subPath"] = f"{spec.job_id}/{spec.side}"
+        else:
+            volumes.append({"name": "output", "emptyDir": {}})
+        data_pvc = _s("FEDSITE_K8S_DATA_PVC", "")
+        if data_pvc:
+            roots = list(getattr(settings, "FEDSITE_DATA_ROOTS", []) or ["/data"])
+            mount = str(_s("FEDSITE_K8S_DATA_MOUNT", "") or roots[0])
+            volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": data_pvc, "readOnly": True}})
+            container["volumeMounts"].append({"name": "data", "mountPath": mount, "readOnly": True})
+        pod_spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": user,
+                "runAsGroup": user,
+                "fsGroup": user,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+        }
+        account = _s("FEDSITE_K8S_RUNTIME_SERVICE_ACCOUNT", "")
+        if account:
+            pod_spec["serviceAccountName"] = account
+        pull_secret = _s("FEDSITE_K8S_IMAGE_PULL_SECRET", "")
+        if pull_secret:
+            pod_spec["imagePullSecrets"] = [{"name": pull_secret}]
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "spec": {
+                "suspend": True,
+                "backoffLimit": int(_s("FEDSITE_K8S_BACKOFF_LIMIT", 0)),
+                "activeDeadlineSeconds": int(spec.timeout_s),
+                "ttlSecondsAfterFinished": int(_s("FEDSITE_K8S_TTL_AFTER_FINISHED_S", 3600)),
+                "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            },
+        }
+
+    def secret_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = {"config.json": _b64(json.dumps(self.pod_config(spec), indent=2))}
+        if spec.tls_files:
+            for key, field in (("tls.crt", "cert_file"), ("tls.key", "key_file"), ("ca.crt", "peer_ca_file")):
+                try:
+                    with open(spec.tls_files[field], "rb") as fh:
+                        data[key] = _b64(fh.read())
+                except OSError as exc:
+                    raise LaunchError(f"cannot read {field} {spec.tls_files[field]}: {exc.strerror}") from exc
+        return self._meta("v1", "Secret", spec, owner) | {"type": "Opaque", "data": data}
+
+    def configmap_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        redacted = copy.deepcopy(self.pod_config(spec))
+        if isinstance(redacted.get("report"), dict):
+            redacted["report"]["token"] = "<in the Secret>"  # noqa: S105 - a placeholder, not a secret
+        return self._meta("v1", "ConfigMap", spec, owner) | {"data": {"config.json": json.dumps(redacted, indent=2)}}
+
+    def service_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert spec.port
+        port: dict[str, Any] = {"name": "grpc", "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}
+        if self.service_type == "NodePort":
+            port["nodePort"] = spec.port
+        selector = {LABEL_JOB: spec.job_id, LABEL_SIDE: spec.side}
+        return self._meta("v1", "Service", spec, owner) | {
+            "spec": {"type": self.service_type, "selector": selector, "ports": [port]}
+        }
+
+    def _meta(self, api_version: str, kind: str, spec: RuntimeSpec, owner: dict[str, Any] | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": object_name(spec.job_id, spec.side),
+            "namespace": self.namespace,
+            "labels": self.labels(spec),
+        }
+        if owner:
+            meta["ownerReferences"] = [owner]
+        return {"apiVersion": api_version, "kind": kind, "metadata": meta}
+
+    def manifests(self, spec: RuntimeSpec, owner_uid: str = "00000000-0000-0000-0000-000000000000") -> list[dict]:
+        """Every object one side creates (for validation and for docs)."""
+        owner = self.owner_reference(object_name(spec.job_id, spec.side), owner_uid)
+        out = [self.job_manifest(spec), self.secret_manifest(spec, owner), self.configmap_manifest(spec, owner)]
+        if spec.port:
+            out.append(self.service_manifest(spec, owner))
+        return out
+
+    @staticmethod
+    def owner_reference(name: str, uid: str) -> dict[str, Any]:
+        return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "blockOwnerDeletion": True}
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, spec: RuntimeSpec) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        name = object_name(spec.job_id, spec.side)
+        handle: dict[str, Any] = {
+            "backend": self.name,
+            "namespace": self.namespace,
+            "name": name,
+            "job_id": spec.job_id,
+            "side": spec.side,
+            "port": spec.port,
+            "service": bool(spec.port),
+        }
+        ns = self.namespace
+        try:
+            created = self.batch.create_namespaced_job(ns, self.job_manifest(spec))
+            uid = created.metadata.uid or ""
+            handle["uid"] = uid
+            owner = self.owner_reference(name, uid) if uid else None
+            self.core.create_namespaced_secret(ns, self.secret_manifest(spec, owner))
+            self.core.create_namespaced_config_map(ns, self.configmap_manifest(spec, owner))
+            if spec.port:
+                self.core.create_namespaced_service(ns, self.service_manifest(spec, owner))
+            self.batch.patch_namespaced_job(name, ns, {"spec": {"suspend": False}})
+        except (ApiException, HTTPError) as exc:
+            self.stop(handle)
+            raise LaunchError(f"Kubernetes refused {name}: {_api_error(exc)}") from exc
+        return handle
+
+    def _pods(self, handle: dict[str, Any]) -> list[Any]:
+        selector = f"{LABEL_JOB}={handle['job_id']},{LABEL_SIDE}={handle['side']}"
+        pods = self.core.list_namespaced_pod(handle["namespace"], label_selector=selector).items
+        # Filter here too: the selector is the server's job, but be sure.
+        pods = [
+            p
+            for p in pods
+            if (p.metadata.labels or {}).get(LABEL_JOB) == handle["job_id"]
+            and (p.metadata.labels or {}).get(LABEL_SIDE) == handle["side"]
+        ]
+        return sorted(pods, key=lambda p: str(p.metadata.creation_timestamp or ""))
+
+    def _state_of(self, job: Any, handle: dict[str, Any]) -> RuntimeState:
+        status = job.status
+        conditions = {c.type: c for c in (getattr(status, "conditions", None) or []) if c.status == "True"}
+        if (getattr(status, "succeeded", None) or 0) >= 1 or "Complete" in conditions:
+            return RuntimeState(SUCCEEDED, exit_code=0, log_tail=self.log_tail(handle))
+        if "Failed" in conditions:
+            cond = conditions["Failed"]
+            tail = self.log_tail(handle)
+            if cond.reason == "DeadlineExceeded":
+                error = f"error: the runtime ran past its deadline ({job.spec.active_deadline_seconds} s)"
+            else:
+                line = error_summary(tail, None)
+                error = line if "error" in line.lower() else f"{cond.reason or 'Failed'}: {cond.message or ''}"
+            return RuntimeState(FAILED, exit_code=1, error=error.strip(), log_tail=tail)
+        for pod in self._pods(handle):
+            for cs in (pod.status.container_statuses if pod.status else None) or []:
+                waiting = cs.state.waiting if cs.state else None
+                if waiting and waiting.reason in STUCK_REASONS:
+                    error = f"pod {pod.metadata.name}: {waiting.reason}: {waiting.message or ''}".strip()
+                    return RuntimeState(FAILED, exit_code=None, error=error)
+        return RuntimeState(RUNNING)
+
+    def poll(self, handle: dict[str, Any]) -> RuntimeState:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            job = self.batch.read_namespaced_job_status(handle["name"], handle["namespace"])
+            return self._state_of(job, handle)
+        except ApiException as exc:
+            if exc.status == 404:
+                return RuntimeState(MISSING, error=f"the Kubernetes Job {handle['name']} disappeared")
+            raise LaunchError(f"cannot read Job {handle['name']}: {_api_error(exc)}") from exc
+        except HTTPError as exc:
+            raise LaunchError(f"cannot reach the Kubernetes API: {exc}") from exc
+
+    def watch(self, handle: dict[str, Any], timeout_s: float = 60.0) -> RuntimeState:
+        """Follow the Job's watch stream until it finishes or `timeout_s` passes."""
+        from kubernetes import watch
+        from urllib3.exceptions import HTTPError
+
+        state = self.poll(handle)
+        if state.finished:
+            return state
+        w = watch.Watch()
+        try:
+            for event in w.stream(
+                self.batch.list_namespaced_job,
+                handle["namespace"],
+                label_selector=f"{LABEL_JOB}={handle['job_id']},{LABEL_SIDE}={handle['side']}",
+                timeout_seconds=int(timeout_s),
+                _request_timeout=timeout_s,
+            ):
+                obj = event["object"]
+                if getattr(obj.metadata, "name", None) != handle["name"]:
+                    continue
+                if event["type"] == "DELETED":
+                    return RuntimeState(MISSING, error=f"the Kubernetes Job {handle['name']} was deleted")
+                state = self._state_of(obj, handle)
+                if state.finished:
+                    return state
+        except HTTPError:
+            pass  # the read timed out: report what we know
+        finally:
+            w.stop()
+        return self.poll(handle)
+
+    def stop(self, handle: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        name, ns = handle.get("name"), handle.get("namespace")
+        if not name or not ns:
+            return
+        calls = [
+            lambda: self.batch.delete_namespaced_job(name, ns, propagation_policy="Background"),
+            lambda: self.core.delete_namespaced_secret(name, ns),
+            lambda: self.core.delete_namespaced_config_map(name, ns),
+        ]
+        if handle.get("service"):
+            calls.append(lambda: self.core.delete_namespaced_service(name, ns))
+        # The owner references let the cluster collect these; deleting them here too means a
+        # cancel leaves nothing behind even where garbage collection lags or owners were not set.
+        errors = []
+        for call in calls:
+            try:
+                call()
+            except ApiException as exc:
+                if exc.status != 404:
+                    errors.append(_api_error(exc))
+            except HTTPError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise LaunchError(f"could not delete everything of {name}: {'; '.join(errors)}")
+
+    def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            pods = self._pods(handle)
+            if not pods:
+                return ""
+            text = self.core.read_namespaced_pod_log(
+                pods[-1].metadata.name, handle["namespace"], container=CONTAINER, tail_lines=lines
+            )
+        except (ApiException, HTTPError) as exc:
+            log.info("no log for %s: %s", handle.get("name"), exc)
+            return ""
+        return text if isinstance(text, str) else str(text)
