@@ -1,0 +1,232 @@
+"""PSI benchmark: two runtime processes on this machine, mTLS on loopback.
+
+    .venv/bin/python bench/psi.py            # 100k and 1M ids per side
+    .venv/bin/python bench/psi.py --quick    # 100k only
+    .venv/bin/python bench/psi.py --sizes 10000000 --protocols ecdh
+
+Each run starts the leader and the follower as ``python -m runtime psi`` with
+half of the ids in common, and measures wall time from start to both exits (so
+process start, reading the CSV, the exchange and writing aligned.csv all count)
+and each side's peak resident memory (the runtime plus its pool workers, sampled
+from /proc). The baseline is Fedlearner's RSA signing measured in the same run:
+gmpy2 ``powmod`` with the full private exponent and no CRT, the leader signing
+its own ids and the follower's blinded ids, per process. Writes
+``bench/results/psi.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.psi import crypto  # noqa: E402
+from tests.pki import make_party, tls_config  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+RESULTS = ROOT / "bench" / "results" / "psi.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in kB."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = (task / "children").read_text().split()
+                stack.extend(int(k) for k in kids)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
+    a, b = folder / f"leader-{n}.csv", folder / f"follower-{n}.csv"
+    if a.exists() and b.exists():
+        return a, b
+    rng = random.Random(n)
+    left = list(range(n))
+    right = list(range(n // 2, n + n // 2))
+    rng.shuffle(left)
+    rng.shuffle(right)
+    with a.open("w") as f:
+        f.write("id,label\n")
+        f.writelines(f"user-{i:09d},{i & 1}\n" for i in left)
+    with b.open("w") as f:
+        f.write("id,f1,f2\n")
+        f.writelines(f"user-{i:09d},{i % 97},{(i * 7) % 13}\n" for i in right)
+    return a, b
+
+
+def run_pair(folder: Path, parties, n: int, protocol: str, psi_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    a, b = make_inputs(folder, n)
+    port = free_port()
+    alpha, beta = parties
+    procs = {}
+    peaks = {"leader": 0, "follower": 0}
+    t0 = time.monotonic()
+    for role, me, peer, data in (("leader", alpha, beta, a), ("follower", beta, alpha, b)):
+        cfg = {
+            "job_id": f"bench-{protocol}-{n}",
+            "role": role,
+            "listen_address": f"127.0.0.1:{port}",
+            "peer_address": f"127.0.0.1:{port}",
+            "tls": tls_config(me, peer),
+            "data": {"path": str(data), "id_column": "id"},
+            "output_dir": str(folder / f"out-{protocol}-{n}" / role),
+            "psi": {"protocol": protocol, **(psi_extra or {})},
+            "timeout_s": 7200,
+        }
+        path = folder / f"{role}-{protocol}-{n}.json"
+        path.write_text(json.dumps(cfg))
+        procs[role] = subprocess.Popen(
+            [PY, "-m", "runtime", "psi", "--config", str(path)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for role, p in procs.items():
+                if p.poll() is None:
+                    peaks[role] = max(peaks[role], tree_rss_kb(p.pid))
+            stop.wait(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    errs = {role: p.communicate()[1] for role, p in procs.items()}
+    seconds = time.monotonic() - t0
+    stop.set()
+    th.join()
+    for role, p in procs.items():
+        if p.returncode != 0:
+            raise SystemExit(f"{protocol} {n}: {role} failed:\n{errs[role][-3000:]}")
+    stats = {
+        role: json.loads((folder / f"out-{protocol}-{n}" / role / "psi" / "stats.json").read_text()) for role in procs
+    }
+    assert stats["leader"]["intersection_size"] == n - n // 2 == stats["follower"]["intersection_size"]
+    return {
+        "n_per_side": n,
+        "seconds": round(seconds, 2),
+        "items_per_s_per_side": round(n / seconds),
+        "intersection_size": stats["leader"]["intersection_size"],
+        "peak_rss_mb": {role: round(kb / 1024, 1) for role, kb in peaks.items()},
+        "engine": stats["leader"]["engine"],
+        "suite": stats["leader"].get("suite"),
+        "x25519": stats["leader"].get("x25519"),
+    }
+
+
+def baseline_fedlearner_rsa(bits: int = 2048, samples: int = 200) -> dict[str, Any]:
+    """Fedlearner's leader work per id pair: two full-exponent signatures (own id, follower's blinded id)."""
+    key = crypto.new_rsa_key(bits, 2)
+    ids = [f"user-{i:09d}" for i in range(samples)]
+    t0 = time.perf_counter()
+    crypto.fedlearner_sign_own(key, ids)
+    per_sign = (time.perf_counter() - t0) / samples
+    return {
+        "items_per_s_per_side": round(1 / (2 * per_sign)),
+        "seconds_per_signature": round(per_sign, 6),
+        "method": f"gmpy2.powmod(m, d, n), full {bits}-bit exponent, no CRT, one process; the leader signs 2 values per id pair (the follower's blinding is not counted, in the baseline's favour)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k ids per side only")
+    ap.add_argument("--sizes", type=int, nargs="*", help="ids per side (default 100000 1000000)")
+    ap.add_argument("--protocols", nargs="*", default=["ecdh", "rsa"])
+    ap.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp folder)")
+    args = ap.parse_args()
+    sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="fedsite-psi-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    parties = (make_party(folder / "pki", "alpha"), make_party(folder / "pki", "beta"))
+
+    result: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "sizes": sizes,
+        "note": "both parties on this machine; items/s per side = ids per side / wall seconds of the whole job",
+    }
+    rows = []
+    base = baseline_fedlearner_rsa()
+    result["baseline_fedlearner_rsa"] = base
+    for protocol in args.protocols:
+        runs = []
+        for n in sizes:
+            r = run_pair(folder, parties, n, protocol)
+            runs.append(r)
+            rows.append((protocol, n, r))
+            print(
+                f"  {protocol:5s} {n:>9,d}: {r['seconds']:8.2f}s  {r['items_per_s_per_side']:>8,d} items/s/side  peak {max(r['peak_rss_mb'].values()):7.1f} MB",
+                flush=True,
+            )
+        top = runs[-1]
+        result[protocol] = {
+            "items_per_s_per_side": top["items_per_s_per_side"],
+            "n_per_side": top["n_per_side"],
+            "runs": runs,
+        }
+    peaks = [max(r["peak_rss_mb"].values()) for _, _, r in rows]
+    result["memory"] = {"peak_rss_mb_per_side": max(peaks) if peaks else None}
+    if "rsa" in result:
+        result["rsa"]["speedup_vs_baseline"] = round(
+            result["rsa"]["items_per_s_per_side"] / base["items_per_s_per_side"], 2
+        )
+
+    print()
+    print(f"{'protocol':<26}{'ids/side':>11}{'seconds':>10}{'items/s/side':>14}{'peak MB/side':>14}")
+    for protocol, n, r in rows:
+        print(
+            f"{protocol:<26}{n:>11,d}{r['seconds']:>10.2f}{r['items_per_s_per_side']:>14,d}{max(r['peak_rss_mb'].values()):>14.1f}"
+        )
+    print(f"{'baseline_fedlearner_rsa':<26}{'':>11}{'':>10}{base['items_per_s_per_side']:>14,d}{'':>14}")
+    if "rsa" in result:
+        print(f"RSA speed-up over the Fedlearner baseline: {result['rsa']['speedup_vs_baseline']}x")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    old: dict[str, Any] = {}
+    if RESULTS.exists():
+        try:
+            old = json.loads(RESULTS.read_text())
+        except ValueError:
+            old = {}
+    old.update(result)
+    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
