@@ -10,12 +10,6 @@ from apps.tickets.choices import JobKind
 from apps.tickets.params import ACTIVATIONS, OPTIMIZERS, PSI_PROTOCOLS, TRAIN_DEFAULTS
 
 
-class InviteForm(forms.Form):
-    name = forms.CharField(
-        max_length=120, label="Partner name", help_text="How this partner appears here, e.g. “Beta Bank”."
-    )
-
-
 class AcceptForm(forms.Form):
     code = forms.CharField(
         label="Invitation code",
@@ -23,7 +17,10 @@ class AcceptForm(forms.Form):
         help_text="Paste the code the other organisation's admin sent you.",
     )
     name = forms.CharField(
-        max_length=120, required=False, label="Partner name", help_text="Optional; defaults to the inviter's name."
+        max_length=120,
+        required=False,
+        label="Partner name",
+        help_text="How the partner appears here, e.g. “Alpha Ads”. Optional: defaults to installation/workspace.",
     )
 
 

@@ -1,44 +1,32 @@
-"""The dashboard's door to the partnership handshake (apps.peer.handshake, issue 3).
+"""The dashboard's door to the partnership handshake (apps.peer.handshake, the peer service's).
 
-The handshake module belongs to the peer service; until it is installed the
-Partners page says so instead of offering invitations.
+Kept in one place so the Partners page still renders (without invitations) on
+an installation whose peer service is missing.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from types import ModuleType
 from typing import Any
 
-
-def handshake() -> ModuleType | None:
-    try:
-        return importlib.import_module("apps.peer.handshake")
-    except ImportError:
-        return None
+from apps.partners.models import Partner
 
 
 def available() -> bool:
-    hs = handshake()
-    return hs is not None and hasattr(hs, "create_invitation") and hasattr(hs, "accept_invitation")
+    try:
+        import apps.peer.handshake  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Pass only the keyword arguments the service function takes."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
+def create_invitation(workspace: Any, *, acting_user: Any) -> tuple[Any, str]:
+    """(invitation, one-time code) — the code carries our endpoint, CA and a secret."""
+    from apps.peer.handshake import create_invitation as create
+
+    return create(workspace, acting_user=acting_user, source="ui")
 
 
-def create_invitation(workspace: Any, *, name: str, acting_user: Any) -> Any:
-    hs = handshake()
-    assert hs is not None
-    return _call(hs.create_invitation, workspace, name=name, acting_user=acting_user, source="ui")
+def accept_invitation(workspace: Any, *, code: str, name: str, acting_user: Any) -> Partner:
+    from apps.peer.handshake import accept_invitation as accept
 
-
-def accept_invitation(workspace: Any, *, code: str, name: str, acting_user: Any) -> Any:
-    hs = handshake()
-    assert hs is not None
-    return _call(hs.accept_invitation, workspace, code=code, name=name, acting_user=acting_user, source="ui")
+    return accept(workspace, code, name=name, acting_user=acting_user, source="ui")

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 from apps.core.errors import ServiceError
 from apps.dashboard import peering
 from apps.dashboard.access import workspace_page
-from apps.dashboard.forms import AcceptForm, InviteForm, PolicyForm
+from apps.dashboard.forms import AcceptForm, PolicyForm
 from apps.dashboard.presenters import partner_health, with_health
 from apps.dashboard.views.common import act, form_error, get_in_workspace, page
 from apps.datasets.models import DatasetGrant, RemoteDataset
@@ -19,7 +19,7 @@ from apps.partners.services import set_partner_status, set_policies
 from apps.workspaces.choices import Role
 
 
-def _list(request, *, invite_form=None, accept_form=None, invitation=None, status=200):
+def _list(request, *, accept_form=None, invitation=None, status=200):
     partners = Partner.objects.filter(workspace=request.workspace)
     response = page(
         request,
@@ -27,7 +27,6 @@ def _list(request, *, invite_form=None, accept_form=None, invitation=None, statu
         "partners",
         partners=with_health(partners),
         peering_available=peering.available(),
-        invite_form=invite_form or InviteForm(),
         accept_form=accept_form or AcceptForm(),
         invitation=invitation,
     )
@@ -40,32 +39,19 @@ def partner_list(request):
     return _list(request)
 
 
-def _invitation_code(invitation) -> str:
-    if isinstance(invitation, str):
-        return invitation
-    if isinstance(invitation, dict):
-        return str(invitation.get("code", ""))
-    return str(getattr(invitation, "code", invitation))
-
-
 @require_POST
 @workspace_page(role=Role.ADMIN)
 def invite(request):
-    form = InviteForm(request.POST)
     if not peering.available():
         messages.error(request, "Invitations need the peer service, which is not installed on this installation yet.")
         return redirect("dashboard:partners", slug=request.workspace.slug)
-    if form.is_valid():
-        try:
-            invitation = peering.create_invitation(
-                request.workspace, name=form.cleaned_data["name"], acting_user=request.user
-            )
-        except ServiceError as exc:
-            form_error(form, exc)
-        else:
-            messages.success(request, "Invitation created. Send the code to your partner's admin; it works once.")
-            return _list(request, invitation={"code": _invitation_code(invitation), "raw": invitation})
-    return _list(request, invite_form=form, status=400)
+    try:
+        invitation, code = peering.create_invitation(request.workspace, acting_user=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard:partners", slug=request.workspace.slug)
+    messages.success(request, "Invitation created. Send the code to your partner's admin; it works once.")
+    return _list(request, invitation={"code": code, "expires_at": invitation.expires_at})
 
 
 @require_POST

@@ -1,0 +1,152 @@
+"""Forms: bad input is shown next to the field it concerns, and nothing is saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.datasets.models import Dataset
+from apps.tickets.models import Ticket
+
+GOOD = {"name": "events", "id_column": "user_id", "label_column": "", "description": "", "visibility": "schema"}
+
+
+@pytest.mark.parametrize(
+    ("content", "form", "message", "field"),
+    [
+        ("user_id,x\nu1,1\nu1,2\n", {}, "has duplicates, e.g. &#x27;u1&#x27;", "id_column"),
+        ("", {}, "is empty", "uri"),
+        ("id,x\nu1,1\n", {}, "id column &#x27;user_id&#x27; is not in the file", "id_column"),
+        (b"user_id,x\nu1,caf\xe9\n", {}, "is not UTF-8", "uri"),
+        ("user_id,x\nu1,1\nu2\n", {}, "line 3: expected 2 fields, found 1", "uri"),
+        (
+            "user_id,y\nu1,1\nu2,\n",
+            {"label_column": "y"},
+            "label column &#x27;y&#x27; has 1 empty values",
+            "label_column",
+        ),
+    ],
+    ids=["duplicate-ids", "empty", "no-id-column", "not-utf8", "ragged", "bad-label"],
+)
+def test_a_bad_file_shows_its_error_in_the_form(world, browser_client, data_root, content, form, message, field):
+    path = data_root / "bad.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = Dataset.objects.count()
+    r = browser_client("dave").post("/w/acme/datasets/new", {**GOOD, "uri": str(path), **form})
+    assert r.status_code == 400
+    body = r.content.decode()
+    assert message in body
+    # The message sits under the field it names.
+    assert f'id="id_{field}_error"' in body
+    assert 'value="events"' in body  # what the user typed is kept
+    assert Dataset.objects.count() == before
+
+
+def test_a_path_outside_the_data_roots_is_refused(world, browser_client, tmp_path):
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("user_id\nu1\n")
+    r = browser_client("dave").post("/w/acme/datasets/new", {**GOOD, "uri": str(outside)})
+    assert r.status_code == 400
+    assert "is outside the data roots" in r.content.decode()
+
+
+def test_missing_fields_are_named(world, browser_client):
+    r = browser_client("dave").post(
+        "/w/acme/datasets/new", {"name": "", "uri": "", "id_column": "", "visibility": "schema"}
+    )
+    assert r.status_code == 400
+    assert r.content.decode().count("This field is required.") == 3
+
+
+def test_a_good_file_registers_and_shows_its_stats(world, browser_client, data_root):
+    (data_root / "good.csv").write_text("user_id,score\nu1,0.5\nu2,1.5\nu3,2.5\n")
+    client = browser_client("dave")
+    r = client.post("/w/acme/datasets/new", {**GOOD, "uri": str(data_root / "good.csv")})
+    assert r.status_code == 302
+    ds = Dataset.objects.get(name="events")
+    assert r["Location"] == f"/w/acme/datasets/{ds.pk}/"
+    body = client.get(r["Location"]).content.decode()
+    assert "Registered events: 3 rows." in body
+    assert "score" in body and "1.5" in body  # mean
+
+
+def test_the_form_suggests_files_under_the_data_roots(world, browser_client, data_root):
+    body = browser_client("dave").get("/w/acme/datasets/new").content.decode()
+    assert f'<option value="{data_root / "labels.csv"}">' in body
+
+
+# -- tickets -----------------------------------------------------------------------
+
+
+def _proposal(w, **over):
+    data = {
+        "partner": str(w["partner"].pk),
+        "local_dataset": str(w["labels"].pk),
+        "remote_dataset": str(w["remote"].pk),
+        "kind": "psi_vertical_nn",
+        "name": "",
+        "comment": "",
+        "share_metrics": "on",
+        "psi_protocol": "auto",
+        "train_bottom_layers": "64, 32",
+        "train_top_layers": "16",
+        "train_activation": "relu",
+        "train_optimizer": "adam",
+        "train_learning_rate": "0.001",
+        "train_batch_size": "256",
+        "train_epochs": "5",
+        "train_validation_fraction": "0.2",
+        "train_early_stopping_patience": "2",
+        "train_seed": "42",
+        "train_gradient_noise_stddev": "0",
+    }
+    return {**data, **over}
+
+
+def test_the_proposal_form_is_filled_with_defaults(world, browser_client):
+    body = browser_client("dave").get("/w/acme/tickets/new").content.decode()
+    assert 'name="train_epochs" value="5"' in body
+    assert 'name="train_bottom_layers" value="64, 32"' in body
+    assert "Beta Bank: beta_features" in body
+
+
+def test_a_proposal_with_defaults_is_sent(world, browser_client):
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world, epochs="7", train_epochs="7"))
+    assert r.status_code == 302
+    ticket = Ticket.objects.exclude(pk__in=[world["sent"].pk, world["received"].pk]).get()
+    assert ticket.status == "proposed" and ticket.role == "leader"
+    assert ticket.params["train"]["epochs"] == 7 and ticket.params["train"]["bottom_layers"] == [64, 32]
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "message"),
+    [
+        ({"train_epochs": "0"}, "train_epochs", "must be an integer from 1 to 1000"),
+        ({"train_learning_rate": "50"}, "train_learning_rate", "must be a number from"),
+        ({"train_bottom_layers": "64, x"}, "train_bottom_layers", "Enter whole numbers separated by commas"),
+        ({"train_top_layers": ""}, "train_top_layers", "This field is required."),
+        ({"local_dataset": "", "remote_dataset": ""}, "local_dataset", "This field is required."),
+    ],
+    ids=["epochs", "learning-rate", "layers", "empty-layers", "no-dataset"],
+)
+def test_bad_parameters_are_shown_next_to_their_field(world, browser_client, over, field, message):
+    before = Ticket.objects.count()
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world, **over))
+    assert r.status_code == 400
+    body = r.content.decode()
+    assert f'id="id_{field}_error"' in body and message in body
+    assert Ticket.objects.count() == before
+
+
+def test_both_sides_labelled_is_explained(world, browser_client):
+    world["remote"].has_label = True
+    world["remote"].save()
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world))
+    assert r.status_code == 400
+    assert "both datasets have a label column" in r.content.decode()
+
+
+def test_no_connected_partner_says_what_to_do(world, browser_client):
+    world["partner"].status = "suspended"
+    world["partner"].save()
+    body = browser_client("erin").get("/w/acme/tickets/new").content.decode()
+    assert "No connected partner" in body and "Invite one" in body
