@@ -344,8 +344,15 @@ class KubernetesLauncher(Launcher):
         return handle
 
     def _pods(self, handle: dict[str, Any]) -> list[Any]:
+        from kubernetes.client.exceptions import ApiException
+
         selector = f"{LABEL_JOB}={handle['job_id']},{LABEL_SIDE}={handle['side']}"
-        pods = self.core.list_namespaced_pod(handle["namespace"], label_selector=selector).items
+        try:
+            pods = self.core.list_namespaced_pod(handle["namespace"], label_selector=selector).items
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
         # Filter here too: the selector is the server's job, but be sure.
         pods = [
             p
