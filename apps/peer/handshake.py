@@ -203,7 +203,6 @@ def accept_invitation(
 
 def answer_handshake(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) -> peer_pb2.HandshakeResponse:
     """Alpha's side, in the peer server. Raises PeerRejected (audited) on any failure."""
-    invitation: Invitation | None = None
     try:
         with transaction.atomic():
             invitation = _check_invitation(req, cert_pem)
@@ -235,7 +234,7 @@ def answer_handshake(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) -> 
         from apps.peer.inbox import _audit_rejection
 
         _audit_rejection(
-            invitation.workspace if invitation else None,
+            _invitation_workspace(req.invitation_id),
             None,
             exc,
             {"invitation_id": req.invitation_id, "installation": req.installation, "workspace": req.workspace_slug},
@@ -249,6 +248,14 @@ def answer_handshake(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) -> 
         workspace_public_key=identity.workspace_public_key(workspace),
         partner_id=str(partner.id),
     )
+
+
+def _invitation_workspace(invitation_id: str) -> Workspace | None:
+    """The inviting workspace, for auditing a refused handshake in the right tenant."""
+    try:
+        return Workspace.objects.filter(invitations__id=uuid.UUID(invitation_id)).first()
+    except ValueError:
+        return None
 
 
 def _check_invitation(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) -> Invitation:

@@ -52,7 +52,7 @@ class Side:
         return self.api.wait_for(self.path(rest), predicate, timeout=timeout)
 
     def audit(self, verb: str) -> list[dict[str, Any]]:
-        return [e for e in self.results("audit-events/?page_size=500") if e["verb"] == verb]
+        return self.results(f"audit-events/?verb={verb}")
 
 
 def _installation(name: str, tmp: Path, redis_db: int, tag: str) -> Installation:
