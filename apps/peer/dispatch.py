@@ -59,6 +59,15 @@ def _job_state(workspace: Workspace, partner: Partner, payload: dict[str, Any]) 
     apply_remote_job_state(job, payload)
 
 
+def _job_retry(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
+    from apps.jobs import services
+
+    apply_remote_retry = getattr(services, "apply_remote_retry", None)
+    if apply_remote_retry is None:
+        raise ServiceError("job.retry is not supported by this installation")
+    apply_remote_retry(_ticket(workspace, partner, payload), payload)
+
+
 def _dataset_shared(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
     from apps.datasets.models import RemoteDataset
 
@@ -94,6 +103,7 @@ HANDLERS = {
     "ticket.withdrawn": _decision("withdrawn", from_receiver=False),
     "job.state": _job_state,
     "job.progress": _job_state,
+    "job.retry": _job_retry,
     "dataset.shared": _dataset_shared,
 }
 
