@@ -155,15 +155,60 @@ class Half:
                     a = bottom(x, training=True)
                 opt.apply(tape.gradient(a, variables, output_gradients=g), variables)
 
-            @tf.function(input_signature=[x_spec, g_spec, x_spec])
-            def backward_forward(x, g, x_next):
-                """Apply batch k's gradient, then compute batch k+1's activations with the new weights."""
-                with tf.GradientTape() as tape:
-                    a = bottom(x, training=True)
-                opt.apply(tape.gradient(a, variables, output_gradients=g), variables)
-                return bottom(x_next, training=True)
+            # Training steps that keep the forward pass's intermediate values (`stash`) between
+            # calls, so applying batch k's gradient needs no second forward pass of batch k.
+            dense = [layer for layer in bottom.layers if hasattr(layer, "kernel")]
+            kernels = [layer.kernel for layer in dense]
+            biases = [layer.bias for layer in dense]
+            acts = [layer.activation for layer in dense]
+            var_ids = [id(v) for v in variables]
+            order = [var_ids.index(id(v)) for layer in dense for v in (layer.kernel, layer.bias)]
+            stash_spec = [tf.TensorSpec([None, w], tf.float32) for w in params.bottom_layers]
 
-            self.forward, self.backward, self.backward_forward = forward, backward, backward_forward
+            def fwd_stash(x):
+                h, zs = x, []
+                for k, b, act in zip(kernels, biases, acts, strict=True):
+                    z = tf.matmul(h, k) + b
+                    zs.append(z)
+                    h = act(z)
+                return h, zs
+
+            def grads_from_stash(x, zs, g):
+                out = [None] * len(variables)
+                dh = g
+                for i in range(len(dense) - 1, -1, -1):
+                    z = zs[i]
+                    with tf.GradientTape() as t:
+                        t.watch(z)
+                        h = acts[i](z)
+                    dz = t.gradient(h, z, output_gradients=dh)
+                    h_in = x if i == 0 else acts[i - 1](zs[i - 1])
+                    out[order[2 * i]] = tf.matmul(h_in, dz, transpose_a=True)
+                    out[order[2 * i + 1]] = tf.reduce_sum(dz, axis=0)
+                    if i > 0:
+                        dh = tf.matmul(dz, kernels[i], transpose_b=True)
+                return out
+
+            @tf.function(input_signature=[x_spec])
+            def forward_stash(x):
+                return fwd_stash(x)
+
+            @tf.function(input_signature=[x_spec, stash_spec, g_spec, x_spec])
+            def backward_forward(x, zs, g, x_next):
+                """Apply batch k's gradient, then compute batch k+1's activations with the new weights."""
+                opt.apply(grads_from_stash(x, zs, g), variables)
+                return fwd_stash(x_next)
+
+            @tf.function(input_signature=[x_spec, stash_spec, g_spec])
+            def backward_stash(x, zs, g):
+                opt.apply(grads_from_stash(x, zs, g), variables)
+
+            self.forward, self.backward = forward, backward
+            self.forward_stash, self.backward_forward, self.backward_stash = (
+                forward_stash,
+                backward_forward,
+                backward_stash,
+            )
 
     # -- checkpoints ----------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:

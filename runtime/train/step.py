@@ -224,9 +224,11 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
             order = epoch_order(prep.train_idx, params.seed, epoch)
             preds = np.empty(n_train, np.float32)
             noise_rng = np.random.default_rng([params.seed, 13, epoch])
-            loss_sum, loss_n, pos = 0.0, 0, 0
+            loss_sum, loss_n, pos, wait_s = 0.0, 0, 0, 0.0
             for b, idx in enumerate(batches(order, params.batch_size)):
+                tw = time.perf_counter()
                 act = expect(link.recv(timeout, f"activations of epoch {epoch + 1} batch {b}"), "activations")
+                wait_s += time.perf_counter() - tw
                 _check_batch(act, epoch, b, "train", ids, idx, every)
                 a_peer = from_tensor(act.value)
                 if a_peer.shape != (len(idx), theirs.activation_dim):
@@ -288,7 +290,16 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
                 for k, v in m.items():
                     reporter.metric(k, v, step=step, epoch=epoch + 1, split=split)
             state["history"].append(
-                clean({"epoch": epoch + 1, **metrics, "epoch_s": epoch_s, "train_s": train_s, "train_rows": n_train})
+                clean(
+                    {
+                        "epoch": epoch + 1,
+                        **metrics,
+                        "epoch_s": epoch_s,
+                        "train_s": train_s,
+                        "wait_s": wait_s,
+                        "train_rows": n_train,
+                    }
+                )
             )
             state.update(epoch=epoch + 1, stopped=stop, step=step)
             ckpts.save(epoch + 1, half.state_arrays(), state)
@@ -394,7 +405,9 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
                 break
             t0 = time.perf_counter()
             bl = batches(epoch_order(prep.train_idx, params.seed, epoch), params.batch_size)
-            send_act(epoch, 0, "train", bl[0], half.forward(x[bl[0]]))
+            xb = x[bl[0]]
+            a, stash = half.forward_stash(xb)
+            send_act(epoch, 0, "train", bl[0], a)
             loss_sum, loss_n = 0.0, 0
             for b in range(len(bl)):
                 grad = expect(link.recv(timeout, f"gradients of epoch {epoch + 1} batch {b}"), "gradients")
@@ -405,9 +418,12 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
                 g = from_tensor(grad.value)
                 if b + 1 < len(bl):
                     nxt = bl[b + 1]
-                    send_act(epoch, b + 1, "train", nxt, half.backward_forward(x[bl[b]], g, x[nxt]))
+                    xn = x[nxt]
+                    a, stash = half.backward_forward(xb, stash, g, xn)
+                    send_act(epoch, b + 1, "train", nxt, a)
+                    xb = xn
                 else:
-                    half.backward(x[bl[b]], g)
+                    half.backward_stash(xb, stash, g)
                 step += 1
                 if params.share_metrics and not math.isnan(grad.loss):
                     loss_sum += grad.loss
