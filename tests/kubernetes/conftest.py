@@ -123,3 +123,11 @@ def k8s_launcher(cluster, settings):
     settings.FEDSITE_K8S_NAMESPACE = NAMESPACE
     settings.FEDSITE_K8S_IMAGE = "fedsite-runtime:1.0"
     return KubernetesLauncher(cluster.api_client())
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    from tests.pki import make_party
+
+    party = make_party(tmp_path / "pki", "alpha")
+    return {"cert_file": str(party.cert_file), "key_file": str(party.key_file), "peer_ca_file": str(party.ca_file)}

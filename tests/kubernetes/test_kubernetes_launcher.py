@@ -49,14 +49,6 @@ def make_spec(role: str = "leader", tls_files: dict | None = None, timeout_s: in
     )
 
 
-@pytest.fixture
-def tls_files(tmp_path):
-    from tests.pki import make_party
-
-    party = make_party(tmp_path / "pki", "alpha")
-    return {"cert_file": str(party.cert_file), "key_file": str(party.key_file), "peer_ca_file": str(party.ca_file)}
-
-
 def validate_strict(manifest: dict) -> None:
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     assert DNS_LABEL.match(manifest["metadata"]["name"]), manifest["metadata"]["name"]
