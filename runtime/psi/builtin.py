@@ -19,7 +19,9 @@ Every batch result is checkpointed; a restarted pair resumes the same session.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing
+import socket
 import threading
 import time
 import uuid
@@ -31,8 +33,8 @@ import grpc
 from fedsite_proto.runtime.v1 import psi_pb2, psi_pb2_grpc
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError, RuntimeJobError
-from runtime.psi import crypto
-from runtime.psi.common import Output, PsiParams, batch_count, batch_len, intersect
+from runtime.psi import crypto, libpsi_engine
+from runtime.psi.common import Output, PsiParams, batch_count, batch_len, capabilities, choose, intersect
 from runtime.psi.data import Table, check_ids, write_aligned
 from runtime.report import Reporter
 from runtime.tls import CHANNEL_OPTIONS, add_port, open_channel
@@ -109,6 +111,23 @@ class _Run:
             self.local_error = exc
         self.out.clear_results()
         self.pool: _Pool | None = None
+        self.requested = params
+        self.libpsi_why = libpsi_engine.available()
+        if self.libpsi_why is None and self.table is not None and self.table.is_parquet:
+            self.libpsi_why = "libpsi reads CSV only"
+        self.caps = capabilities(params, self.libpsi_why is None)
+        self.libpsi_plan: tuple[str, list[tuple[str, str]]] | None = None
+
+    def fallback_note(self, chosen: str) -> None:
+        engine, protocol = chosen.split("/")
+        if engine == "builtin" and (
+            self.requested.protocol != protocol
+            or self.requested.engine == "libpsi"
+            or self.requested.protocol == "auto"
+        ):
+            why = self.libpsi_why or "the partner cannot run libpsi"
+            self.reporter.log(f"psi: libpsi not used ({why}); running the built-in engine with {protocol}", "warning")
+        self.reporter.log(f"psi: engine {engine}, protocol {protocol}")
 
     def remaining(self) -> float:
         return max(0.1, self.deadline - time.monotonic())
@@ -179,7 +198,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         if request.error:
             self.fail(PeerError(f"the partner (follower) failed: {request.error}"))
             return psi_pb2.PsiHelloReply(ok=False, error="acknowledged")
-        mine = (self.params.protocol, PROTOCOL_VERSION, self.params.suite)
+        mine = (self.requested.protocol, PROTOCOL_VERSION, self.requested.suite)
         theirs = (request.protocol, request.protocol_version, request.suite)
         if request.job_id != self.cfg.job_id:
             msg = f"job mismatch: leader runs job {self.cfg.job_id}, follower asked for {request.job_id}"
@@ -190,8 +209,29 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         if msg:
             self.fail(PeerError(msg))
             return psi_pb2.PsiHelloReply(ok=False, error=msg)
+        chosen = choose(self.requested, self.caps, list(request.capabilities))
+        if chosen is None:
+            msg = f"no PSI engine both sides can run for protocol {self.requested.protocol!r} engine {self.requested.engine!r} (leader: {', '.join(self.caps) or 'none'}; follower: {', '.join(request.capabilities) or 'none'})"
+            self.fail(PeerError(msg))
+            return psi_pb2.PsiHelloReply(ok=False, error=msg)
+        engine, protocol = chosen.split("/")
+        if engine == "libpsi":
+            with self._lock:
+                if self.libpsi_plan is None:
+                    host, _, port = self.cfg.listen_address.rpartition(":")
+                    link = f"{host}:{int(port) + 1}"
+                    self.libpsi_plan = (protocol, [("leader", link), ("follower", request.link_address)])
+                    self.fallback_note(chosen)
+                self.hello_seen.set()
+                self.done.set()
+            return psi_pb2.PsiHelloReply(
+                ok=True, protocol=protocol, engine="libpsi", link_address=self.libpsi_plan[1][0][1], input_size=self.n
+            )
+        if protocol != self.params.protocol:
+            self.params = dataclasses.replace(self.params, protocol=protocol)
         with self._lock:
             if self.session is None:
+                self.fallback_note(chosen)
                 self._open_session(request)
             elif request.session_id != self.session:
                 return psi_pb2.PsiHelloReply(ok=False, error="a PSI session is already running with another follower")
@@ -435,6 +475,11 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                 )
             if self.failure is not None:
                 raise self.failure
+            if self.libpsi_plan is not None:
+                time.sleep(0.3)  # let the Hello reply reach the follower before the server stops
+                server.stop(grace=1.0).wait(3)
+                protocol, parties = self.libpsi_plan
+                return libpsi_engine.run_libpsi(self.cfg, protocol, parties, self.reporter, self.out.root, self.started)
             assert self.result is not None
             rows, _ = self.result
             return self.write_output(
@@ -466,6 +511,7 @@ class _Follower(_Run):
 
     def _hello(self, stub, error: str = "") -> Any:
         state = self.ckpt.load()
+        self._sent_link = self._link_address() if "libpsi/rr22" in self.caps and not error else ""
         session = ""
         if self.table is not None and _state_matches(state, self.table, self.params, self.cfg, self.n):
             session = state["session_id"]
@@ -479,7 +525,8 @@ class _Follower(_Run):
             batch_size=self.params.batch_size,
             session_id=session,
             error=error,
-            capabilities=["ecdh", "rsa"],
+            capabilities=self.caps,
+            link_address=self._sent_link,
         )
         limit = min(ERROR_GRACE_S, self.remaining()) if error else self.remaining()
         end = time.monotonic() + limit
@@ -495,6 +542,19 @@ class _Follower(_Run):
                 time.sleep(min(delay, max(0.0, end - time.monotonic())))
                 delay = min(delay * 2, 2.0)
         raise PeerError(f"could not reach the leader at {self.cfg.peer_address} within {limit:g}s ({last})")
+
+    def _link_address(self) -> str:
+        """A free local port for the libpsi link, on the address that reaches the leader."""
+        host = (self.cfg.peer_address or "127.0.0.1").rpartition(":")[0].strip("[]") or "127.0.0.1"
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, 9))
+                local = s.getsockname()[0]
+        except OSError:
+            local = "127.0.0.1"
+        with socket.socket() as s:
+            s.bind((local, 0))
+            return f"{local}:{s.getsockname()[1]}"
 
     def _watch(self, stub, session: str) -> None:
         try:
@@ -528,6 +588,18 @@ class _Follower(_Run):
             reply, state = self._hello(stub)
             if not reply.ok:
                 raise PeerError(reply.error)
+            chosen = f"{reply.engine or 'builtin'}/{reply.protocol or self.params.protocol}"
+            self.fallback_note(chosen)
+            if reply.engine == "libpsi":
+                channel.close()
+                host = (self.cfg.peer_address or "").rpartition(":")[0]
+                leader_port = reply.link_address.rpartition(":")[2]
+                parties = [("leader", f"{host}:{leader_port}"), ("follower", self._sent_link)]
+                return libpsi_engine.run_libpsi(
+                    self.cfg, reply.protocol, parties, self.reporter, self.out.root, self.started
+                )
+            if reply.protocol and reply.protocol != self.params.protocol:
+                self.params = dataclasses.replace(self.params, protocol=reply.protocol)
             return self._exchange(stub, reply, state)
         except RuntimeJobError as exc:
             if not isinstance(exc, PeerError):

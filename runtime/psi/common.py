@@ -34,6 +34,8 @@ class PsiParams:
 
     @property
     def suite(self) -> str:
+        if self.protocol in ("rr22", "kkrt", "auto") or self.engine == "libpsi":
+            return f"{self.engine}-{self.protocol}"
         if self.protocol == "rsa":
             return f"rsa-{self.rsa_bits}-{self.rsa_primes}p-fdh-shake256"
         return H2C[self.hash_to_curve]
@@ -181,3 +183,32 @@ def check_unique_values(values: bytes, width: int, what: str) -> None:
     a = np.frombuffer(values, dtype=f"V{width}")
     if len(np.unique(a)) != len(a):
         raise DataError(f"{what}: two ids have the same PSI value (duplicate id)")
+
+
+def capabilities(params: PsiParams, libpsi_ok: bool) -> list[str]:
+    """The "engine/protocol" pairs this side can run for the requested parameters."""
+    caps = []
+    if params.engine in ("auto", "libpsi") and libpsi_ok:
+        caps += ["libpsi/rr22", "libpsi/kkrt", "libpsi/ecdh"]
+    if params.engine in ("auto", "builtin"):
+        caps += ["builtin/ecdh", "builtin/rsa"]
+    return caps
+
+
+def preference(params: PsiParams) -> list[str]:
+    """The leader's order of choice; the first pair both sides can run wins."""
+    p, e = params.protocol, params.engine
+    if p == "auto":
+        return ["libpsi/rr22", "libpsi/kkrt", "libpsi/ecdh", "builtin/ecdh"]
+    if p in ("rr22", "kkrt"):
+        return [f"libpsi/{p}"] + (["builtin/ecdh"] if e == "auto" else [])
+    if e == "libpsi":
+        return [f"libpsi/{p}"] if p == "ecdh" else []
+    return [f"builtin/{p}"]
+
+
+def choose(params: PsiParams, mine: list[str], theirs: list[str]) -> str | None:
+    for cand in preference(params):
+        if cand in mine and cand in theirs:
+            return cand
+    return None

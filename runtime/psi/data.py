@@ -241,8 +241,10 @@ def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size
             break
     if j != len(wanted):
         raise DataError(f"data.path: {table.path.name} changed while PSI ran (fewer rows than before)")
-    perm = np.searchsorted(wanted, rows_in_order)
     k = table.id_index
+    # Rows ordered by id (UTF-8 byte order, like libpsi's `LC_ALL=C sort`): both sides hold the
+    # same ids for the common rows, so both write them in the same order, whichever engine ran.
+    picked.sort(key=lambda r: r[k].encode("utf-8"))
     order = [k] + [i for i in range(len(table.columns)) if i != k]
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -250,8 +252,7 @@ def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow([table.columns[i] for i in order])
-            for p in perm:
-                r = picked[int(p)]
+            for r in picked:
                 w.writerow([r[i] for i in order])
             f.flush()
             os.fsync(f.fileno())

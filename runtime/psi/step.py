@@ -12,6 +12,7 @@ from typing import Any
 
 from runtime.config import JobConfig
 from runtime.errors import ConfigError
+from runtime.psi import libpsi_engine
 from runtime.psi.builtin import run_builtin
 from runtime.psi.common import parse_params
 from runtime.report import Reporter
@@ -19,10 +20,14 @@ from runtime.report import Reporter
 
 def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
     params = parse_params(cfg.psi)
-    if params.protocol not in ("ecdh", "rsa") or params.engine == "libpsi":
-        raise ConfigError(
-            f"psi.protocol: {params.protocol!r} with engine {params.engine!r} needs the libpsi engine, which this runtime does not have yet"
-        )
+    if params.engine == "builtin" and params.protocol in ("rr22", "kkrt"):
+        raise ConfigError(f"psi.protocol: {params.protocol!r} runs only on the libpsi engine (psi.engine is 'builtin')")
+    if params.engine == "libpsi" and params.protocol == "rsa":
+        raise ConfigError("psi.protocol: 'rsa' runs only on the built-in engine (psi.engine is 'libpsi')")
+    if params.engine == "libpsi":
+        why = libpsi_engine.available()
+        if why is not None:
+            raise ConfigError(f"psi.engine: 'libpsi' was requested but {why}")
     stats = run_builtin(cfg, params, reporter)
     reporter.log(
         f"psi: {stats['intersection_size']} common ids of {stats['input_size']} here and {stats['peer_input_size']} at the partner ({stats['engine']} engine, {stats['protocol']}, {stats['seconds']}s)"

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PsiHello(_message.Message):
-    __slots__ = ("job_id", "protocol", "protocol_version", "engine", "suite", "input_size", "batch_size", "session_id", "error", "capabilities")
+    __slots__ = ("job_id", "protocol", "protocol_version", "engine", "suite", "input_size", "batch_size", "session_id", "error", "capabilities", "link_address")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class PsiHello(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LINK_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     protocol: str
     protocol_version: int
@@ -28,10 +29,11 @@ class PsiHello(_message.Message):
     session_id: str
     error: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., protocol_version: _Optional[int] = ..., engine: _Optional[str] = ..., suite: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., session_id: _Optional[str] = ..., error: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    link_address: str
+    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., protocol_version: _Optional[int] = ..., engine: _Optional[str] = ..., suite: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., session_id: _Optional[str] = ..., error: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., link_address: _Optional[str] = ...) -> None: ...
 
 class PsiHelloReply(_message.Message):
-    __slots__ = ("ok", "error", "session_id", "input_size", "batch_size", "rsa_n", "rsa_e", "have_follower_final", "have_leader_final", "protocol", "engine")
+    __slots__ = ("ok", "error", "session_id", "input_size", "batch_size", "rsa_n", "rsa_e", "have_follower_final", "have_leader_final", "protocol", "engine", "link_address")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,7 @@ class PsiHelloReply(_message.Message):
     HAVE_LEADER_FINAL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    LINK_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     error: str
     session_id: str
@@ -54,7 +57,8 @@ class PsiHelloReply(_message.Message):
     have_leader_final: _containers.RepeatedScalarFieldContainer[int]
     protocol: str
     engine: str
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., rsa_n: _Optional[bytes] = ..., rsa_e: _Optional[int] = ..., have_follower_final: _Optional[_Iterable[int]] = ..., have_leader_final: _Optional[_Iterable[int]] = ..., protocol: _Optional[str] = ..., engine: _Optional[str] = ...) -> None: ...
+    link_address: str
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., rsa_n: _Optional[bytes] = ..., rsa_e: _Optional[int] = ..., have_follower_final: _Optional[_Iterable[int]] = ..., have_leader_final: _Optional[_Iterable[int]] = ..., protocol: _Optional[str] = ..., engine: _Optional[str] = ..., link_address: _Optional[str] = ...) -> None: ...
 
 class PsiBatch(_message.Message):
     __slots__ = ("session_id", "index", "values", "count", "kind")

@@ -1,0 +1,217 @@
+"""The libpsi engine: SecretFlow's libpsi (``spu.psi``) for RR22, KKRT and ECDH.
+
+The two runtimes agree on engine and protocol over the built-in engine's gRPC
+``Hello`` (mTLS); then each runs ``psi_execute`` over a ``spu.libspu.link``
+brpc link with TLS from the same certificates (each side presents its own
+certificate and verifies the partner's against the pinned CA). libpsi runs in a
+child process: a cancel (kill) stops it at once, and brpc's occasional abort
+while tearing the link down cannot take the runtime with it once the result is
+in. libpsi reads the registered CSV itself; its output (own columns, rows
+sorted by id) becomes ``aligned.csv`` with the id column first.
+
+Link addresses: the leader's link listens on its listen port + 1 (``link_port``
+overrides); the follower's on a free port it announces in ``Hello``. Both must
+be reachable from the partner (loopback here; a Service in Kubernetes).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import multiprocessing
+import os
+import queue
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.config import JobConfig
+from runtime.errors import DataError, PeerError, RuntimeJobError
+from runtime.report import Reporter
+
+PROTOCOLS = ("rr22", "kkrt", "ecdh")
+_ENUM = {"rr22": "PROTOCOL_RR22", "kkrt": "PROTOCOL_KKRT", "ecdh": "PROTOCOL_ECDH"}
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> str | None:
+    """None when libpsi can run here, else why not (named in the fallback message)."""
+    if os.environ.get("FEDSITE_PSI_NO_LIBPSI"):
+        return "disabled by FEDSITE_PSI_NO_LIBPSI"
+    try:
+        import spu.libspu.link  # noqa: F401
+        import spu.psi  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+        return f"spu (libpsi) cannot be imported: {exc.__class__.__name__}: {exc}"
+    return None
+
+
+def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
+    """Runs in a spawned process: one psi_execute, then the two sides' reports via the link."""
+    from spu import psi
+    from spu.libspu import link
+
+    desc = link.Desc()
+    desc.id = spec["job_id"]
+    for name, addr in spec["parties"]:
+        desc.add_party(name, addr)
+    desc.connect_retry_times = 120
+    desc.connect_retry_interval_ms = 500
+    desc.recv_timeout_ms = int(spec["timeout_s"] * 1000)
+    if spec["tls"]:
+        cert, key, ca = spec["tls"]
+        desc.enable_ssl = True
+        for opts in (desc.server_ssl_opts, desc.client_ssl_opts):
+            opts.cert.certificate_path = cert
+            opts.cert.private_key_path = key
+            opts.verify.ca_file_path = ca
+            opts.verify.verify_depth = 1
+    try:
+        ctx = link.create_brpc(desc, spec["rank"])
+        proto = getattr(psi.PsiProtocol, _ENUM[spec["protocol"]])
+        pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
+        if spec["protocol"] == "ecdh":
+            pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
+        conf = psi.PsiExecuteConfig(
+            protocol_conf=pconf,
+            input_params=psi.InputParams(path=spec["input"], selected_keys=[spec["id_column"]], keys_unique=False),
+            output_params=psi.OutputParams(path=spec["output"], disable_alignment=False),
+            checkpoint_conf=psi.CheckpointConfig(enable=False),
+        )
+
+        def hook(p) -> None:
+            out.put(("progress", p.percentage))
+
+        rep = psi.psi_execute(conf, ctx, psi.ProgressParams(hook=hook, interval_ms=500))
+        mine = {"n": rep.original_count, "unique": rep.original_unique_count, "inter": rep.intersection_count}
+        both = [json.loads(x) for x in ctx.all_gather(json.dumps(mine))]
+        out.put(("result", {"mine": mine, "peer": both[1 - spec["rank"]]}))
+        ctx.stop_link()
+    except Exception as exc:  # noqa: BLE001 - sent to the parent, which reports it
+        out.put(("error", f"{exc.__class__.__name__}: {exc}"))
+
+
+def run_libpsi(
+    cfg: JobConfig, protocol: str, parties: list[tuple[str, str]], reporter: Reporter, out_root: Path, started: float
+) -> dict[str, Any]:
+    """Run libpsi as this side of an agreed session; write aligned.csv and return stats."""
+    from runtime.psi.common import Output
+    from runtime.psi.data import Table
+
+    table = Table(cfg.data.path, cfg.data.id_column)
+    if table.is_parquet:
+        raise DataError("data.path: the libpsi engine reads CSV only")
+    output = Output(cfg)
+    work = output.root / "checkpoint"
+    work.mkdir(parents=True, exist_ok=True)
+    raw_out = work / "libpsi-output.csv"
+    tls = None
+    if cfg.tls is not None:
+        tls = (
+            str(Path(cfg.tls.cert_file).resolve()),
+            str(Path(cfg.tls.key_file).resolve()),
+            str(Path(cfg.tls.peer_ca_file).resolve()),
+        )
+    spec = {
+        "job_id": cfg.job_id,
+        "parties": parties,
+        "rank": 0 if cfg.is_leader else 1,
+        "protocol": protocol,
+        "input": str(Path(cfg.data.path).resolve()),
+        "id_column": cfg.data.id_column,
+        "output": str(raw_out),
+        "tls": tls,
+        "timeout_s": cfg.timeout_s,
+    }
+    ctx = multiprocessing.get_context("spawn")
+    q: multiprocessing.Queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(spec, q), name="libpsi", daemon=True)
+    proc.start()
+    result = None
+    deadline = started + cfg.timeout_s
+    try:
+        while result is None:
+            if time.monotonic() > deadline:
+                raise PeerError(f"libpsi did not finish within timeout_s={cfg.timeout_s:g}s")
+            try:
+                kind, value = q.get(timeout=0.5)
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise PeerError(
+                        f"the libpsi engine stopped (exit code {proc.exitcode}); the partner may have disconnected"
+                    ) from None
+                continue
+            if kind == "progress":
+                reporter.progress(0.9 * float(value) / 100.0, "psi")
+            elif kind == "error":
+                raise PeerError(f"libpsi failed: {value}")
+            else:
+                result = value
+    finally:
+        # The result (and libpsi's output file) is in: do not wait on brpc's link teardown.
+        proc.join(0.5 if result is not None else 5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    mine, peer = result["mine"], result["peer"]
+    if mine["n"] == 0:
+        raise DataError(f"data.path: {table.path.name} has no rows")
+    if mine["unique"] != mine["n"]:
+        raise DataError(
+            f"data.id_column: {table.path.name} has {mine['n'] - mine['unique']} duplicate ids; ids must be unique"
+        )
+    if peer["n"] == 0 or peer["unique"] != peer["n"]:
+        raise PeerError("the partner's input is empty or has duplicate ids")
+    if mine["inter"] != peer["inter"]:
+        raise PeerError(
+            f"the two sides computed different intersections ({mine['inter']} here, {peer['inter']} at the partner)"
+        )
+    _finalise(table, raw_out, output.aligned)
+    stats = {
+        "engine": "libpsi",
+        "protocol": protocol,
+        "suite": f"libpsi-{protocol}",
+        "input_size": int(mine["n"]),
+        "peer_input_size": int(peer["n"]),
+        "intersection_size": int(mine["inter"]),
+        "seconds": round(time.monotonic() - started, 3),
+        "resumed": False,
+        "role": cfg.role,
+    }
+    output.write_stats(stats)
+    output.ckpt.remove()
+    reporter.progress(1.0, "psi")
+    return stats
+
+
+def _finalise(table: Any, raw: Path, dest: Path) -> None:
+    """libpsi's output (own columns, file order, sorted by id) -> aligned.csv with the id first, atomically."""
+    k = table.id_index
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with raw.open(newline="", encoding="utf-8") as src, os.fdopen(fd, "w", newline="", encoding="utf-8") as dst:
+            reader = csv.reader(src)
+            w = csv.writer(dst, lineterminator="\n")
+            header = next(reader, None) or table.columns
+            order = [k] + [i for i in range(len(header)) if i != k]
+            w.writerow([header[i] for i in order])
+            if k == 0:
+                for row in reader:
+                    w.writerow(row)
+            else:
+                for row in reader:
+                    w.writerow([row[i] for i in order])
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_available_or_raise(engine: str) -> None:
+    why = available()
+    if why is not None and engine == "libpsi":
+        raise RuntimeJobError(f"psi.engine: libpsi was requested but {why}")
