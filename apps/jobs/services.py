@@ -117,6 +117,10 @@ def set_job_status(
     transition(job, JOB_MACHINE, status, extra=extra)
     record(job.workspace, f"job.{status}", job, actor=actor, source=source, data={"from": before, "error": error[:500]})
     _follow_ticket(job, status, error)
+    if status == J.SUCCEEDED and (job.result or {}).get("train"):
+        from apps.registry.services import register_from_job
+
+        register_from_job(job)
     if notify_partner:
         enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
     if status in (J.CANCELLED, J.FAILED) and job.handle and job.handle.get("state") not in ("launching", "not-started"):

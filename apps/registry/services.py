@@ -49,6 +49,15 @@ def register_model_version(job: Any, *, artifact_uri: str, metrics: dict[str, An
     return mv
 
 
+def register_from_job(job: Any) -> ModelVersion | None:
+    """Register this side's half from a succeeded training job's result (idempotent)."""
+    train = (job.result or {}).get("train") or {}
+    if not train.get("model_dir"):
+        return None
+    metrics = {k: v for k, v in train.items() if k in ("metrics", "epochs", "rows", "history", "best_epoch")}
+    return register_model_version(job, artifact_uri=str(train["model_dir"]), metrics=metrics)
+
+
 @transaction.atomic
 def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: str = "api") -> ModelVersion:
     mv = ModelVersion.objects.select_for_update().get(pk=mv.pk)

@@ -1,0 +1,1 @@
+"""The two-party demo: reproducible data and the driver behind `make demo`."""
