@@ -101,6 +101,7 @@ def _drain(partner_id: Any) -> int:
     if partner is None or partner.status != PartnerStatus.CONNECTED or not partner.endpoint:
         return 0  # a suspended partner's messages wait until it is resumed
     delivered = 0
+    lease_renewed = time.monotonic()
     while True:
         batch = list(OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING).order_by("seq")[:BATCH])
         if not batch:
@@ -111,8 +112,13 @@ def _drain(partner_id: Any) -> int:
             outcome = _send(partner, message)
             if outcome == "retry":
                 return delivered
-            delivered += outcome == "delivered"
-            _renew(partner.pk)
+            if outcome == "delivered":
+                if not delivered:
+                    Partner.objects.filter(pk=partner.pk).update(last_contact_at=timezone.now(), last_error="")
+                delivered += 1
+            if time.monotonic() - lease_renewed > LEASE_S / 3:
+                _renew(partner.pk)
+                lease_renewed = time.monotonic()
 
 
 def _send(partner: Partner, message: OutboxMessage) -> str:
@@ -142,7 +148,6 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
         log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
         return "retry"
     _mark(message, OutboxStatus.DELIVERED, "")
-    Partner.objects.filter(pk=partner.pk).update(last_contact_at=now, last_error="")
     return "delivered"
 
 

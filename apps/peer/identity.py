@@ -252,11 +252,35 @@ def rotate_leaf(days: int | None = None) -> Identity:
         return _rotate_locked(days)
 
 
+_leaf_cache: dict[str, Any] = {}
+
+
+def _leaf_stamp(ident: Identity) -> tuple[Any, ...]:
+    a, b = ident.key_file.stat(), ident.cert_file.stat()
+    return (str(ident.cert_file), a.st_mtime_ns, a.st_ino, b.st_mtime_ns, b.st_ino)
+
+
 def read_key_and_cert() -> tuple[bytes, bytes]:
-    """(key PEM, cert PEM) read together under the lock, so they always match."""
+    """(key PEM, cert PEM), read together under the lock so they always match; cached until rotated."""
     ident = ensure_identity()
+    stamp = _leaf_stamp(ident)
+    cached = _leaf_cache.get("pair")
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     with _locked():
-        return ident.key_file.read_bytes(), ident.cert_file.read_bytes()
+        pair = (ident.key_file.read_bytes(), ident.cert_file.read_bytes())
+        _leaf_cache["pair"] = (_leaf_stamp(ident), pair)
+    return pair
+
+
+def leaf_not_after() -> dt.datetime:
+    """Our leaf certificate's expiry (cached until the certificate changes)."""
+    _key, cert = read_key_and_cert()
+    cached = _leaf_cache.get("not_after")
+    if cached is None or cached[0] != cert:
+        cached = (cert, x509.load_pem_x509_certificate(cert).not_valid_after_utc)
+        _leaf_cache["not_after"] = cached
+    return cached[1]
 
 
 def issue_enrollment_certificate(not_after: dt.datetime, invitation_id: str) -> tuple[str, str]:
@@ -308,10 +332,17 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# Workspace keys never change once made (a new key means a new partnership), so each process keeps them.
+_signing_keys: dict[str, ed25519.Ed25519PrivateKey] = {}
+
+
 def workspace_private_key(workspace: Any) -> ed25519.Ed25519PrivateKey:
     """The workspace's Ed25519 signing key, created on first use."""
     from apps.peer.models import WorkspaceSigningKey
 
+    cached = _signing_keys.get(str(workspace.pk))
+    if cached is not None:
+        return cached
     row = WorkspaceSigningKey.objects.filter(workspace_id=workspace.pk).first()
     if row is None:
         key = ed25519.Ed25519PrivateKey.generate()
@@ -325,6 +356,7 @@ def workspace_private_key(workspace: Any) -> ed25519.Ed25519PrivateKey:
             row = WorkspaceSigningKey.objects.get(workspace_id=workspace.pk)
     loaded = serialization.load_pem_private_key(row.private_key.encode(), password=None)
     assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+    _signing_keys[str(workspace.pk)] = loaded
     return loaded
 
 

@@ -34,6 +34,7 @@ import grpc
 from cryptography import x509
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit.services import record
@@ -168,7 +169,7 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
     workspace, partner, cert = authenticate(env, cert_pem)
     now = timezone.now()
     skew = (env.timestamp_ms - now_ms()) / 1000  # their clock minus ours, as the sender's heartbeat measures it
-    ack = peer_pb2.Ack(server_time_ms=now_ms(), cert_not_after=identity.ensure_identity().cert_not_after.isoformat())
+    ack = peer_pb2.Ack(server_time_ms=now_ms(), cert_not_after=identity.leaf_not_after().isoformat())
     if env.kind == HEARTBEAT:
         Partner.objects.filter(pk=partner.pk).update(
             last_contact_at=now, cert_expires_at=cert.not_valid_after_utc, clock_skew_s=round(skew, 3)
@@ -213,7 +214,10 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
         )
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection from None
-    Partner.objects.filter(pk=partner.pk).update(last_contact_at=now, cert_expires_at=cert.not_valid_after_utc)
+    # At most once a second: a burst of messages must not queue on the partner row's lock.
+    Partner.objects.filter(pk=partner.pk).filter(
+        Q(last_contact_at__isnull=True) | Q(last_contact_at__lt=now - dt.timedelta(seconds=1))
+    ).update(last_contact_at=now, cert_expires_at=cert.not_valid_after_utc)
     ack.result = peer_pb2.Ack.APPLIED
     return ack
 

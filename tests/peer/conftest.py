@@ -101,10 +101,34 @@ def installations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         _wait_peer_port(beta)
         yield {"alpha": alpha, "beta": beta}
     finally:
-        for inst in (alpha, beta):
-            inst.stop()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda inst: inst.stop(), (alpha, beta)))
+        reap(tmp)
         for name in ("alpha", "beta"):
             drop_postgres_database(PG, f"fedsite_test_{name}_{tag}")
+
+
+def reap(path: Path) -> None:
+    """Stop processes left behind under `path` (job runtimes the launcher started in their own session)."""
+    import signal
+
+    mine = str(path)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if mine in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGTERM and pids:
+            time.sleep(1)
 
 
 def _wait_peer_port(inst: Installation, timeout: float = 30) -> None:

@@ -133,7 +133,8 @@ def test_full_negotiation_converges_on_both_sides(partnership: Partnership, alph
     # then Beta's copy (same id) appears as pending within a second or so
     pending = wait_status(beta, ticket["id"], {"pending"}, timeout=5)
     seen_after = time.monotonic() - start
-    assert seen_after < 2.0, f"pending on beta after {seen_after:.2f}s"
+    # (a second on a quiet machine: see bench/peer_sync.py; generous here, the machine is shared)
+    assert seen_after < 3.0, f"pending on beta after {seen_after:.2f}s"
     assert pending["local_dataset"] == partnership.beta_dataset["id"]
     assert pending["role"] == "follower" and ticket["role"] == "leader"
     # when Bea approves, binding the dataset, with a comment
