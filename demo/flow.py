@@ -43,7 +43,12 @@ class FlowResult:
 
 
 def build_installations(
-    root: Path, *, database_url: str | None = None, broker_url: str | None = None, fresh_db: bool = True
+    root: Path,
+    *,
+    database_url: str | None = None,
+    broker_url: str | None = None,
+    fresh_db: bool = True,
+    db_prefix: str = "fedsite_demo",
 ) -> tuple[Installation, Installation]:
     """Two installations under `root`, each with its own data root and (for PostgreSQL) database."""
     from fedsite.localcluster import ensure_postgres_database
@@ -53,7 +58,7 @@ def build_installations(
         var_dir = root / name
         db = None
         if database_url and database_url.startswith("postgres"):
-            db = ensure_postgres_database(database_url, f"fedsite_demo_{name}", fresh=fresh_db)
+            db = ensure_postgres_database(database_url, f"{db_prefix}_{name}", fresh=fresh_db)
         out.append(
             Installation(
                 name,

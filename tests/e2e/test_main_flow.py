@@ -1,0 +1,123 @@
+"""The main flow of DESIGN.md across two live installations, exactly as `make demo` runs it.
+
+In CI both installations use PostgreSQL (DATABASE_URL names the server) and
+Redis (FEDSITE_TEST_BROKER_URL); elsewhere SQLite and the filesystem broker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from demo.flow import build_installations, prepare, run_main_flow
+from fedsite.localcluster import drop_postgres_database
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+ROWS = 20_000  # per side; 75% overlap
+A, B = "/api/v1/workspaces/alpha", "/api/v1/workspaces/beta"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root: Path = tmp_path_factory.mktemp("e2e")
+    db = os.environ.get("DATABASE_URL", "")
+    alpha, beta = build_installations(
+        root,
+        database_url=db or None,
+        broker_url=os.environ.get("FEDSITE_TEST_BROKER_URL"),
+        db_prefix=f"fedsite_e2e_{os.getpid()}",
+    )
+    files = prepare(alpha, beta, rows=ROWS)
+    try:
+        for inst in (alpha, beta):
+            inst.start()
+        for inst in (alpha, beta):
+            inst.wait_ready(120)
+        yield alpha, beta, files
+    finally:
+        for inst in (alpha, beta):
+            inst.stop()
+        if db.startswith("postgres"):
+            for name in ("alpha", "beta"):
+                drop_postgres_database(db, f"fedsite_e2e_{os.getpid()}_{name}")
+
+
+@pytest.fixture(scope="module")
+def flow(cluster):
+    alpha, beta, files = cluster
+    return run_main_flow(alpha, beta, files, epochs=2, progress=False)
+
+
+def test_both_sides_succeed_with_the_exact_intersection(cluster, flow):
+    alpha, beta, _ = cluster
+    assert flow.statuses == {"alpha": "succeeded", "beta": "succeeded"}, (flow.errors, alpha.log("worker")[-3000:])
+    assert flow.intersection_size == int(ROWS * 0.75)
+    # beta's copy of the job reports the same intersection from its side
+    beta_job = beta.client("bea").get(f"{B}/jobs/{flow.job_id}/")
+    assert beta_job["result"]["psi"]["intersection_size"] == flow.intersection_size
+
+
+def test_the_joint_model_learns(flow):
+    # labels depend on both sides' features; a coin flip is 0.5
+    assert flow.validation_auc is not None and flow.validation_auc > 0.75
+
+
+def test_both_sides_hold_the_model_version_under_one_uuid(cluster, flow):
+    alpha, beta, _ = cluster
+    mine = alpha.client("anna").get(f"{A}/model-versions/{flow.model_version_id}/")
+    theirs = beta.client("bea").get(f"{B}/model-versions/{flow.model_version_id}/")
+    assert (mine["role"], theirs["role"]) == ("leader", "follower")
+    assert mine["ticket"] == theirs["ticket"] == flow.ticket_id
+    assert Path(mine["artifact_uri"]).is_dir() and Path(theirs["artifact_uri"]).is_dir()
+    assert mine["metrics"]["metrics"]["validation"]["auc"] == pytest.approx(flow.validation_auc)
+
+
+def test_each_side_sees_the_other_sides_steps(cluster, flow):
+    alpha, beta, _ = cluster
+    ticket = alpha.client("anna").get(f"{A}/tickets/{flow.ticket_id}/")
+    sides = {(e["side"], e["to_status"]) for e in ticket["events"]}
+    assert {("local", "proposed"), ("remote", "approved"), ("local", "succeeded")} <= sides
+    job = alpha.client("anna").get(f"{A}/jobs/{flow.job_id}/")
+    assert job["remote_status"] == "succeeded"
+    metrics = alpha.client("anna").get(f"{A}/jobs/{flow.job_id}/metrics/?name=auc&split=validation")
+    assert len(metrics) >= 2  # one per epoch
+    audit = alpha.client("alice").get(f"{A}/audit-events/?object_id={flow.ticket_id}")
+    assert {"ticket.proposed", "ticket.approved", "ticket.succeeded"} <= {e["verb"] for e in audit["results"]}
+
+
+def test_a_failure_on_one_side_shows_on_both(cluster, flow):
+    alpha, beta, files = cluster
+    a, b = alpha.client("anna"), beta.client("bea")
+    partner = a.get(f"{A}/partners/")["results"][0]
+    shared = a.get(f"{A}/partner-datasets/")["results"][0]
+    dataset = a.get(f"{A}/datasets/")["results"][0]
+    ticket = a.post(
+        f"{A}/tickets/",
+        {"partner": partner["id"], "kind": "psi", "local_dataset": dataset["id"], "remote_dataset": shared["id"]},
+    )
+    b.wait_for(f"{B}/tickets/{ticket['id']}/", lambda t: t["status"] == "pending")
+    # given beta's file vanished after it was registered
+    moved = files["follower"].with_suffix(".away")
+    files["follower"].rename(moved)
+    try:
+        b.post(f"{B}/tickets/{ticket['id']}/approve/", {"comment": "go"})
+        failed = lambda j: j["count"] and j["results"][0]["status"] == "failed"  # noqa: E731
+        beta_job = b.wait_for(f"{B}/jobs/?ticket={ticket['id']}", failed, timeout=120)["results"][0]
+        alpha_job = a.wait_for(
+            f"{A}/jobs/?ticket={ticket['id']}",
+            lambda j: j["count"] and j["results"][0]["remote_status"] == "failed",
+            timeout=60,
+        )["results"][0]
+    finally:
+        moved.rename(files["follower"])
+    assert files["follower"].name in beta_job["error"]
+    assert files["follower"].name in alpha_job["remote_error"]
+    deadline = time.monotonic() + 60
+    while alpha_job["status"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alpha_job = a.get(f"{A}/jobs/{alpha_job['id']}/")
+    assert alpha_job["status"] == "failed"
+    assert a.get(f"{A}/tickets/{ticket['id']}/")["status"] == "failed"
