@@ -54,12 +54,19 @@ def get_launcher(name: str | None = None) -> Launcher:
     if name == "local":
         from apps.jobs.launchers.local import LocalLauncher
 
-        return LocalLauncher()
+        return LocalLauncher(on_exit=_nudge_reconcile)
     if name == "kubernetes":
         from apps.jobs.launchers.kubernetes import KubernetesLauncher
 
         return KubernetesLauncher.from_settings()
     raise LaunchError(f"unknown launcher {name!r} (local or kubernetes)")
+
+
+def _nudge_reconcile() -> None:
+    """A local runtime ended: reconcile now rather than at the next beat."""
+    from workers.tasks import reconcile_jobs
+
+    reconcile_jobs.delay()
 
 
 # -- configuration -------------------------------------------------------------

@@ -212,7 +212,12 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
 
 @transaction.atomic
 def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
-    """The partner's side of the job moved: show it here; its failure fails ours too."""
+    """The partner's side of the job moved: show it here; its failure fails ours too.
+
+    Our resulting terminal state goes back to the partner (so its page shows our side
+    as failed/cancelled too); that cannot loop, since a job that is no longer active
+    only records what the partner says.
+    """
     job = Job.objects.select_for_update().get(pk=job.pk)
     job.remote_status = str(payload.get("status", ""))[:16]
     job.remote_error = str(payload.get("error", ""))[:10_000]
@@ -254,7 +259,6 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 J.FAILED,
                 error=f"the partner's job failed: {job.remote_error or 'no reason given'}",
                 source="peer",
-                notify_partner=False,
             )
         elif job.remote_status == J.CANCELLED:
             set_job_status(
@@ -262,7 +266,6 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 J.CANCELLED,
                 error=job.remote_error or "cancelled by the partner",
                 source="peer",
-                notify_partner=False,
             )
     return job
 

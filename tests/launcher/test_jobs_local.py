@@ -118,8 +118,10 @@ def test_partner_failure_fails_ours_and_stops_our_runtime(side, django_capture_o
     assert job.error == "the partner's job failed: error: PSI: peer certificate not trusted"
     assert job.remote_error == "error: PSI: peer certificate not trusted"
     assert gone(info["pid"]) and gone(info["child_pid"])
-    # Not echoed back: the partner already knows it failed.
-    assert states(job)[-1]["status"] == "starting"
+    # Our side's end goes back, so the partner shows us as failed too; the echo cannot loop.
+    assert states(job)[-1]["status"] == "failed"
+    apply_remote_job_state(job, {"status": "failed", "error": "the partner's job failed: …"})
+    assert states(job)[-1]["status"] == "failed" and len(states(job)) == 2
 
 
 def test_cancel_here_stops_the_runtime_and_tells_the_partner(side, django_capture_on_commit_callbacks):

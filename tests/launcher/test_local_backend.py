@@ -140,3 +140,24 @@ def test_error_summary():
     assert error_summary("a\nERROR x: boom\nb\n", 1) == "ERROR x: boom"
     assert error_summary("all fine\n", 3) == "the runtime exited with code 3"
     assert error_summary("", -9) == "the runtime was killed by signal 9"
+
+
+def test_the_worker_hears_at_once_when_its_runtime_ends(runtime_env):
+    import threading
+
+    ended = threading.Event()
+    launcher = LocalLauncher(on_exit=ended.set)
+    handle = launcher.start(spec(fake={"sleep": 0.2}))
+    assert ended.wait(20)
+    assert launcher.poll(handle).state == SUCCEEDED
+
+
+def test_kill_all_stops_every_runtime_of_a_jobs_folder(launcher, runtime_env):
+    from apps.jobs.launchers.local import kill_all
+
+    handles = [launcher.start(spec(fake={"sleep": 60})) for _ in range(2)]
+    done = launcher.start(spec(fake={"sleep": 0}))
+    wait_finished(launcher, done)
+    assert kill_all(runtime_env.FEDSITE_JOBS_DIR) == 2
+    for handle in handles:
+        wait_for(lambda h=handle: gone(h["pid"]), what="killed")

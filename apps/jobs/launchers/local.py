@@ -23,7 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +138,20 @@ def port_is_free(host: str, port: int) -> bool:
 class LocalLauncher(Launcher):
     name = "local"
 
-    def __init__(self, jobs_dir: Path | str | None = None) -> None:
+    def __init__(self, jobs_dir: Path | str | None = None, on_exit: Callable[[], None] | None = None) -> None:
         self.jobs_dir = Path(jobs_dir or settings.FEDSITE_JOBS_DIR)
+        # Called (from a thread of this worker) when a runtime it started ends, so the job
+        # moves at once instead of at the next beat reconcile.
+        self.on_exit = on_exit
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen, callback: Callable[[], None]) -> None:
+        proc.wait()
+        _children.pop(proc.pid, None)
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - the beat reconcile catches up anyway
+            log.exception("after runtime %s ended", proc.pid)
 
     # -- addresses ---------------------------------------------------------
     def runtime_host(self, job_id: str, side: str, port: int) -> str:
@@ -167,6 +181,7 @@ class LocalLauncher(Launcher):
             "config": base / f"{side}.json",
             "log": base / f"{side}.log",
             "exit": base / f"{side}.exit",
+            "pid": base / f"{side}.pid",
             "output": base / side,
         }
 
@@ -212,6 +227,11 @@ class LocalLauncher(Launcher):
                 raise LaunchError(f"cannot start the runtime: {exc}") from exc
         _children[proc.pid] = proc
         st = _proc_stat(proc.pid)
+        p["pid"].write_text(json.dumps({"pid": proc.pid, "start_ticks": st[2] if st else None}))
+        if self.on_exit is not None:
+            threading.Thread(
+                target=self._wait, args=(proc, self.on_exit), name=f"runtime-{proc.pid}", daemon=True
+            ).start()
         return {
             "backend": self.name,
             "pid": proc.pid,
@@ -277,3 +297,23 @@ class LocalLauncher(Launcher):
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         return _tail(Path(handle["log"]), lines) if handle.get("log") else ""
+
+
+def kill_all(jobs_dir: Path | str) -> int:
+    """Kill every runtime still running under `jobs_dir` (for tearing down a test installation).
+
+    Reads the pid files the launcher writes, so it needs no database. Returns how many groups it killed.
+    """
+    killed = 0
+    for pid_file in Path(jobs_dir).glob("*/*.pid"):
+        try:
+            info = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if is_alive(info["pid"], info.get("start_ticks")):
+            try:
+                os.killpg(info["pid"], signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
