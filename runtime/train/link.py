@@ -127,6 +127,8 @@ class LeaderLink(_Link):
             self.port = add_port(self.server, cfg)
         except RuntimeError as exc:
             raise ConfigError(f"listen_address: cannot listen on {cfg.listen_address}: {exc}") from None
+        if not self.port:
+            raise ConfigError(f"listen_address: cannot listen on {cfg.listen_address} (in use?)")
         self.server.start()
 
     def accept(self, timeout: float) -> None:
