@@ -104,3 +104,38 @@ def headline(metrics, name: str):
     if isinstance(validation, dict) and name in validation:
         return validation[name]
     return metrics.get(name)
+
+
+OBJECT_PAGES = {
+    "ticket": "dashboard:ticket",
+    "job": "dashboard:job",
+    "dataset": "dashboard:dataset",
+    "partner": "dashboard:partner",
+    "modelversion": "dashboard:model",
+}
+
+
+@register.simple_tag
+def object_url(workspace, object_type: str, object_id: str) -> str:
+    """The dashboard page of an audited object, or "" when it has none."""
+    from django.urls import NoReverseMatch, reverse
+
+    name = OBJECT_PAGES.get(object_type)
+    if not name or not object_id or workspace is None:
+        return ""
+    try:
+        return reverse(name, args=[workspace.slug, object_id])
+    except NoReverseMatch:
+        return ""
+
+
+@register.filter
+def ago(value) -> str:
+    """“just now”, “5 minutes ago”, … (timesince says “0 minutes”)."""
+    from django.utils.timesince import timesince
+
+    if not value:
+        return "never"
+    if (timezone.now() - value).total_seconds() < 60:
+        return "just now"
+    return f"{timesince(value)} ago"

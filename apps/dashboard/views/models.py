@@ -76,7 +76,7 @@ def _pick(request, key: str) -> ModelVersion | None:
 def compare(request):
     a, b = _pick(request, "a"), _pick(request, "b")
     chosen = [mv for mv in (a, b) if mv is not None]
-    data = [{"label": f"{'AB'[i]}: {mv.name}", "metrics": metric_points(mv.job)} for i, mv in enumerate(chosen)]
+    data = [{"label": f"{'AB'[i]}: {mv.name[:40]}", "metrics": metric_points(mv.job)} for i, mv in enumerate(chosen)]
     return page(
         request,
         "dashboard/models/compare.html",

@@ -1,0 +1,66 @@
+"""Playwright with Debian's chromium (never a downloaded browser), screenshots, and the vendored Chart.js."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
+CHART_JS = ROOT / "static" / "vendor" / "chart.umd.min.js"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    if not CHART_JS.exists() and shutil.which("npm"):
+        # The charts need Chart.js in static/vendor (make static does this; CI too).
+        subprocess.run([str(ROOT / "scripts" / "vendor_static.sh")], cwd=ROOT, check=True, timeout=300)
+    # Playwright's sync API keeps an event loop running in this thread; Django then refuses
+    # ORM calls here (setting up the test database, fixtures) unless told they are plain sync code.
+    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if saved is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
+
+
+class Shots:
+    """Saves screenshots under test-artifacts/screenshots/ and copies the chosen ones to docs/screenshots/."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, page, name: str, *, docs: bool = False, full_page: bool = True) -> Path:
+        path = SHOTS / f"{self.prefix}-{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        if docs:
+            DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, DOCS_SHOTS / f"{name}.png")
+        return path
+
+
+def watch_console(page, errors: list[str]) -> None:
+    """Collect JavaScript errors and failed requests; a product page has none."""
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
