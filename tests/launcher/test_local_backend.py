@@ -158,6 +158,7 @@ def test_kill_all_stops_every_runtime_of_a_jobs_folder(launcher, runtime_env):
     handles = [launcher.start(spec(fake={"sleep": 60})) for _ in range(2)]
     done = launcher.start(spec(fake={"sleep": 0}))
     wait_finished(launcher, done)
+    wait_for(lambda: gone(done["pid"]), what="the supervisor to exit after writing its exit file")
     assert kill_all(runtime_env.FEDSITE_JOBS_DIR) == 2
     for handle in handles:
         wait_for(lambda h=handle: gone(h["pid"]), what="killed")
