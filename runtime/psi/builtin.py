@@ -34,8 +34,17 @@ from fedsite_proto.runtime.v1 import psi_pb2, psi_pb2_grpc
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError, RuntimeJobError
 from runtime.psi import crypto, libpsi_engine
-from runtime.psi.common import Output, PsiParams, batch_count, batch_len, capabilities, choose, intersect
-from runtime.psi.data import Table, check_ids, write_aligned
+from runtime.psi.common import (
+    Output,
+    PsiParams,
+    batch_count,
+    batch_len,
+    capabilities,
+    choose,
+    intersect,
+    preference,
+)
+from runtime.psi.data import Table, check_ids, has_rows, write_aligned
 from runtime.report import Reporter
 from runtime.tls import CHANNEL_OPTIONS, add_port, open_channel
 
@@ -104,9 +113,11 @@ class _Run:
         self.table: Table | None = None
         self.n = 0
         self.resumed = False
+        self.counted = False
         try:
             self.table = Table(cfg.data.path, cfg.data.id_column)
-            self.n = check_ids(self.table, params.batch_size)
+            if not has_rows(self.table):
+                raise DataError(f"data.path: {self.table.path.name} has no rows")
         except DataError as exc:
             self.local_error = exc
         self.out.clear_results()
@@ -115,8 +126,24 @@ class _Run:
         self.libpsi_why = libpsi_engine.available()
         if self.libpsi_why is None and self.table is not None and self.table.is_parquet:
             self.libpsi_why = "libpsi reads CSV only"
+        elif self.libpsi_why is None and self.table is not None and not libpsi_engine.csv_is_plain(cfg.data.path):
+            self.libpsi_why = "libpsi cannot read CSV files with quoted fields or CR line ends"
         self.caps = capabilities(params, self.libpsi_why is None)
         self.libpsi_plan: tuple[str, list[tuple[str, str]]] | None = None
+        self.libpsi_worker: libpsi_engine.Worker | None = None
+        if self.local_error is None and "libpsi/" in (preference(params)[:1] or [""])[0] and "libpsi/rr22" in self.caps:
+            self.libpsi_worker = libpsi_engine.Worker()  # load libpsi while the two sides shake hands
+
+    def count(self) -> None:
+        """Count this side's ids and check them (built-in engine only; libpsi counts for itself)."""
+        if not self.counted:
+            assert self.table is not None
+            self.n = check_ids(self.table, self.params.batch_size)
+            self.counted = True
+
+    def close_worker(self) -> None:
+        if self.libpsi_worker is not None:
+            self.libpsi_worker.close()
 
     def fallback_note(self, chosen: str) -> None:
         engine, protocol = chosen.split("/")
@@ -227,11 +254,19 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             return psi_pb2.PsiHelloReply(
                 ok=True, protocol=protocol, engine="libpsi", link_address=self.libpsi_plan[1][0][1], input_size=self.n
             )
+        if request.probe:
+            return psi_pb2.PsiHelloReply(ok=True, protocol=protocol, engine="builtin")
         if protocol != self.params.protocol:
             self.params = dataclasses.replace(self.params, protocol=protocol)
         with self._lock:
             if self.session is None:
                 self.fallback_note(chosen)
+                try:
+                    self.count()
+                except DataError as exc:
+                    self.local_error = exc
+                    self.fail(exc)
+                    return psi_pb2.PsiHelloReply(ok=False, error=f"the leader cannot run: {exc}")
                 self._open_session(request)
             elif request.session_id != self.session:
                 return psi_pb2.PsiHelloReply(ok=False, error="a PSI session is already running with another follower")
@@ -466,7 +501,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                 time.sleep(0.2)
                 raise self.local_error
             self.reporter.log(
-                f"psi: leader listening on {self.cfg.listen_address}, {self.n} ids, protocol {self.params.protocol}"
+                f"psi: leader listening on {self.cfg.listen_address}, protocol {self.params.protocol}, engine {self.params.engine}"
             )
             if not self.done.wait(self.remaining()):
                 raise PeerError(
@@ -479,7 +514,9 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                 time.sleep(0.3)  # let the Hello reply reach the follower before the server stops
                 server.stop(grace=1.0).wait(3)
                 protocol, parties = self.libpsi_plan
-                return libpsi_engine.run_libpsi(self.cfg, protocol, parties, self.reporter, self.out.root, self.started)
+                return libpsi_engine.run_libpsi(
+                    self.cfg, protocol, parties, self.reporter, self.started, self.libpsi_worker
+                )
             assert self.result is not None
             rows, _ = self.result
             return self.write_output(
@@ -487,6 +524,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             )
         finally:
             self.done.set()
+            self.close_worker()
             server.stop(grace=1.0).wait(3)
             if self.pool is not None:
                 self.pool.close()
@@ -509,24 +547,26 @@ class _Follower(_Run):
             return PeerError(f"lost the connection to the leader during {what} ({details})")
         return PeerError(f"{what}: {details}")
 
-    def _hello(self, stub, error: str = "") -> Any:
-        state = self.ckpt.load()
-        self._sent_link = self._link_address() if "libpsi/rr22" in self.caps and not error else ""
+    def _hello(self, stub, error: str = "", probe: bool = False) -> Any:
+        state = None if probe or error else self.ckpt.load()
+        if probe:
+            self._sent_link = self._link_address() if "libpsi/rr22" in self.caps else ""
         session = ""
-        if self.table is not None and _state_matches(state, self.table, self.params, self.cfg, self.n):
+        if state and self.table is not None and _state_matches(state, self.table, self.params, self.cfg, self.n):
             session = state["session_id"]
         req = psi_pb2.PsiHello(
             job_id=self.cfg.job_id,
-            protocol=self.params.protocol,
+            protocol=self.requested.protocol,
             protocol_version=PROTOCOL_VERSION,
-            engine="builtin",
-            suite=self.params.suite,
+            engine=self.requested.engine,
+            suite=self.requested.suite,
             input_size=self.n,
             batch_size=self.params.batch_size,
             session_id=session,
             error=error,
             capabilities=self.caps,
-            link_address=self._sent_link,
+            link_address=self._sent_link if probe else "",
+            probe=probe,
         )
         limit = min(ERROR_GRACE_S, self.remaining()) if error else self.remaining()
         end = time.monotonic() + limit
@@ -534,7 +574,7 @@ class _Follower(_Run):
         delay = 0.2
         while time.monotonic() < end:
             try:
-                return stub.Hello(req, timeout=min(5.0, max(0.1, end - time.monotonic())), wait_for_ready=True), state
+                return stub.Hello(req, timeout=max(0.1, end - time.monotonic()), wait_for_ready=True), state
             except grpc.RpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise self._rpc_error(exc, "handshake") from None
@@ -585,7 +625,7 @@ class _Follower(_Run):
                     pass
                 raise self.local_error
             self.pool = _Pool(self.params.workers)
-            reply, state = self._hello(stub)
+            reply, _ = self._hello(stub, probe=True)
             if not reply.ok:
                 raise PeerError(reply.error)
             chosen = f"{reply.engine or 'builtin'}/{reply.protocol or self.params.protocol}"
@@ -596,10 +636,23 @@ class _Follower(_Run):
                 leader_port = reply.link_address.rpartition(":")[2]
                 parties = [("leader", f"{host}:{leader_port}"), ("follower", self._sent_link)]
                 return libpsi_engine.run_libpsi(
-                    self.cfg, reply.protocol, parties, self.reporter, self.out.root, self.started
+                    self.cfg, reply.protocol, parties, self.reporter, self.started, self.libpsi_worker
                 )
+            self.close_worker()
             if reply.protocol and reply.protocol != self.params.protocol:
                 self.params = dataclasses.replace(self.params, protocol=reply.protocol)
+            try:
+                self.count()
+            except DataError as exc:
+                self.local_error = exc
+                try:
+                    self._hello(stub, error=str(exc))
+                except PeerError:
+                    pass
+                raise
+            reply, state = self._hello(stub)
+            if not reply.ok:
+                raise PeerError(reply.error)
             return self._exchange(stub, reply, state)
         except RuntimeJobError as exc:
             if not isinstance(exc, PeerError):
@@ -610,6 +663,7 @@ class _Follower(_Run):
             raise
         finally:
             self._stop.set()
+            self.close_worker()
             if self.pool is not None:
                 self.pool.close()
             channel.close()
@@ -623,6 +677,7 @@ class _Follower(_Run):
             pass
 
     session_id = ""
+    _sent_link = ""
 
     def _exchange(self, stub, reply, state) -> dict[str, Any]:
         assert self.table is not None and self.pool is not None

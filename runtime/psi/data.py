@@ -169,6 +169,15 @@ class Table:
             yield out
 
 
+def has_rows(table: Table) -> bool:
+    """Cheap emptiness check (the full count comes later, or from libpsi)."""
+    if table.is_parquet:
+        return table._parquet().metadata.num_rows > 0
+    for _ in table.iter_rows(1):
+        return True
+    return False
+
+
 def check_ids(table: Table, batch_size: int) -> int:
     """Count the ids; raise DataError on empty input or on a duplicate id (naming it)."""
     hashes: list[np.ndarray] = []

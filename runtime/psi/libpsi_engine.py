@@ -48,8 +48,61 @@ def available() -> str | None:
     return None
 
 
+class Worker:
+    """A spawned process that loads libpsi at once and then runs one ``psi_execute``."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.specs: multiprocessing.Queue = ctx.Queue()
+        self.events: multiprocessing.Queue = ctx.Queue()
+        self.proc = ctx.Process(target=_worker_main, args=(self.specs, self.events), name="libpsi", daemon=True)
+        self.proc.start()
+        self.used = False
+
+    def start(self, spec: dict[str, Any]) -> None:
+        self.used = True
+        self.specs.put(spec)
+
+    def close(self, wait_s: float = 0.5) -> None:
+        if self.proc.is_alive() and not self.used:
+            self.specs.put(None)
+        self.proc.join(wait_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue) -> None:
+    t0 = time.monotonic()
+    try:
+        from spu import psi  # noqa: F401
+        from spu.libspu import link  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - sent to the parent
+        out.put(("error", f"cannot load libpsi: {exc}"))
+        return
+    out.put(("log", f"libpsi: loaded in {time.monotonic() - t0:.1f}s"))
+    spec = specs.get()
+    if spec is None:
+        return
+    _child(spec, out)
+
+
+def csv_is_plain(path: str) -> bool:
+    """libpsi splits CSV lines on commas (``sort --field-separator=,``): no quoted fields, no CRs."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return True
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return m.find(b'"') < 0 and m.find(b"\r") < 0
+    except OSError:
+        return False
+
+
 def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
-    """Runs in a spawned process: one psi_execute, then the two sides' reports via the link."""
+    """Runs in the worker: one psi_execute, then the two sides' reports via the link."""
     from spu import psi
     from spu.libspu import link
 
@@ -57,8 +110,8 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
     desc.id = spec["job_id"]
     for name, addr in spec["parties"]:
         desc.add_party(name, addr)
-    desc.connect_retry_times = 120
-    desc.connect_retry_interval_ms = 500
+    desc.connect_retry_interval_ms = 250
+    desc.connect_retry_times = max(4, int(min(spec["timeout_s"], 600) * 4))
     desc.recv_timeout_ms = int(spec["timeout_s"] * 1000)
     if spec["tls"]:
         cert, key, ca = spec["tls"]
@@ -69,7 +122,15 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
             opts.verify.ca_file_path = ca
             opts.verify.verify_depth = 1
     try:
+        t0 = time.monotonic()
         ctx = link.create_brpc(desc, spec["rank"])
+        ctx.barrier()  # both sides reachable and the TLS handshake done
+        out.put(
+            (
+                "log",
+                f"libpsi: link to the partner up in {time.monotonic() - t0:.1f}s ({'TLS' if spec['tls'] else 'plaintext'})",
+            )
+        )
         proto = getattr(psi.PsiProtocol, _ENUM[spec["protocol"]])
         pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
         if spec["protocol"] == "ecdh":
@@ -94,7 +155,12 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
 
 
 def run_libpsi(
-    cfg: JobConfig, protocol: str, parties: list[tuple[str, str]], reporter: Reporter, out_root: Path, started: float
+    cfg: JobConfig,
+    protocol: str,
+    parties: list[tuple[str, str]],
+    reporter: Reporter,
+    started: float,
+    worker: Worker | None = None,
 ) -> dict[str, Any]:
     """Run libpsi as this side of an agreed session; write aligned.csv and return stats."""
     from runtime.psi.common import Output
@@ -125,15 +191,20 @@ def run_libpsi(
         "tls": tls,
         "timeout_s": cfg.timeout_s,
     }
-    ctx = multiprocessing.get_context("spawn")
-    q: multiprocessing.Queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(spec, q), name="libpsi", daemon=True)
-    proc.start()
+    worker = worker or Worker()
+    worker.start(spec)
+    q, proc = worker.events, worker.proc
     result = None
+    link_up = False
     deadline = started + cfg.timeout_s
     try:
         while result is None:
             if time.monotonic() > deadline:
+                if not link_up:
+                    raise PeerError(
+                        f"could not open the libpsi link to the partner at {parties[1 - spec['rank']][1]} within "
+                        f"timeout_s={cfg.timeout_s:g}s (partner not there, or its certificate is not the pinned one)"
+                    )
                 raise PeerError(f"libpsi did not finish within timeout_s={cfg.timeout_s:g}s")
             try:
                 kind, value = q.get(timeout=0.5)
@@ -143,7 +214,10 @@ def run_libpsi(
                         f"the libpsi engine stopped (exit code {proc.exitcode}); the partner may have disconnected"
                     ) from None
                 continue
-            if kind == "progress":
+            if kind == "log":
+                link_up = link_up or str(value).startswith("libpsi: link")
+                reporter.log(str(value))
+            elif kind == "progress":
                 reporter.progress(0.9 * float(value) / 100.0, "psi")
             elif kind == "error":
                 raise PeerError(f"libpsi failed: {value}")

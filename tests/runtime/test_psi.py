@@ -43,9 +43,9 @@ def pki(tmp_path_factory):
     return {"alpha": make_party(d, "alpha"), "beta": make_party(d, "beta"), "mallory": make_party(d, "mallory")}
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+def write_csv(path: Path, header: list[str], rows: list[list[Any]], crlf: bool = False) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\r\n" if crlf else "\n")
         w.writerow(header)
         w.writerows(rows)
     return path

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedsite_proto/runtime/v1/psi.proto\x12\x18\x66\x65\x64site_proto.runtime.v1\"\xdc\x01\n\x08PsiHello\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x12\n\ninput_size\x18\x06 \x01(\x04\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\n \x03(\t\x12\x14\n\x0clink_address\x18\x0b \x01(\t\"\xf4\x01\n\rPsiHelloReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x01(\x04\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\r\n\x05rsa_n\x18\x06 \x01(\x0c\x12\r\n\x05rsa_e\x18\x07 \x01(\x04\x12\x1b\n\x13have_follower_final\x18\x08 \x03(\r\x12\x19\n\x11have_leader_final\x18\t \x03(\r\x12\x10\n\x08protocol\x18\n \x01(\t\x12\x0e\n\x06\x65ngine\x18\x0b \x01(\t\x12\x14\n\x0clink_address\x18\x0c \x01(\t\"Z\n\x08PsiBatch\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\r\"0\n\x0bPsiBatchRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\x08\n\x06PsiAck\"J\n\tPsiFinish\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11intersection_size\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"F\n\x0ePsiFinishReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x19\n\x11intersection_size\x18\x03 \x01(\x04\"-\n\x08PsiAbort\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t2\xd3\x04\n\nPsiService\x12T\n\x05Hello\x12\".fedsite_proto.runtime.v1.PsiHello\x1a\'.fedsite_proto.runtime.v1.PsiHelloReply\x12R\n\x08\x45xchange\x12\".fedsite_proto.runtime.v1.PsiBatch\x1a\".fedsite_proto.runtime.v1.PsiBatch\x12Q\n\x04Pull\x12%.fedsite_proto.runtime.v1.PsiBatchRef\x1a\".fedsite_proto.runtime.v1.PsiBatch\x12L\n\x04Push\x12\".fedsite_proto.runtime.v1.PsiBatch\x1a .fedsite_proto.runtime.v1.PsiAck\x12W\n\x06\x46inish\x12#.fedsite_proto.runtime.v1.PsiFinish\x1a(.fedsite_proto.runtime.v1.PsiFinishReply\x12M\n\x05\x41\x62ort\x12\".fedsite_proto.runtime.v1.PsiAbort\x1a .fedsite_proto.runtime.v1.PsiAck\x12R\n\x05Watch\x12%.fedsite_proto.runtime.v1.PsiBatchRef\x1a .fedsite_proto.runtime.v1.PsiAck0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedsite_proto/runtime/v1/psi.proto\x12\x18\x66\x65\x64site_proto.runtime.v1\"\xeb\x01\n\x08PsiHello\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\r\n\x05suite\x18\x05 \x01(\t\x12\x12\n\ninput_size\x18\x06 \x01(\x04\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\n \x03(\t\x12\x14\n\x0clink_address\x18\x0b \x01(\t\x12\r\n\x05probe\x18\x0c \x01(\x08\"\xf4\x01\n\rPsiHelloReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x01(\x04\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\r\n\x05rsa_n\x18\x06 \x01(\x0c\x12\r\n\x05rsa_e\x18\x07 \x01(\x04\x12\x1b\n\x13have_follower_final\x18\x08 \x03(\r\x12\x19\n\x11have_leader_final\x18\t \x03(\r\x12\x10\n\x08protocol\x18\n \x01(\t\x12\x0e\n\x06\x65ngine\x18\x0b \x01(\t\x12\x14\n\x0clink_address\x18\x0c \x01(\t\"Z\n\x08PsiBatch\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\r\"0\n\x0bPsiBatchRef\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\x08\n\x06PsiAck\"J\n\tPsiFinish\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11intersection_size\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"F\n\x0ePsiFinishReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x19\n\x11intersection_size\x18\x03 \x01(\x04\"-\n\x08PsiAbort\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t2\xd3\x04\n\nPsiService\x12T\n\x05Hello\x12\".fedsite_proto.runtime.v1.PsiHello\x1a\'.fedsite_proto.runtime.v1.PsiHelloReply\x12R\n\x08\x45xchange\x12\".fedsite_proto.runtime.v1.PsiBatch\x1a\".fedsite_proto.runtime.v1.PsiBatch\x12Q\n\x04Pull\x12%.fedsite_proto.runtime.v1.PsiBatchRef\x1a\".fedsite_proto.runtime.v1.PsiBatch\x12L\n\x04Push\x12\".fedsite_proto.runtime.v1.PsiBatch\x1a .fedsite_proto.runtime.v1.PsiAck\x12W\n\x06\x46inish\x12#.fedsite_proto.runtime.v1.PsiFinish\x1a(.fedsite_proto.runtime.v1.PsiFinishReply\x12M\n\x05\x41\x62ort\x12\".fedsite_proto.runtime.v1.PsiAbort\x1a .fedsite_proto.runtime.v1.PsiAck\x12R\n\x05Watch\x12%.fedsite_proto.runtime.v1.PsiBatchRef\x1a .fedsite_proto.runtime.v1.PsiAck0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedsite_proto.runtime.v1.ps
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PSIHELLO']._serialized_start=65
-  _globals['_PSIHELLO']._serialized_end=285
-  _globals['_PSIHELLOREPLY']._serialized_start=288
-  _globals['_PSIHELLOREPLY']._serialized_end=532
-  _globals['_PSIBATCH']._serialized_start=534
-  _globals['_PSIBATCH']._serialized_end=624
-  _globals['_PSIBATCHREF']._serialized_start=626
-  _globals['_PSIBATCHREF']._serialized_end=674
-  _globals['_PSIACK']._serialized_start=676
-  _globals['_PSIACK']._serialized_end=684
-  _globals['_PSIFINISH']._serialized_start=686
-  _globals['_PSIFINISH']._serialized_end=760
-  _globals['_PSIFINISHREPLY']._serialized_start=762
-  _globals['_PSIFINISHREPLY']._serialized_end=832
-  _globals['_PSIABORT']._serialized_start=834
-  _globals['_PSIABORT']._serialized_end=879
-  _globals['_PSISERVICE']._serialized_start=882
-  _globals['_PSISERVICE']._serialized_end=1477
+  _globals['_PSIHELLO']._serialized_end=300
+  _globals['_PSIHELLOREPLY']._serialized_start=303
+  _globals['_PSIHELLOREPLY']._serialized_end=547
+  _globals['_PSIBATCH']._serialized_start=549
+  _globals['_PSIBATCH']._serialized_end=639
+  _globals['_PSIBATCHREF']._serialized_start=641
+  _globals['_PSIBATCHREF']._serialized_end=689
+  _globals['_PSIACK']._serialized_start=691
+  _globals['_PSIACK']._serialized_end=699
+  _globals['_PSIFINISH']._serialized_start=701
+  _globals['_PSIFINISH']._serialized_end=775
+  _globals['_PSIFINISHREPLY']._serialized_start=777
+  _globals['_PSIFINISHREPLY']._serialized_end=847
+  _globals['_PSIABORT']._serialized_start=849
+  _globals['_PSIABORT']._serialized_end=894
+  _globals['_PSISERVICE']._serialized_start=897
+  _globals['_PSISERVICE']._serialized_end=1492
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PsiHello(_message.Message):
-    __slots__ = ("job_id", "protocol", "protocol_version", "engine", "suite", "input_size", "batch_size", "session_id", "error", "capabilities", "link_address")
+    __slots__ = ("job_id", "protocol", "protocol_version", "engine", "suite", "input_size", "batch_size", "session_id", "error", "capabilities", "link_address", "probe")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class PsiHello(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     LINK_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     protocol: str
     protocol_version: int
@@ -30,7 +31,8 @@ class PsiHello(_message.Message):
     error: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     link_address: str
-    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., protocol_version: _Optional[int] = ..., engine: _Optional[str] = ..., suite: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., session_id: _Optional[str] = ..., error: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., link_address: _Optional[str] = ...) -> None: ...
+    probe: bool
+    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., protocol_version: _Optional[int] = ..., engine: _Optional[str] = ..., suite: _Optional[str] = ..., input_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., session_id: _Optional[str] = ..., error: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., link_address: _Optional[str] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class PsiHelloReply(_message.Message):
     __slots__ = ("ok", "error", "session_id", "input_size", "batch_size", "rsa_n", "rsa_e", "have_follower_final", "have_leader_final", "protocol", "engine", "link_address")

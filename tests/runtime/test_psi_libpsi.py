@@ -1,0 +1,211 @@
+"""The libpsi engine behind the same PSI job (issue 9): same output as the built-in engine, TLS link, fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.config import parse_config
+from runtime.errors import ConfigError, PeerError
+from runtime.psi import libpsi_engine
+from runtime.psi.step import run
+from runtime.report import Reporter
+from tests.pki import make_party
+from tests.runtime.test_psi import PY, REPO, aligned_ids, free_port, make_cfg, psi_pair, read_csv, write_csv
+
+pytestmark = pytest.mark.runtime
+needs_libpsi = pytest.mark.skipif(
+    libpsi_engine.available() is not None, reason=f"libpsi unavailable: {libpsi_engine.available()}"
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    return {"alpha": make_party(d, "alpha"), "beta": make_party(d, "beta"), "mallory": make_party(d, "mallory")}
+
+
+class Capture(Reporter):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.lines: list[str] = []
+        self.progress_values: list[float] = []
+
+    def log(self, line: str, level: str = "info") -> None:
+        self.lines.append(line)
+
+    def progress(self, value: float, stage: str) -> None:
+        self.progress_values.append(value)
+
+
+@needs_libpsi
+def test_rr22_job_path_matches_builtin_rows_and_order(tmp_path, pki):
+    left = [str(i) for i in range(0, 300)] + ["ünï", "日本", "x y"]
+    right = [str(i) for i in range(150, 420)] + ["日本", "x y", "zz"]
+    lib = psi_pair(tmp_path / "lib", pki, left, right, {"protocol": "rr22"})
+    ref = psi_pair(tmp_path / "ref", pki, left, right, {"protocol": "ecdh", "engine": "builtin"})
+    for role in ("leader", "follower"):
+        assert not isinstance(lib[role], Exception), lib
+        assert lib[role]["engine"] == "libpsi" and lib[role]["protocol"] == "rr22"
+        assert ref[role]["engine"] == "builtin"
+        assert lib[role]["intersection_size"] == ref[role]["intersection_size"] == len(set(left) & set(right))
+        assert read_csv(tmp_path / "lib" / role / "psi" / "aligned.csv") == read_csv(
+            tmp_path / "ref" / role / "psi" / "aligned.csv"
+        )
+        assert not (tmp_path / "lib" / role / "psi" / "checkpoint").exists()
+    assert aligned_ids(tmp_path / "lib", "leader") == aligned_ids(tmp_path / "lib", "follower")
+    lead = read_csv(tmp_path / "lib" / "leader" / "psi" / "aligned.csv")
+    assert lead[0] == ["id", "label"]  # own columns, id first
+
+
+plain_id = st.text(alphabet="abcxyz0123456789-_é日", min_size=1, max_size=6)
+
+
+@needs_libpsi
+@settings(
+    max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    common=st.sets(plain_id, min_size=1, max_size=20),
+    only_left=st.sets(plain_id, max_size=15),
+    only_right=st.sets(plain_id, max_size=15),
+    protocol=st.sampled_from(["kkrt", "ecdh", "auto"]),
+)
+def test_engines_agree_property(tmp_path_factory, pki, common, only_left, only_right, protocol):
+    left = list(common | only_left)
+    right = list(common | (only_right - only_left))
+    tmp = tmp_path_factory.mktemp("eng")
+    engine = "libpsi" if protocol == "ecdh" else "auto"
+    lib = psi_pair(tmp / "lib", pki, left, right, {"protocol": protocol, "engine": engine})
+    ref = psi_pair(tmp / "ref", pki, left, right, {"protocol": "ecdh", "engine": "builtin"})
+    assert lib["leader"]["engine"] == "libpsi", lib
+    assert ref["leader"]["engine"] == "builtin", ref
+    for role in ("leader", "follower"):
+        assert read_csv(tmp / "lib" / role / "psi" / "aligned.csv") == read_csv(
+            tmp / "ref" / role / "psi" / "aligned.csv"
+        )
+    assert sorted(aligned_ids(tmp / "lib", "leader")) == sorted(set(left) & set(right))
+
+
+@needs_libpsi
+def test_libpsi_link_refuses_unpinned_certificate(tmp_path, pki):
+    """The brpc link itself checks certificates: a follower presenting another CA's certificate is refused."""
+    a = write_csv(tmp_path / "a.csv", ["id"], [["1"], ["2"]])
+    b = write_csv(tmp_path / "b.csv", ["id"], [["2"], ["3"]])
+    lp, fp = free_port(), free_port()
+    parties = [("leader", f"127.0.0.1:{lp}"), ("follower", f"127.0.0.1:{fp}")]
+    lcfg = parse_config(make_cfg(tmp_path, pki, "leader", a, "id", lp, {}, timeout_s=4))
+    fcfg = parse_config(make_cfg(tmp_path, pki, "follower", b, "id", lp, {}, me=pki["mallory"], timeout_s=4))
+    out: dict = {}
+
+    def go(role, cfg):
+        try:
+            out[role] = libpsi_engine.run_libpsi(cfg, "rr22", parties, Reporter(None), time.monotonic())
+        except Exception as exc:  # noqa: BLE001
+            out[role] = exc
+
+    ts = [threading.Thread(target=go, args=("leader", lcfg)), threading.Thread(target=go, args=("follower", fcfg))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert isinstance(out["leader"], PeerError), out
+    assert isinstance(out["follower"], PeerError), out
+    assert "link" in str(out["follower"]) and "link" in str(out["leader"])
+    for role in ("leader", "follower"):
+        assert not (tmp_path / role / "psi" / "aligned.csv").exists()
+        assert not (tmp_path / role / "psi" / "stats.json").exists()
+
+
+@needs_libpsi
+def test_libpsi_duplicates_fail_on_both_sides(tmp_path, pki):
+    res = psi_pair(tmp_path, pki, ["a", "b", "a"], ["a", "b"], {"protocol": "rr22"})
+    assert "duplicate" in str(res["leader"]) and "duplicate" in str(res["follower"]), res
+    for role in ("leader", "follower"):
+        assert not (tmp_path / role / "psi" / "stats.json").exists()
+        assert not (tmp_path / role / "psi" / "aligned.csv").exists()
+
+
+def test_fallback_when_libpsi_is_unavailable_everywhere(tmp_path, pki, monkeypatch):
+    monkeypatch.setenv("FEDSITE_PSI_NO_LIBPSI", "1")
+    libpsi_engine.available.cache_clear()
+    try:
+        res = psi_pair(tmp_path, pki, ["1", "2", "3"], ["2", "3", "4"], {"protocol": "rr22"})
+        for role in ("leader", "follower"):
+            assert not isinstance(res[role], Exception), res
+            assert res[role]["engine"] == "builtin" and res[role]["protocol"] == "ecdh"
+            assert set(aligned_ids(tmp_path, role)) == {"2", "3"}
+        raw = make_cfg(
+            tmp_path, pki, "leader", tmp_path / "a.csv", "id", free_port(), {"protocol": "rr22", "engine": "libpsi"}
+        )
+        with pytest.raises(ConfigError, match="libpsi"):
+            run(parse_config(raw), Reporter(None))
+    finally:
+        libpsi_engine.available.cache_clear()
+
+
+def test_quoted_csv_falls_back_to_builtin(tmp_path, pki):
+    res = psi_pair(tmp_path, pki, ["a,b", "c"], ["a,b", "d"], {"protocol": "auto"})
+    for role in ("leader", "follower"):
+        assert not isinstance(res[role], Exception), res
+        assert res[role]["engine"] == "builtin"
+        assert aligned_ids(tmp_path, role) == ["a,b"]
+
+
+@needs_libpsi
+def test_auto_with_one_side_lacking_libpsi_falls_back_on_both(tmp_path, pki):
+    a = write_csv(tmp_path / "a.csv", ["id"], [[str(i)] for i in range(50)])
+    b = write_csv(tmp_path / "b.csv", ["id"], [[str(i)] for i in range(25, 80)])
+    port = free_port()
+    procs = {}
+    for role, data, env_extra in (("leader", a, {}), ("follower", b, {"FEDSITE_PSI_NO_LIBPSI": "1"})):
+        cfg = make_cfg(tmp_path, pki, role, data, "id", port, {"protocol": "auto"})
+        path = tmp_path / f"{role}.json"
+        path.write_text(json.dumps(cfg))
+        env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+        procs[role] = subprocess.Popen(
+            [PY, "-m", "runtime", "psi", "--config", str(path)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        )
+    errs = {role: p.communicate(timeout=90)[1] for role, p in procs.items()}
+    for role, p in procs.items():
+        assert p.returncode == 0, errs[role]
+        stats = json.loads((tmp_path / role / "psi" / "stats.json").read_text())
+        assert stats["engine"] == "builtin" and stats["protocol"] == "ecdh"
+        assert "engine builtin, protocol ecdh" in errs[role]
+        assert stats["intersection_size"] == 25
+    assert "libpsi not used" in errs["follower"] and "FEDSITE_PSI_NO_LIBPSI" in errs["follower"]
+    assert aligned_ids(tmp_path, "leader") == aligned_ids(tmp_path, "follower")
+
+
+@needs_libpsi
+def test_libpsi_progress_reaches_the_reporter(tmp_path, pki):
+    a = write_csv(tmp_path / "a.csv", ["id"], [[str(i)] for i in range(2000)])
+    b = write_csv(tmp_path / "b.csv", ["id"], [[str(i)] for i in range(1000, 3000)])
+    port = free_port()
+    reps = {"leader": Capture(), "follower": Capture()}
+    out: dict = {}
+
+    def go(role, data):
+        try:
+            out[role] = run(
+                parse_config(make_cfg(tmp_path, pki, role, data, "id", port, {"protocol": "rr22"})), reps[role]
+            )
+        except Exception as exc:  # noqa: BLE001
+            out[role] = exc
+
+    ts = [threading.Thread(target=go, args=("leader", a)), threading.Thread(target=go, args=("follower", b))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(90)
+    for role in ("leader", "follower"):
+        assert out[role]["engine"] == "libpsi", out
+        assert reps[role].progress_values and reps[role].progress_values[-1] == 1.0
+        assert any("engine libpsi, protocol rr22" in line for line in reps[role].lines)
