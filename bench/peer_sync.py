@@ -16,9 +16,17 @@ them through the invitation API, and shares a dataset. Then, ticket by ticket:
 Both clocks start before the HTTP request, and each side is polled through its
 REST API every 10 ms, so the figures include the API round trips, the commit,
 the Celery push, the gRPC call with mutual TLS and signature checks, and the
-receiver's transaction. Approved tickets launch real jobs on both sides, as in
-production, so workers are busy while we measure. Writes
-`bench/results/peer_sync.json`.
+receiver's transaction. Approved tickets start jobs on both sides, so workers
+are busy while we measure:
+
+- `--jobs refuse` (default): the launcher refuses to start runtimes (no runtime
+  port is configured), so each job fails at once and the two sides exchange
+  their `job.state` messages. This measures the control plane alone, as it
+  behaves on a machine whose runtimes run elsewhere (pods).
+- `--jobs run`: real PSI runtimes start on this machine for every approved
+  ticket; on a small shared machine their CPU load dominates the figures.
+
+Writes `bench/results/peer_sync.json`.
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ def wait_status(api: ApiClient, path: str, statuses: set[str], timeout: float = 
     raise TimeoutError(f"{path} did not reach {statuses} in {timeout}s")
 
 
-def installation(name: str, tmp: Path, tag: str, broker: str, redis_db: int) -> Installation:
+def installation(name: str, tmp: Path, tag: str, broker: str, redis_db: int, jobs: str) -> Installation:
     data = tmp / name / "data"
     data.mkdir(parents=True)
     (data / "features.csv").write_text("user_id,age\n" + "".join(f"u{i},{i % 70}\n" for i in range(100)))
@@ -83,7 +91,8 @@ def installation(name: str, tmp: Path, tag: str, broker: str, redis_db: int) -> 
         broker_url=f"{REDIS}/{redis_db}" if broker == "redis" else None,
         data_roots=[data],
         worker_concurrency=4,
-        extra_env={"LOG_LEVEL": "WARNING", "FEDSITE_RUNTIME_PORTS": "37000-37999"},
+        # "0" is not a port range: the launcher refuses (LaunchError) and the job fails cleanly.
+        extra_env={"LOG_LEVEL": "WARNING", "FEDSITE_RUNTIME_PORTS": "37000-37999" if jobs == "run" else "0"},
     )
 
 
@@ -115,14 +124,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="20 tickets")
     parser.add_argument("--tickets", type=int, default=None)
     parser.add_argument("--broker", choices=("redis", "filesystem"), default="redis")
+    parser.add_argument("--jobs", choices=("refuse", "run"), default="refuse", help="see above")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     n = args.tickets or (20 if args.quick else 100)
     tag = str(os.getpid())
     base = 2 + (os.getpid() % 7) * 2
     tmp = Path(tempfile.mkdtemp(prefix="fedsite-peer-bench-"))
-    alpha = installation("alpha", tmp, tag, args.broker, base)
-    beta = installation("beta", tmp, tag, args.broker, base + 1)
+    alpha = installation("alpha", tmp, tag, args.broker, base, args.jobs)
+    beta = installation("beta", tmp, tag, args.broker, base + 1, args.jobs)
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -186,7 +196,7 @@ def main() -> int:
         ("approve → visible (beta → alpha)", approve_s),
         ("  of which beta's approve API call", api_s),
     ]
-    print(f"\npeer sync over {n} tickets, broker={args.broker}, setup {setup_s:.1f} s")
+    print(f"\npeer sync over {n} tickets, broker={args.broker}, jobs={args.jobs}, setup {setup_s:.1f} s")
     print(f"{'measure':<38} {'n':>4} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'mean s':>8}")
     for label, values in rows:
         print(f"{label:<38} {len(values):>4} {percentile(values, 0.5):>8.3f} {percentile(values, 0.95):>8.3f} "
@@ -202,6 +212,7 @@ def main() -> int:
         "approve_api_p50_s": round(percentile(api_s, 0.5), 4),
         "tickets": n,
         "broker": args.broker,
+        "jobs": args.jobs,
         "database": "postgresql",
         "quick": args.quick,
         "goal_p95_under_1s": goal,
