@@ -1,0 +1,171 @@
+"""Two real installations (web, peer service, Celery worker + beat each; SQLite and the
+filesystem broker, all on loopback) run federated PSI jobs with the local launcher and
+the real runtime: address negotiation, a failure shown on both sides, retry as a new
+attempt on both, and a cancel on one side stopping both."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedsite.localcluster import Installation
+from tests.peer.conftest import Side, _wait_peer_port
+
+pytestmark = pytest.mark.launcher
+
+LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 120, 2))
+FEATURES = "user_id,age\n" + "".join(f"u{i},{20 + i % 50}\n" for i in range(90))
+JOB_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    from apps.jobs.launchers.local import kill_all
+
+    tmp = tmp_path_factory.mktemp("jobs2")
+    insts = {}
+    for name in ("jalpha", "jbeta"):
+        data = tmp / name / "data"
+        data.mkdir(parents=True)
+        (data / "labels.csv").write_text(LABELS)
+        (data / "features.csv").write_text(FEATURES)
+        insts[name] = Installation(
+            name=name,
+            var_dir=tmp / name / "var",
+            data_roots=[data],
+            worker_concurrency=2,
+            extra_env={"LOG_LEVEL": "INFO", "CELERY_FILESYSTEM_POLL_S": "0.05"},
+        )
+    users = {
+        "jalpha": ("acme", {"alice": ("owner", "alice-password-1")}),
+        "jbeta": ("globex", {"bob": ("owner", "bob-password-1")}),
+    }
+
+    def bring_up(inst: Installation) -> None:
+        slug, people = users[inst.name]
+        inst.setup(workspace=slug, users=people)
+        inst.start()
+        inst.wait_ready(90)
+        _wait_peer_port(inst)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(bring_up, i) for i in insts.values()]:
+                f.result()
+        alpha = Side(insts["jalpha"], "acme", insts["jalpha"].client("alice"))
+        beta = Side(insts["jbeta"], "globex", insts["jbeta"].client("bob"))
+        code = alpha.post("partners/invitations/")["code"]
+        beta_partner = beta.post("partners/accept/", {"code": code, "name": "alpha"})
+        alpha_partner = alpha.wait("partners/", lambda b: len(b["results"]) == 1)["results"][0]
+        labels = alpha.post(
+            "datasets/", {"name": "labels", "uri": "labels.csv", "id_column": "user_id", "label_column": "clicked"}
+        )
+        features = beta.post("datasets/", {"name": "features", "uri": "features.csv", "id_column": "user_id"})
+        beta.post(f"datasets/{features['id']}/grants/", {"partner": beta_partner["id"]})
+        remote = alpha.wait("partner-datasets/", lambda b: len(b["results"]) == 1)["results"][0]
+        yield {
+            "alpha": alpha,
+            "beta": beta,
+            "alpha_partner": alpha_partner,
+            "labels": labels,
+            "features": features,
+            "remote": remote,
+            "data": tmp / "jalpha" / "data",
+        }
+    finally:
+        for inst in insts.values():
+            inst.stop()
+            kill_all(inst.var_dir / "jobs")
+
+
+def run_ticket(pair: dict[str, Any], name: str) -> str:
+    alpha, beta = pair["alpha"], pair["beta"]
+    ticket = alpha.post(
+        "tickets/",
+        {
+            "partner": pair["alpha_partner"]["id"],
+            "kind": "psi",
+            "local_dataset": pair["labels"]["id"],
+            "remote_dataset": pair["remote"]["id"],
+            "name": name,
+        },
+    )
+    beta.wait(f"tickets/{ticket['id']}/", lambda t: t["status"] == "pending", timeout=20)
+    beta.post(f"tickets/{ticket['id']}/approve/", {"dataset": pair["features"]["id"]})
+    return ticket["id"]
+
+
+def job_of(side: Side, ticket_id: str, attempt: int, predicate, timeout: float = JOB_TIMEOUT) -> dict:
+    def ok(body: Any) -> bool:
+        jobs = [j for j in body["results"] if j["attempt"] == attempt]
+        return bool(jobs) and predicate(jobs[0])
+
+    body = side.wait(f"jobs/?ticket={ticket_id}", ok, timeout=timeout)
+    return next(j for j in body["results"] if j["attempt"] == attempt)
+
+
+def logs(side: Side) -> str:
+    return "\n".join(side.inst.log(r)[-3000:] for r in ("worker",))
+
+
+def test_failure_on_one_side_shows_on_both_then_a_retry_succeeds_on_both(pair):
+    alpha, beta = pair["alpha"], pair["beta"]
+    labels = pair["data"] / "labels.csv"
+    labels.rename(labels.with_suffix(".bak"))  # alpha's runtime will not find its data
+    try:
+        ticket = run_ticket(pair, "fails, then retried")
+        mine = job_of(alpha, ticket, 1, lambda j: j["status"] == "failed")
+        theirs = job_of(beta, ticket, 1, lambda j: j["status"] == "failed")
+    finally:
+        labels.with_suffix(".bak").rename(labels)
+    assert mine["id"] == theirs["id"]  # one job, one UUID, on both installations
+    assert mine["error"].startswith("error:"), mine
+    # Beta's job failed with alpha's reason: from the peer message ("the partner's job failed: …")
+    # or, if its runtime heard it first, from the runtime link ("the leader cannot run: …").
+    reason = mine["error"].removeprefix("error: ")
+    assert reason in theirs["error"], theirs
+    assert theirs["remote_status"] == "failed" and theirs["remote_error"] == mine["error"]
+    job_of(alpha, ticket, 1, lambda j: j["remote_status"] == "failed", timeout=30)  # beta's end came back
+    assert alpha.get(f"tickets/{ticket}/")["status"] == "failed"
+    assert beta.get(f"tickets/{ticket}/")["status"] == "failed"
+
+    retried = alpha.post(f"jobs/{mine['id']}/retry/", expect=201)
+    assert retried["attempt"] == 2
+    done_a = job_of(alpha, ticket, 2, lambda j: j["status"] in ("succeeded", "failed"))
+    done_b = job_of(beta, ticket, 2, lambda j: j["status"] in ("succeeded", "failed"))
+    assert done_a["status"] == "succeeded", (done_a, logs(alpha))
+    assert done_b["status"] == "succeeded", (done_b, logs(beta))
+    assert done_a["id"] == done_b["id"] == retried["id"]
+    assert done_a["result"]["psi"] and done_b["result"]["psi"]
+    job_of(alpha, ticket, 2, lambda j: j["remote_status"] == "succeeded", timeout=30)
+    job_of(beta, ticket, 2, lambda j: j["remote_status"] == "succeeded", timeout=30)
+    assert alpha.get(f"tickets/{ticket}/")["status"] == "succeeded"
+    # The follower dialled the address the leader's side chose and sent.
+    cfg = json.loads((beta.inst.var_dir / "jobs" / done_b["id"] / "follower.json").read_text())
+    leader_cfg = json.loads((alpha.inst.var_dir / "jobs" / done_a["id"] / "leader.json").read_text())
+    assert cfg["peer_address"].endswith(leader_cfg["listen_address"].rsplit(":", 1)[1])
+    assert cfg["report"]["url"] == f"{beta.inst.url}/api/v1/runtime/jobs/{done_b['id']}/report"
+
+
+def test_cancel_on_one_side_cancels_both_and_stops_both_runtimes(pair):
+    alpha, beta = pair["alpha"], pair["beta"]
+    ticket = run_ticket(pair, "cancelled")
+    theirs = job_of(beta, ticket, 1, lambda j: j["status"] in ("starting", "running"), timeout=60)
+    beta.post(f"jobs/{theirs['id']}/cancel/", {"reason": "wrong quarter"})
+    mine = job_of(alpha, ticket, 1, lambda j: j["status"] in ("cancelled", "succeeded", "failed"), timeout=60)
+    assert mine["status"] == "cancelled" and mine["error"] == "wrong quarter"
+    assert mine["remote_status"] == "cancelled"
+    for side, role in ((alpha, "leader"), (beta, "follower")):
+        exit_file = side.inst.var_dir / "jobs" / mine["id"] / f"{role}.exit"
+        deadline = time.monotonic() + 30
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exit_file.exists(), f"{role} runtime still running"
+        assert json.loads(exit_file.read_text())["code"] != 0
+    assert Path(beta.inst.var_dir / "jobs" / mine["id"]).exists()
