@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -81,7 +82,10 @@ def check_certificate(cert_pem: bytes | None, partner: Partner) -> x509.Certific
     if not cert_pem:
         raise PeerRejected(Code.UNAUTHENTICATED, "no client certificate presented", reason="no_certificate")
     cert = x509.load_pem_x509_certificate(cert_pem)
-    if not partner.ca_pem or not identity.certificate_issued_by(cert, partner.ca_pem):
+    enrollment = any(
+        str(a.value).startswith("invitation:") for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    )
+    if enrollment or not partner.ca_pem or not identity.certificate_issued_by(cert, partner.ca_pem):
         raise PeerRejected(
             Code.UNAUTHENTICATED,
             f"client certificate was not issued by the CA pinned for partner {partner.name}",

@@ -416,3 +416,19 @@ def test_runtime_tls_files_hold_our_leaf_and_the_partners_pinned_ca(loopback) ->
     assert "fedsite-runtime" in names.get_values_for_type(x509.DNSName)
     assert open(files["peer_ca_file"]).read() == to_globex.ca_pem
     serialization.load_pem_private_key(open(files["key_file"], "rb").read(), password=None)
+
+
+def test_an_invitations_enrollment_certificate_cannot_deliver_messages(loopback, peer_env) -> None:
+    # Acme and Globex share this installation's CA, so only the enrollment check stands in the way.
+    from apps.peer.handshake import decode_code
+
+    to_globex, _ = loopback
+    _invitation, code = create_invitation(peer_env["acme"])
+    body = decode_code(code)
+    from apps.peer.envelope import build
+
+    envelope = build(to_globex, "dataset.shared", SHARE)
+    with pytest.raises(grpc.RpcError) as info:
+        _stub(peer_env, body["enrollment_cert"].encode(), body["enrollment_key"].encode()).Deliver(envelope, timeout=5)
+    assert info.value.code() == Code.UNAUTHENTICATED
+    assert not RemoteDataset.objects.exists()
