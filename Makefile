@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
 ONCE ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint protos protos-check bench bench-quick clean static
+.PHONY: setup system-deps demo test test-fast lint protos protos-check bench bench-quick clean static
 
 $(STAMP): requirements.txt
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-setup: $(STAMP) static ## create .venv and install everything
+setup: $(STAMP) static system-deps ## create .venv and install everything
+
+system-deps: ## Debian's chromium for the browser tests (installed when running as root)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium is missing and this is not root: install Debian's chromium for the browser tests"; fi; \
+	fi
 
 static: ## vendor front-end libraries (Chart.js, htmx) from npm into static/vendor
 	@if [ -x scripts/vendor_static.sh ]; then scripts/vendor_static.sh; fi

@@ -39,7 +39,14 @@ def fmt(value: Any) -> str:
 
 
 def main() -> int:
-    out = ["# Benchmarks", "", "Every figure below was measured on the project's 2-core, 24 GiB machine by the command named with it;", "each script prints the same table and writes `bench/results/<name>.json`. `make bench` runs them all", "(`make bench-quick` for the quick sizes); `scripts/bench_page.py` rewrites this page.", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        "Every figure below was measured on the project's 2-core, 24 GiB machine by the command named with it;",
+        "each script prints the same table and writes `bench/results/<name>.json`. `make bench` runs them all",
+        "(`make bench-quick` for the quick sizes); `scripts/bench_page.py` rewrites this page.",
+        "",
+    ]
     for path in sorted((ROOT / "bench" / "results").glob("*.json")):
         name = path.stem
         data = json.loads(path.read_text())
