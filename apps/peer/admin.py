@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.peer.models import InboxMessage, OutboxMessage
+from apps.peer.models import InboxMessage, Invitation, OutboxMessage
 
 
 @admin.register(OutboxMessage)
@@ -15,3 +15,10 @@ class InboxMessageAdmin(admin.ModelAdmin):
     list_display = ["received_at", "partner", "kind", "message_id"]
     list_filter = ["kind"]
     readonly_fields = [f.name for f in InboxMessage._meta.fields]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "workspace", "expires_at", "used_at", "partner"]
+    readonly_fields = ["id", "workspace", "expires_at", "used_at", "partner", "created_by", "created_at"]
+    exclude = ["secret_hash"]

@@ -313,3 +313,18 @@ def test_rotating_certificates_keeps_the_partnership_working(partnership: Partne
     beta.post(f"tickets/{ticket['id']}/reject/", {"reason": "rotation check"})
     assert wait_status(alpha, ticket["id"], {"rejected"})["decision_comment"] == "rotation check"
     assert alpha.inst.manage("doctor", "--workspace", "acme").returncode == 0
+
+
+def test_no_message_was_refused_or_left_behind(partnership: Partnership, alpha: Side, beta: Side) -> None:
+    # Runs last: every message either side sent in this session was applied by the other.
+    code = (
+        "import json, time\nfrom apps.peer.models import OutboxMessage\n"
+        "for _ in range(100):\n"
+        "    left = OutboxMessage.objects.exclude(status='delivered')\n"
+        "    if not left.filter(status='pending').exists():\n"
+        "        break\n"
+        "    time.sleep(0.2)\n"
+        "print(json.dumps([[m.kind, m.status, m.last_error[:200]] for m in left]))"
+    )
+    assert shell(alpha, code) == []
+    assert shell(beta, code) == []
