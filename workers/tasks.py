@@ -37,12 +37,20 @@ def deliver_due_outbox() -> int:
     return len(partners)
 
 
-@shared_task(name="workers.tasks.launch_job", ignore_result=True, acks_late=True)
-def launch_job(*, job_id: str) -> None:
-    """Start the runtime for a pending job (a second call for the same job does nothing)."""
-    from apps.jobs.launch import launch
+@shared_task(name="workers.tasks.launch_job", bind=True, ignore_result=True, acks_late=True, max_retries=5)
+def launch_job(self, *, job_id: str) -> None:
+    """Start the runtime for a pending job (a second call for the same job does nothing).
 
-    launch(job_id)
+    Retried with backoff only while the launcher's backend is unreachable; the last
+    attempt fails the job with the reason instead.
+    """
+    from apps.jobs.launch import launch
+    from apps.jobs.launchers.base import TransientLaunchError
+
+    try:
+        launch(job_id, may_retry=self.request.retries < self.max_retries)
+    except TransientLaunchError as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
 @shared_task(name="workers.tasks.stop_job", ignore_result=True)

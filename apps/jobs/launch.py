@@ -25,7 +25,15 @@ from django.utils import timezone
 
 from apps.core.errors import IllegalTransition, ServiceError
 from apps.jobs.choices import ACTIVE, JobStatus
-from apps.jobs.launchers.base import FAILED, SUCCEEDED, Launcher, LaunchError, RuntimeSpec, RuntimeState
+from apps.jobs.launchers.base import (
+    FAILED,
+    SUCCEEDED,
+    Launcher,
+    LaunchError,
+    RuntimeSpec,
+    RuntimeState,
+    TransientLaunchError,
+)
 from apps.jobs.models import Job
 from apps.tickets.choices import JobKind, PartyRole
 
@@ -174,8 +182,12 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
 # -- launch --------------------------------------------------------------------
 
 
-def launch(job_id: str) -> str:
-    """Start this side's runtime for a pending job. Returns what happened (for logs and tests)."""
+def launch(job_id: str, *, may_retry: bool = False) -> str:
+    """Start this side's runtime for a pending job. Returns what happened (for logs and tests).
+
+    With `may_retry`, a transient backend error (API unreachable, 5xx) releases the
+    claim and raises TransientLaunchError so the task retries; otherwise it fails the job.
+    """
     from apps.jobs.services import set_job_status
 
     job = Job.objects.select_related("ticket", "ticket__partner", "ticket__local_dataset", "workspace").filter(
@@ -220,6 +232,16 @@ def launch(job_id: str) -> str:
     try:
         spec = build_spec(job, launcher, port)
         handle = launcher.start(spec)
+    except TransientLaunchError:
+        if may_retry:
+            # Release the claim: the retried task starts over (port and all).
+            Job.objects.filter(pk=job.pk, status=J.PENDING).update(handle={}, updated_at=timezone.now())
+            raise
+        Job.objects.filter(pk=job.pk).update(handle={"backend": launcher.name, "state": "not-started", "port": port})
+        set_job_status(
+            job, J.FAILED, error="could not start the runtime: its backend stayed unavailable", source="launcher"
+        )
+        return "failed"
     except (LaunchError, ServiceError) as exc:
         Job.objects.filter(pk=job.pk).update(handle={"backend": launcher.name, "state": "not-started", "port": port})
         set_job_status(job, J.FAILED, error=f"could not start the runtime: {exc}", source="launcher")
@@ -241,7 +263,7 @@ def stop(job_id: str) -> str:
     if job is None:
         return "gone"
     handle = job.handle or {}
-    if handle.get("state") in ("launching", "not-started") or not handle:
+    if handle.get("state") in ("launching", "not-started", "finished") or not handle:
         return "nothing"
     get_launcher(handle.get("backend") or job.launcher or None).stop(handle)
     return "stopped"
@@ -253,8 +275,12 @@ def stop(job_id: str) -> str:
 def _finish(job: Job, state: RuntimeState) -> bool:
     from apps.jobs.services import set_job_status
 
+    # The runtime is done: mark the handle so the terminal status does not "stop" it (which,
+    # on Kubernetes, would delete the finished Job and its logs before the TTL).
+    update: dict[str, Any] = {"handle": {**(job.handle or {}), "state": "finished", "exit_code": state.exit_code}}
     if state.log_tail and not job.log_tail:
-        Job.objects.filter(pk=job.pk).update(log_tail=state.log_tail)
+        update["log_tail"] = state.log_tail
+    Job.objects.filter(pk=job.pk).update(**update)
     try:
         if state.state == SUCCEEDED:
             set_job_status(job, J.SUCCEEDED, source="launcher")
@@ -296,7 +322,7 @@ def reconcile_job(job: Job, now: float | None = None) -> str:
                 launch_job.delay(job_id=str(job.id))
                 return "relaunched"
         return "pending"
-    if not handle or handle.get("state") in ("launching", "not-started"):
+    if not handle or handle.get("state") in ("launching", "not-started", "finished"):
         return "no-handle"
     try:
         launcher = get_launcher(handle.get("backend") or job.launcher or None)

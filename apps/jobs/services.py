@@ -123,7 +123,11 @@ def set_job_status(
         register_from_job(job)
     if notify_partner:
         enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
-    if status in (J.CANCELLED, J.FAILED) and job.handle and job.handle.get("state") not in ("launching", "not-started"):
+    if (
+        status in (J.CANCELLED, J.FAILED)
+        and job.handle
+        and job.handle.get("state") not in ("launching", "not-started", "finished")
+    ):
         # A cancel, or a failure decided here or by the partner: the runtime may still run.
         job_id = str(job.id)
         transaction.on_commit(lambda: _stop_runtime(job_id))

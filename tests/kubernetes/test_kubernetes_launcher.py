@@ -264,9 +264,11 @@ def test_jobs_through_the_service_layer(
         launching.reconcile()
     job.refresh_from_db()
     assert job.status == "failed" and job.error == "error: data: id column 'id' has duplicates"
-    assert name not in cluster.objects("jobs")  # a failed job's runtime objects are removed
+    # A runtime that ended by itself is left for its TTL (so `kubectl logs` still works)…
+    assert name in cluster.objects("jobs") and job.handle["state"] == "finished"
+    assert launching.stop(str(job.id)) == "nothing"
 
-    # A second job, cancelled while running: everything of it is deleted.
+    # …but a cancelled one is deleted with everything it owns.
     with transaction.atomic():
         job2 = start_ticket_run(job.ticket, attempt=2)
     launching.launch(str(job2.id))
@@ -311,3 +313,29 @@ def _make_job(settings, start_ticket_run):
     )
     with transaction.atomic():
         return start_ticket_run(ticket)
+
+
+def test_an_unreachable_api_is_transient_and_the_launch_task_retries(settings, monkeypatch, db):
+    from kubernetes import client
+
+    from apps.jobs import launch as launching
+    from apps.jobs.launchers.base import TransientLaunchError
+    from apps.jobs.models import Job
+    from apps.jobs.services import start_ticket_run
+
+    down = KubernetesLauncher(client.ApiClient(client.Configuration(host="http://127.0.0.1:9")))
+    with pytest.raises(TransientLaunchError):
+        down.start(make_spec("leader"))
+
+    settings.FEDSITE_LAUNCHER = "kubernetes"
+    settings.FEDSITE_RUNTIME_ALLOW_INSECURE = True
+    monkeypatch.setattr(launching, "get_launcher", lambda name=None: down)
+    monkeypatch.setattr("apps.peer.outbox._push", lambda partner_id: None)
+    job = _make_job(settings, start_ticket_run)
+    with pytest.raises(TransientLaunchError):
+        launching.launch(str(job.id), may_retry=True)
+    job.refresh_from_db()
+    assert job.status == "pending" and job.handle == {}  # claim released for the retry
+    assert launching.launch(str(job.id), may_retry=False) == "failed"  # the last attempt gives up
+    job = Job.objects.get(pk=job.pk)
+    assert job.status == "failed" and "stayed unavailable" in job.error

@@ -20,6 +20,10 @@ class LaunchError(Exception):
     """The runtime could not be started; the job fails with this message."""
 
 
+class TransientLaunchError(LaunchError):
+    """The backend is unreachable or overloaded for now: the launch task retries before failing the job."""
+
+
 @dataclass
 class RuntimeSpec:
     """Everything a backend needs to start one side's runtime.

@@ -33,6 +33,7 @@ from apps.jobs.launchers.base import (
     LaunchError,
     RuntimeSpec,
     RuntimeState,
+    TransientLaunchError,
     error_summary,
 )
 
@@ -339,7 +340,13 @@ class KubernetesLauncher(Launcher):
                 self.core.create_namespaced_service(ns, self.service_manifest(spec, owner))
             self.batch.patch_namespaced_job(name, ns, {"spec": {"suspend": False}})
         except (ApiException, HTTPError) as exc:
-            self.stop(handle)
+            try:
+                self.stop(handle)
+            except LaunchError as cleanup:
+                log.warning("cleaning up %s after a failed start: %s", name, cleanup)
+            status = getattr(exc, "status", None)
+            if isinstance(exc, HTTPError) or status == 429 or (isinstance(status, int) and status >= 500):
+                raise TransientLaunchError(f"the Kubernetes API failed for {name}: {_api_error(exc)}") from exc
             raise LaunchError(f"Kubernetes refused {name}: {_api_error(exc)}") from exc
         return handle
 
