@@ -123,6 +123,9 @@
       var sb = field("status-badge"); sb.replaceChildren(badge(job.status));
       var rb = field("remote-badge"); rb.replaceChildren(job.remote_status ? badge(job.remote_status) : document.createTextNode("no report yet"));
       field("live-note").textContent = job.active ? "updating live" : "finished";
+      ["started_at", "finished_at"].forEach(function (k) {
+        if (job[k]) field(k).textContent = job[k].replace("T", " ").slice(0, 19);
+      });
       var log = document.getElementById("log-tail");
       if (job.log_tail && log.textContent !== job.log_tail) {
         var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;

@@ -100,6 +100,8 @@ def headline(metrics, name: str):
     """A model's headline metric: the validation value, else the top-level one."""
     if not isinstance(metrics, dict):
         return None
+    if isinstance(metrics.get("metrics"), dict):
+        metrics = metrics["metrics"]
     validation = metrics.get("validation")
     if isinstance(validation, dict) and name in validation:
         return validation[name]

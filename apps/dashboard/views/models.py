@@ -18,17 +18,25 @@ from apps.workspaces.choices import Role
 
 
 def summary(mv: ModelVersion) -> list[tuple[str, object]]:
-    """Headline metrics, whatever shape the runtime stored them in."""
-    metrics = mv.metrics or {}
+    """Headline metrics, whatever shape the runtime stored them in.
+
+    Training stores {"metrics": {"train": {...}, "validation": {...}}, "epochs": n, ...};
+    older or hand-made versions may keep the splits at the top level.
+    """
+    top = mv.metrics if isinstance(mv.metrics, dict) else {}
+    nested = top.get("metrics") if isinstance(top.get("metrics"), dict) else {}
     out: list[tuple[str, object]] = []
-    for split in ("validation", "train", "test", "score"):
-        values = metrics.get(split)
-        if isinstance(values, dict):
-            out += [(f"{split} {k}", v) for k, v in values.items() if isinstance(v, int | float)]
-    out += [
-        (k.replace("_", " "), v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    ]
+    for source in (nested, top):
+        for split in ("validation", "train", "test", "score"):
+            values = source.get(split)
+            if isinstance(values, dict):
+                out += [(f"{split} {k}", v) for k, v in values.items() if _number(v)]
+    out += [(k.replace("_", " "), v) for k, v in top.items() if _number(v)]
     return out
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @workspace_page
@@ -61,6 +69,7 @@ def model_detail(request, pk):
         can_archive=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.ARCHIVED),
         can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
         others=ModelVersion.objects.filter(workspace=request.workspace).exclude(pk=mv.pk)[:100],
+        curves=[{"label": mv.name[:40], "metrics": metric_points(mv.job)}],
     )
 
 
