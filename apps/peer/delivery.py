@@ -53,22 +53,38 @@ def backoff_s(attempts: int) -> float:
     return delay * random.uniform(0.9, 1.1)
 
 
-def _acquire(partner_id: Any, token: str) -> bool:
-    now = timezone.now()
-    return (
-        Partner.objects.filter(pk=partner_id)
-        .filter(Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now))
-        .update(delivery_lease_until=now + dt.timedelta(seconds=LEASE_S))
-        == 1
-    )
+class _Lease:
+    """This worker's hold on a partner's outbox: the `delivery_lease_until` value it wrote.
 
+    Renewing and releasing compare-and-set on that value, so a worker whose lease
+    ran out can never clear or extend another worker's.
+    """
 
-def _renew(partner_id: Any) -> None:
-    Partner.objects.filter(pk=partner_id).update(delivery_lease_until=timezone.now() + dt.timedelta(seconds=LEASE_S))
+    def __init__(self, partner_id: Any, until: dt.datetime) -> None:
+        self.partner_id = partner_id
+        self.until = until
+        self.renewed = time.monotonic()
 
+    @classmethod
+    def acquire(cls, partner_id: Any) -> _Lease | None:
+        now = timezone.now()
+        until = now + dt.timedelta(seconds=LEASE_S)
+        taken = (
+            Partner.objects.filter(pk=partner_id)
+            .filter(Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now))
+            .update(delivery_lease_until=until)
+        )
+        return cls(partner_id, until) if taken == 1 else None
 
-def _release(partner_id: Any) -> None:
-    Partner.objects.filter(pk=partner_id).update(delivery_lease_until=None)
+    def renew_if_due(self) -> None:
+        if time.monotonic() - self.renewed < LEASE_S / 3:
+            return
+        until = timezone.now() + dt.timedelta(seconds=LEASE_S)
+        Partner.objects.filter(pk=self.partner_id, delivery_lease_until=self.until).update(delivery_lease_until=until)
+        self.until, self.renewed = until, time.monotonic()
+
+    def release(self) -> None:
+        Partner.objects.filter(pk=self.partner_id, delivery_lease_until=self.until).update(delivery_lease_until=None)
 
 
 def _head_due(partner_id: Any) -> bool:
@@ -84,24 +100,27 @@ def _head_due(partner_id: Any) -> bool:
 def deliver_pending(partner_id: str | uuid.UUID) -> int:
     """Send this partner's due messages in order; returns how many were delivered."""
     delivered = 0
-    token = uuid.uuid4().hex
     while True:
-        if not _acquire(partner_id, token):
-            return delivered
+        lease = _Lease.acquire(partner_id)
+        if lease is None:
+            return delivered  # another worker is delivering; it looks again before it lets go
         try:
-            delivered += _drain(partner_id)
+            sent = _drain(partner_id, lease)
         finally:
-            _release(partner_id)
+            lease.release()
+        if sent is None:
+            return delivered
+        delivered += sent
         if not _head_due(partner_id):
             return delivered
 
 
-def _drain(partner_id: Any) -> int:
+def _drain(partner_id: Any, lease: _Lease) -> int | None:
+    """Deliver in order until empty, a message not yet due, or a failure; None if the partner is not connected."""
     partner = Partner.objects.select_related("workspace").filter(pk=partner_id).first()
     if partner is None or partner.status != PartnerStatus.CONNECTED or not partner.endpoint:
-        return 0  # a suspended partner's messages wait until it is resumed
+        return None  # a suspended partner's messages wait until it is resumed
     delivered = 0
-    lease_renewed = time.monotonic()
     while True:
         batch = list(OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING).order_by("seq")[:BATCH])
         if not batch:
@@ -116,17 +135,14 @@ def _drain(partner_id: Any) -> int:
                 if not delivered:
                     Partner.objects.filter(pk=partner.pk).update(last_contact_at=timezone.now(), last_error="")
                 delivered += 1
-            if time.monotonic() - lease_renewed > LEASE_S / 3:
-                _renew(partner.pk)
-                lease_renewed = time.monotonic()
+            lease.renew_if_due()
 
 
 def _send(partner: Partner, message: OutboxMessage) -> str:
-    envelope = build(
-        partner, message.kind, message.payload, message_id=message.id, seq=message.seq, ticket_id=message.ticket_id
-    )
-    now = timezone.now()
     try:
+        envelope = build(
+            partner, message.kind, message.payload, message_id=message.id, seq=message.seq, ticket_id=message.ticket_id
+        )
         client.deliver(partner, envelope)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details() or ""
@@ -138,17 +154,24 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
             log.warning("%s %s refused by %s: %s", message.kind, message.id, partner.name, error)
             _mark(message, OutboxStatus.REFUSED, error)
             return "refused"
-        attempts = message.attempts + 1
-        OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
-            attempts=attempts,
-            next_attempt_at=now + dt.timedelta(seconds=backoff_s(attempts)),
-            last_error=error,
-        )
-        Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
-        log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
+        _retry_later(partner, message, error)
+        return "retry"
+    except Exception as exc:  # noqa: BLE001 - a bug or outage here must back off, not block the partner's queue
+        log.exception("could not send %s %s to %s", message.kind, message.id, partner.name)
+        _retry_later(partner, message, f"{type(exc).__name__}: {exc}"[:2000])
         return "retry"
     _mark(message, OutboxStatus.DELIVERED, "")
     return "delivered"
+
+
+def _retry_later(partner: Partner, message: OutboxMessage, error: str) -> None:
+    now = timezone.now()
+    attempts = message.attempts + 1
+    OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
+        attempts=attempts, next_attempt_at=now + dt.timedelta(seconds=backoff_s(attempts)), last_error=error
+    )
+    Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
+    log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
 
 
 def _mark(message: OutboxMessage, status: str, error: str) -> None:

@@ -432,3 +432,28 @@ def test_an_invitations_enrollment_certificate_cannot_deliver_messages(loopback,
         _stub(peer_env, body["enrollment_cert"].encode(), body["enrollment_key"].encode()).Deliver(envelope, timeout=5)
     assert info.value.code() == Code.UNAUTHENTICATED
     assert not RemoteDataset.objects.exists()
+
+
+def test_a_suspended_partners_messages_wait_until_it_is_resumed(loopback) -> None:
+    to_globex, share = loopback
+    Partner.objects.filter(pk=to_globex.pk).update(status=PartnerStatus.SUSPENDED)
+    message = share("held")
+    assert deliver_pending(to_globex.pk) == 0
+    message.refresh_from_db()
+    assert message.status == OutboxStatus.PENDING and message.attempts == 0
+    Partner.objects.filter(pk=to_globex.pk).update(status=PartnerStatus.CONNECTED)
+    assert deliver_pending(to_globex.pk) == 1
+    assert Partner.objects.get(pk=to_globex.pk).delivery_lease_until is None
+
+
+def test_a_worker_finding_the_lease_taken_leaves_the_messages_to_its_holder(loopback) -> None:
+    to_globex, share = loopback
+    share("one")
+    Partner.objects.filter(pk=to_globex.pk).update(
+        delivery_lease_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    )
+    assert deliver_pending(to_globex.pk) == 0
+    Partner.objects.filter(pk=to_globex.pk).update(
+        delivery_lease_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    assert deliver_pending(to_globex.pk) == 1  # an expired lease is taken over
