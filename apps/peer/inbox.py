@@ -218,6 +218,15 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
         )
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # A payload of the wrong shape that slipped past the service's checks: refuse it for good
+        # (retrying would block every later message to us) rather than answer INTERNAL.
+        log.warning("malformed %s %s from %s: %r", env.kind, env.message_id, partner.name, exc)
+        rejection = PeerRejected(
+            Code.INVALID_ARGUMENT, f"{env.kind} refused: malformed payload ({exc})", reason="malformed_payload"
+        )
+        _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
+        raise rejection from None
     # At most once a second: a burst of messages must not queue on the partner row's lock.
     Partner.objects.filter(pk=partner.pk).filter(
         Q(last_contact_at__isnull=True) | Q(last_contact_at__lt=now - dt.timedelta(seconds=1))

@@ -457,3 +457,15 @@ def test_a_worker_finding_the_lease_taken_leaves_the_messages_to_its_holder(loop
         delivery_lease_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     )
     assert deliver_pending(to_globex.pk) == 1  # an expired lease is taken over
+
+
+def test_a_payload_of_the_wrong_shape_is_refused_for_good_not_retried(peer_env) -> None:
+    from apps.tickets.models import Ticket
+
+    umbrella = peer_env["umbrella"]
+    payload = {"ticket_id": str(uuid.uuid4()), "kind": "psi", "proposer_role": "leader",
+               "receiver_dataset_id": str(uuid.uuid4()), "proposer_dataset": {"id": "not-a-uuid"}}  # fmt: skip
+    err = rejected(peer_env, umbrella, umbrella.envelope("ticket.proposed", payload))
+    assert err.code() == Code.INVALID_ARGUMENT and "malformed" in err.details()
+    assert not Ticket.objects.exists() and not InboxMessage.objects.exists()
+    assert audit_reasons() == ["malformed_payload"]
