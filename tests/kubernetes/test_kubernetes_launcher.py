@@ -339,3 +339,39 @@ def test_an_unreachable_api_is_transient_and_the_launch_task_retries(settings, m
     assert launching.launch(str(job.id), may_retry=False) == "failed"  # the last attempt gives up
     job = Job.objects.get(pk=job.pk)
     assert job.status == "failed" and "stayed unavailable" in job.error
+
+
+def test_in_cluster_auth_uses_the_service_account(tmp_path, monkeypatch, settings, tls_files):
+    """In a pod (KUBERNETES_SERVICE_HOST set, no kubeconfig) the worker uses its service account token."""
+    from kubernetes.config import incluster_config
+
+    from apps.jobs.launchers import kubernetes as k8s
+
+    token = tmp_path / "token"
+    token.write_text("sa-token-123")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", tls_files["peer_ca_file"])
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    settings.FEDSITE_K8S_KUBECONFIG = ""
+    k8s._client = None
+    try:
+        cfg = KubernetesLauncher().api_client.configuration
+        assert cfg.host == "https://127.0.0.1:6443"
+        assert cfg.api_key["BearerToken"] == "bearer sa-token-123"  # re-read as the token rotates
+        assert cfg.ssl_ca_cert == tls_files["peer_ca_file"]
+    finally:
+        k8s._client = None
+
+
+def test_without_credentials_the_launch_error_says_so(tmp_path, monkeypatch, settings):
+    from apps.jobs.launchers import kubernetes as k8s
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings.FEDSITE_K8S_KUBECONFIG = str(tmp_path / "missing-kubeconfig")
+    k8s._client = None
+    try:
+        with pytest.raises(LaunchError, match="no Kubernetes credentials"):
+            KubernetesLauncher().api_client  # noqa: B018
+    finally:
+        k8s._client = None
