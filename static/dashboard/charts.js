@@ -193,8 +193,11 @@
       if (!chart) return;
       var s = new Series();
       versions.forEach(function (v) {
-        v.metrics.forEach(function (m) {
-          if (m.name === c[1] && m.split === c[2]) s.add("v" + v.label + (m.side === "remote" ? ":r" : ""), v.label, c[3] === "step" && m.step !== null ? m.step : m.epoch, m.value);
+        // This side's points; the partner's only where this side has none (the follower's copy).
+        var mine = v.metrics.filter(function (m) { return m.side === "local" && m.name === c[1] && m.split === c[2]; });
+        var points = mine.length ? mine : v.metrics.filter(function (m) { return m.name === c[1] && m.split === c[2]; });
+        points.forEach(function (m) {
+          s.add("v" + v.label, v.label, c[3] === "step" && m.step !== null ? m.step : m.epoch, m.value);
         });
       });
       chart.data.datasets = s.datasets();

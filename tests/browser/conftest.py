@@ -15,6 +15,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 CHART_JS = ROOT / "static" / "vendor" / "chart.umd.min.js"
+AXE_JS = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]  # fmt: skip
 
@@ -25,8 +26,9 @@ def chromium() -> Iterator[object]:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    if not CHART_JS.exists() and shutil.which("npm"):
-        # The charts need Chart.js in static/vendor (make static does this; CI too).
+    if not (CHART_JS.exists() and AXE_JS.exists()) and shutil.which("npm"):
+        # Chart.js in static/vendor for the charts, axe-core in node_modules for the
+        # accessibility checks (`make static` does this; CI too).
         subprocess.run([str(ROOT / "scripts" / "vendor_static.sh")], cwd=ROOT, check=True, timeout=300)
     # Playwright's sync API keeps an event loop running in this thread; Django then refuses
     # ORM calls here (setting up the test database, fixtures) unless told they are plain sync code.
@@ -64,3 +66,19 @@ def watch_console(page, errors: list[str]) -> None:
     """Collect JavaScript errors and failed requests; a product page has none."""
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+
+
+def accessibility_violations(page) -> list[str]:
+    """Run axe-core (WCAG 2 A and AA rules) on the page; return its serious and critical findings."""
+    if not AXE_JS.exists():
+        pytest.skip("axe-core is not installed (scripts/vendor_static.sh runs npm ci)")
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE_JS))
+    result = page.evaluate(
+        """async () => {
+            const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}});
+            return r.violations.filter(v => ['serious', 'critical'].includes(v.impact))
+                .map(v => v.id + ': ' + v.help + ' — ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '));
+        }"""
+    )
+    return [f"{page.url}: {v}" for v in result]

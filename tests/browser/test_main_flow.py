@@ -21,7 +21,7 @@ import pytest
 
 from demo.flow import USERS, build_installations, prepare
 from fedsite.localcluster import drop_postgres_database
-from tests.browser.conftest import Shots, watch_console
+from tests.browser.conftest import Shots, accessibility_violations, watch_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
 ROWS = 3_000  # per side, 75% overlap: big enough for a real AUC, small enough to train in seconds
@@ -115,6 +115,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
     error.wait_for()
     assert "has duplicates, e.g. 'u1'" in error.inner_text()
     shots(bruno, "dataset-bad-file", docs=True)
+    violations = accessibility_violations(bruno)  # the form with its error
     bruno.get_by_label("File path").fill(str(files["follower"]))
     bruno.get_by_role("button", name="Check and register").click()
     bruno.get_by_text(f"Registered users_features: {ROWS:,} rows.").wait_for()
@@ -180,6 +181,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
         "() => Object.values(Chart.instances).some(c => c.data.datasets.some(d => d.label.includes('AUC')))"
     )
     shots(alice, "job-finished", docs=True)
+    violations += accessibility_violations(alice)  # progress bars, charts, log
     open_model.click()
     alice.get_by_text("Lineage").wait_for()
     assert alice.get_by_text("Conversions × basket features").count() > 0
@@ -195,3 +197,4 @@ def test_main_flow_in_the_browser(chromium, cluster):
     shots(alice, "overview", docs=True)
     # A form re-rendered with its errors answers 400, which the browser logs; nothing else may fail.
     assert not [e for e in errors if "status of 400" not in e], errors
+    assert not violations, "\n".join(violations)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import Shots, watch_console
+from tests.browser.conftest import Shots, accessibility_violations, watch_console
 from tests.dashboard.conftest import world  # noqa: F401  (the populated workspace)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -56,10 +56,12 @@ def test_every_page_in_a_browser(chromium, live_server, world):  # noqa: F811
         "model-compare": f"/w/acme/models/compare?a={w['mv'].pk}&b={w['mv2'].pk}",
         "audit": "/w/acme/audit/",
     }
+    violations = accessibility_violations(page)
     for name, path in tour.items():
         page.goto(base + path)
         assert page.locator("h1").count() == 1, name
         shots(page, name)
+        violations += accessibility_violations(page)
 
     # The live job page draws both charts from the metric points.
     page.goto(f"{base}/w/acme/jobs/{w['job'].pk}/")
@@ -89,3 +91,4 @@ def test_every_page_in_a_browser(chromium, live_server, world):  # noqa: F811
     page.get_by_role("menuitem", name="Log out").click()
     page.wait_for_url(f"{base}/accounts/login/")
     assert not [e for e in errors if "favicon" not in e], errors
+    assert not violations, "\n".join(violations)

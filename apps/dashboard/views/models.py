@@ -30,9 +30,12 @@ def summary(mv: ModelVersion) -> list[tuple[str, object]]:
         for split in ("validation", "train", "test", "score"):
             values = source.get(split)
             if isinstance(values, dict):
-                out += [(f"{split} {k}", v) for k, v in values.items() if _number(v)]
-    out += [(k.replace("_", " "), v) for k, v in top.items() if _number(v)]
+                out += [(f"{split} {NAMES.get(k, k)}", v) for k, v in values.items() if _number(v)]
+    out += [(NAMES.get(k, k.replace("_", " ")), v) for k, v in top.items() if _number(v)]
     return out
+
+
+NAMES = {"auc": "AUC", "ks": "KS", "best_epoch": "best epoch", "rows": "rows trained on"}
 
 
 def _number(value: object) -> bool:
