@@ -15,13 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from fedsite.localcluster import ApiClient, Installation, drop_postgres_database, ensure_postgres_database
 
 PG = os.environ.get("FEDSITE_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("FEDSITE_TEST_REDIS", "redis://127.0.0.1:6379")
+# Redis server (each installation takes a database number of its own on it).
+REDIS = (
+    urlsplit(
+        os.environ.get("FEDSITE_TEST_REDIS") or os.environ.get("FEDSITE_TEST_BROKER_URL") or "redis://127.0.0.1:6379"
+    )
+    ._replace(path="")
+    .geturl()
+)
 
 FEATURES = "user_id,age,spend\n" + "".join(f"u{i},{20 + i % 50},{i * 1.5}\n" for i in range(200))
 LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 400, 2))

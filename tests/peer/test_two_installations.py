@@ -241,7 +241,20 @@ def test_messages_wait_for_a_partner_that_is_down_and_arrive_once(
         beta.post(f"tickets/{t['id']}/approve/", {"comment": "ok"})
     for t in tickets[3:]:
         beta.post(f"tickets/{t['id']}/reject/", {"reason": "no"})
-    time.sleep(4)  # several failed attempts, with backoff
+    # Wait until Beta has failed twice (the push on commit, then a retry from the beat after backoff).
+    ids = [t["id"] for t in tickets]
+    tries = shell(
+        beta,
+        "import json, time\nfrom apps.peer.models import OutboxMessage\n"
+        f"q = OutboxMessage.objects.filter(ticket_id__in={ids!r}, kind__startswith='ticket.').order_by('seq')\n"
+        "for _ in range(300):\n"
+        "    head = q.first()\n"
+        "    if head and head.attempts >= 2:\n"
+        "        break\n"
+        "    time.sleep(0.1)\n"
+        "print(json.dumps([head.attempts, head.last_error, q.count()]))",
+    )
+    assert tries[0] >= 2 and "UNAVAILABLE" in tries[1] and tries[2] == 5, tries
     assert all(ticket_status(alpha, t["id"]) == "proposed" for t in tickets)
     # then once it is back, every decision arrives
     _spawn_peer(alpha)
@@ -254,7 +267,6 @@ def test_messages_wait_for_a_partner_that_is_down_and_arrive_once(
         events = alpha.get(f"tickets/{t['id']}/")["events"]
         decisions = [e for e in events if e["side"] == "remote" and e["to_status"] in ("approved", "rejected")]
         assert len(decisions) == 1, events
-    ids = [t["id"] for t in tickets]
     sent = shell(
         beta,
         "import json\nfrom apps.peer.models import OutboxMessage\n"
