@@ -265,7 +265,11 @@ def stop(job_id: str) -> str:
     handle = job.handle or {}
     if handle.get("state") in ("launching", "not-started", "finished") or not handle:
         return "nothing"
-    get_launcher(handle.get("backend") or job.launcher or None).stop(handle)
+    try:
+        get_launcher(handle.get("backend") or job.launcher or None).stop(handle)
+    except LaunchError as exc:
+        log.warning("could not stop the runtime of job %s: %s", job_id, exc)
+        return "failed"
     return "stopped"
 
 

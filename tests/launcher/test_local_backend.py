@@ -162,3 +162,15 @@ def test_kill_all_stops_every_runtime_of_a_jobs_folder(launcher, runtime_env):
     assert kill_all(runtime_env.FEDSITE_JOBS_DIR) == 2
     for handle in handles:
         wait_for(lambda h=handle: gone(h["pid"]), what="killed")
+
+
+def test_a_worker_on_another_machine_never_judges_or_kills_the_run(launcher):
+    from apps.jobs.launchers.base import LaunchError
+
+    handle = launcher.start(spec(fake={"sleep": 0}))
+    elsewhere = {**handle, "host": "some-other-host"}
+    with pytest.raises(LaunchError, match="runs on some-other-host"):
+        launcher.poll(elsewhere)
+    with pytest.raises(LaunchError):
+        launcher.stop(elsewhere)
+    assert wait_finished(launcher, handle).state == SUCCEEDED

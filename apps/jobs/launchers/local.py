@@ -10,6 +10,8 @@ Layout per job and side (`side` is this installation's role)::
 The process tree is `supervise` (session and group leader, pid in the handle) →
 `python -m runtime run --config <side>.json`. Cancel kills the group; the exit
 file lets a reconciler judge runs that ended while no worker was watching.
+All workers of an installation using this backend run on one machine (the
+handle records it; another machine's worker refuses to judge or stop the run).
 """
 
 from __future__ import annotations
@@ -242,6 +244,7 @@ class LocalLauncher(Launcher):
             "exit_file": str(p["exit"]),
             "output_dir": str(p["output"]),
             "port": spec.port,
+            "host": socket.gethostname(),
             "started": time.time(),
         }
 
@@ -251,9 +254,16 @@ class LocalLauncher(Launcher):
         except (FileNotFoundError, KeyError, ValueError):
             return None
 
+    def _check_host(self, handle: dict[str, Any]) -> None:
+        host = handle.get("host")
+        if host and host != socket.gethostname():
+            # Pids mean nothing on another machine: never judge (or kill) a runtime from here.
+            raise LaunchError(f"the runtime runs on {host}, not on {socket.gethostname()}")
+
     def poll(self, handle: dict[str, Any]) -> RuntimeState:
         if not handle.get("pid"):
             return RuntimeState(MISSING, error="the runtime was never started")
+        self._check_host(handle)
         done = self._read_exit(handle)
         if done is None and is_alive(handle["pid"], handle.get("start_ticks")):
             return RuntimeState(RUNNING)
@@ -278,6 +288,7 @@ class LocalLauncher(Launcher):
         pid = handle.get("pid")
         if not pid:
             return
+        self._check_host(handle)
         grace = float(getattr(settings, "FEDSITE_LOCAL_STOP_GRACE_S", 5.0) if grace_s is None else grace_s)
         pgid = handle.get("pgid", pid)
         leader_alive = is_alive(pid, handle.get("start_ticks"))
