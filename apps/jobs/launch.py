@@ -232,15 +232,14 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
     try:
         spec = build_spec(job, launcher, port)
         handle = launcher.start(spec)
-    except TransientLaunchError:
+    except TransientLaunchError as exc:
         if may_retry:
             # Release the claim: the retried task starts over (port and all).
             Job.objects.filter(pk=job.pk, status=J.PENDING).update(handle={}, updated_at=timezone.now())
             raise
         Job.objects.filter(pk=job.pk).update(handle={"backend": launcher.name, "state": "not-started", "port": port})
-        set_job_status(
-            job, J.FAILED, error="could not start the runtime: its backend stayed unavailable", source="launcher"
-        )
+        error = f"could not start the runtime: its backend stayed unavailable ({exc})"
+        set_job_status(job, J.FAILED, error=error, source="launcher")
         return "failed"
     except (LaunchError, ServiceError) as exc:
         Job.objects.filter(pk=job.pk).update(handle={"backend": launcher.name, "state": "not-started", "port": port})
