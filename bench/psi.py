@@ -82,7 +82,7 @@ def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
     return a, b
 
 
-def run_pair(folder: Path, parties, n: int, protocol: str, psi_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_pair(folder: Path, parties, n: int, protocol: str, psi_params: dict[str, Any]) -> dict[str, Any]:
     a, b = make_inputs(folder, n)
     port = free_port()
     alpha, beta = parties
@@ -98,7 +98,7 @@ def run_pair(folder: Path, parties, n: int, protocol: str, psi_extra: dict[str, 
             "tls": tls_config(me, peer),
             "data": {"path": str(data), "id_column": "id"},
             "output_dir": str(folder / f"out-{protocol}-{n}" / role),
-            "psi": {"protocol": protocol, **(psi_extra or {})},
+            "psi": psi_params,
             "timeout_s": 7200,
         }
         path = folder / f"{role}-{protocol}-{n}.json"
@@ -144,6 +144,88 @@ def run_pair(folder: Path, parties, n: int, protocol: str, psi_extra: dict[str, 
     }
 
 
+ENGINE_ROWS = {
+    # result key: (psi params of the job, libpsi protocol for the direct call)
+    "ecdh": ({"protocol": "ecdh", "engine": "builtin"}, None),
+    "rsa": ({"protocol": "rsa", "engine": "builtin"}, None),
+    "libpsi_rr22": ({"protocol": "rr22", "engine": "libpsi"}, "rr22"),
+    "libpsi_kkrt": ({"protocol": "kkrt", "engine": "libpsi"}, "kkrt"),
+    "libpsi_ecdh": ({"protocol": "ecdh", "engine": "libpsi"}, "ecdh"),
+}
+
+
+def direct_child(spec_path: str) -> None:
+    """One side of libpsi called directly: plaintext brpc link, same files, no Fedsite code around it."""
+    spec = json.loads(Path(spec_path).read_text())
+    from spu import psi
+    from spu.libspu import link
+
+    desc = link.Desc()
+    desc.id = spec["job_id"]
+    for name, addr in spec["parties"]:
+        desc.add_party(name, addr)
+    desc.connect_retry_times = 200
+    desc.connect_retry_interval_ms = 100
+    ctx = link.create_brpc(desc, spec["rank"])
+    proto = {
+        "rr22": psi.PsiProtocol.PROTOCOL_RR22,
+        "kkrt": psi.PsiProtocol.PROTOCOL_KKRT,
+        "ecdh": psi.PsiProtocol.PROTOCOL_ECDH,
+    }[spec["protocol"]]
+    pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
+    if spec["protocol"] == "ecdh":
+        pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
+    conf = psi.PsiExecuteConfig(
+        protocol_conf=pconf,
+        input_params=psi.InputParams(path=spec["input"], selected_keys=["id"], keys_unique=False),
+        output_params=psi.OutputParams(path=spec["output"], disable_alignment=False),
+    )
+    rep = psi.psi_execute(conf, ctx)
+    Path(spec["output"] + ".json").write_text(json.dumps({"intersection": rep.intersection_count}))
+    os._exit(0)  # skip brpc's teardown, as the runtime does
+
+
+def run_direct(folder: Path, n: int, protocol: str) -> dict[str, Any]:
+    a, b = make_inputs(folder, n)
+    ports = [free_port(), free_port()]
+    parties = [["leader", f"127.0.0.1:{ports[0]}"], ["follower", f"127.0.0.1:{ports[1]}"]]
+    procs = []
+    t0 = time.monotonic()
+    for rank, data in enumerate((a, b)):
+        spec = {
+            "job_id": f"direct-{protocol}-{n}",
+            "parties": parties,
+            "rank": rank,
+            "protocol": protocol,
+            "input": str(data),
+            "output": str(folder / f"direct-{protocol}-{n}-{rank}.csv"),
+        }
+        path = folder / f"direct-{protocol}-{n}-{rank}.json"
+        path.write_text(json.dumps(spec))
+        procs.append(
+            subprocess.Popen(
+                [PY, str(Path(__file__).resolve()), "--direct-child", str(path)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    errs = [p.communicate()[1] for p in procs]
+    seconds = time.monotonic() - t0
+    for p, err in zip(procs, errs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(f"libpsi direct {protocol} {n} failed:\n{err[-3000:]}")
+    inter = json.loads(Path(str(folder / f"direct-{protocol}-{n}-0.csv") + ".json").read_text())["intersection"]
+    assert inter == n - n // 2
+    return {
+        "n_per_side": n,
+        "seconds": round(seconds, 2),
+        "items_per_s_per_side": round(n / seconds),
+        "intersection_size": inter,
+    }
+
+
 def baseline_fedlearner_rsa(bits: int = 2048, samples: int = 200) -> dict[str, Any]:
     """Fedlearner's leader work per id pair: two full-exponent signatures (own id, follower's blinded id)."""
     key = crypto.new_rsa_key(bits, 2)
@@ -162,9 +244,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k ids per side only")
     ap.add_argument("--sizes", type=int, nargs="*", help="ids per side (default 100000 1000000)")
-    ap.add_argument("--protocols", nargs="*", default=["ecdh", "rsa"])
+    ap.add_argument(
+        "--protocols", nargs="*", default=list(ENGINE_ROWS), help=f"rows to run (default: {' '.join(ENGINE_ROWS)})"
+    )
+    ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp folder)")
     args = ap.parse_args()
+    if args.direct_child:
+        direct_child(args.direct_child)
+        return
     sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="fedsite-psi-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,23 +271,41 @@ def main() -> None:
     rows = []
     base = baseline_fedlearner_rsa()
     result["baseline_fedlearner_rsa"] = base
-    for protocol in args.protocols:
-        runs = []
+    for key in args.protocols:
+        psi_params, direct = ENGINE_ROWS[key]
+        runs, druns = [], []
         for n in sizes:
-            r = run_pair(folder, parties, n, protocol)
+            r = run_pair(folder, parties, n, key, psi_params)
             runs.append(r)
-            rows.append((protocol, n, r))
+            rows.append((key, n, r))
+            peak = max(r["peak_rss_mb"].values())
             print(
-                f"  {protocol:5s} {n:>9,d}: {r['seconds']:8.2f}s  {r['items_per_s_per_side']:>8,d} items/s/side  peak {max(r['peak_rss_mb'].values()):7.1f} MB",
+                f"  {key:22s} {n:>9,d}: {r['seconds']:8.2f}s {r['items_per_s_per_side']:>9,d} items/s/side  peak {peak:7.1f} MB",
                 flush=True,
             )
+            if direct:
+                d = run_direct(folder, n, direct)
+                druns.append(d)
+                rows.append((f"libpsi_direct_{direct}", n, d))
+                print(
+                    f"  {'libpsi_direct_' + direct:22s} {n:>9,d}: {d['seconds']:8.2f}s {d['items_per_s_per_side']:>9,d} items/s/side",
+                    flush=True,
+                )
         top = runs[-1]
-        result[protocol] = {
+        result[key] = {
             "items_per_s_per_side": top["items_per_s_per_side"],
             "n_per_side": top["n_per_side"],
             "runs": runs,
         }
-    peaks = [max(r["peak_rss_mb"].values()) for _, _, r in rows]
+        if direct:
+            dtop = druns[-1]
+            result[f"libpsi_direct_{direct}"] = {
+                "items_per_s_per_side": dtop["items_per_s_per_side"],
+                "n_per_side": dtop["n_per_side"],
+                "runs": druns,
+            }
+            result[key]["ratio_to_direct"] = round(top["items_per_s_per_side"] / dtop["items_per_s_per_side"], 3)
+    peaks = [max(r["peak_rss_mb"].values()) for _, _, r in rows if "peak_rss_mb" in r]
     result["memory"] = {"peak_rss_mb_per_side": max(peaks) if peaks else None}
     if "rsa" in result:
         result["rsa"]["speedup_vs_baseline"] = round(
@@ -209,12 +315,14 @@ def main() -> None:
     print()
     print(f"{'protocol':<26}{'ids/side':>11}{'seconds':>10}{'items/s/side':>14}{'peak MB/side':>14}")
     for protocol, n, r in rows:
-        print(
-            f"{protocol:<26}{n:>11,d}{r['seconds']:>10.2f}{r['items_per_s_per_side']:>14,d}{max(r['peak_rss_mb'].values()):>14.1f}"
-        )
+        peak = f"{max(r['peak_rss_mb'].values()):>14.1f}" if "peak_rss_mb" in r else f"{'-':>14}"
+        print(f"{protocol:<26}{n:>11,d}{r['seconds']:>10.2f}{r['items_per_s_per_side']:>14,d}{peak}")
     print(f"{'baseline_fedlearner_rsa':<26}{'':>11}{'':>10}{base['items_per_s_per_side']:>14,d}{'':>14}")
     if "rsa" in result:
         print(f"RSA speed-up over the Fedlearner baseline: {result['rsa']['speedup_vs_baseline']}x")
+    for key in ("libpsi_rr22", "libpsi_kkrt", "libpsi_ecdh"):
+        if "ratio_to_direct" in result.get(key, {}):
+            print(f"{key}: Fedsite job path / libpsi called directly = {result[key]['ratio_to_direct']}")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old: dict[str, Any] = {}

@@ -245,8 +245,13 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         if engine == "libpsi":
             with self._lock:
                 if self.libpsi_plan is None:
-                    host, _, port = self.cfg.listen_address.rpartition(":")
-                    link = f"{host}:{int(port) + 1}"
+                    host = self.cfg.listen_address.rpartition(":")[0]
+                    port = self.requested.link_port
+                    if not port:
+                        with socket.socket() as sock:
+                            sock.bind((host.strip("[]") or "0.0.0.0", 0))
+                            port = sock.getsockname()[1]
+                    link = f"{host}:{port}"
                     self.libpsi_plan = (protocol, [("leader", link), ("follower", request.link_address)])
                     self.fallback_note(chosen)
                 self.hello_seen.set()

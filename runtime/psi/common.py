@@ -31,6 +31,7 @@ class PsiParams:
     rsa_bits: int = 2048
     rsa_primes: int = 3
     hash_to_curve: str = "nu"
+    link_port: int = 0  # libpsi engine, leader: the link's port (0 = a free port, announced in Hello)
 
     @property
     def suite(self) -> str:
@@ -43,7 +44,7 @@ class PsiParams:
 
 def parse_params(raw: dict[str, Any]) -> PsiParams:
     """Validate ``cfg.psi``; ConfigError names the field."""
-    known = {"protocol", "engine", "batch_size", "workers", "rsa_bits", "rsa_primes", "hash_to_curve"}
+    known = {"protocol", "engine", "batch_size", "workers", "rsa_bits", "rsa_primes", "hash_to_curve", "link_port"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"psi.{key}: unknown parameter (known: {', '.join(sorted(known))})")
@@ -75,6 +76,7 @@ def parse_params(raw: dict[str, Any]) -> PsiParams:
         rsa_bits=rsa_bits,
         rsa_primes=rsa_primes,
         hash_to_curve=h2c,
+        link_port=_int("link_port", 0, 0, 65535),
     )
 
 

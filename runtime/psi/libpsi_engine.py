@@ -9,9 +9,9 @@ while tearing the link down cannot take the runtime with it once the result is
 in. libpsi reads the registered CSV itself; its output (own columns, rows
 sorted by id) becomes ``aligned.csv`` with the id column first.
 
-Link addresses: the leader's link listens on its listen port + 1 (``link_port``
-overrides); the follower's on a free port it announces in ``Hello``. Both must
-be reachable from the partner (loopback here; a Service in Kubernetes).
+Link addresses: each side's link listens on a free port it announces in
+``Hello`` (the leader's can be fixed with ``psi.link_port``, e.g. for a
+Kubernetes Service). Both must be reachable from the partner.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import JobConfig
-from runtime.errors import DataError, PeerError, RuntimeJobError
+from runtime.errors import DataError, PeerError
 from runtime.report import Reporter
 
 PROTOCOLS = ("rr22", "kkrt", "ecdh")
@@ -263,6 +263,12 @@ def run_libpsi(
 def _finalise(table: Any, raw: Path, dest: Path) -> None:
     """libpsi's output (own columns, file order, sorted by id) -> aligned.csv with the id first, atomically."""
     k = table.id_index
+    if k == 0:
+        # Already our layout (libpsi quotes the header, which any CSV reader unquotes): just publish it.
+        with raw.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(raw, dest)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with raw.open(newline="", encoding="utf-8") as src, os.fdopen(fd, "w", newline="", encoding="utf-8") as dst:
@@ -271,21 +277,11 @@ def _finalise(table: Any, raw: Path, dest: Path) -> None:
             header = next(reader, None) or table.columns
             order = [k] + [i for i in range(len(header)) if i != k]
             w.writerow([header[i] for i in order])
-            if k == 0:
-                for row in reader:
-                    w.writerow(row)
-            else:
-                for row in reader:
-                    w.writerow([row[i] for i in order])
+            for row in reader:
+                w.writerow([row[i] for i in order])
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def check_available_or_raise(engine: str) -> None:
-    why = available()
-    if why is not None and engine == "libpsi":
-        raise RuntimeJobError(f"psi.engine: libpsi was requested but {why}")

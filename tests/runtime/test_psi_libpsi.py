@@ -85,6 +85,7 @@ def test_engines_agree_property(tmp_path_factory, pki, common, only_left, only_r
     engine = "libpsi" if protocol == "ecdh" else "auto"
     lib = psi_pair(tmp / "lib", pki, left, right, {"protocol": protocol, "engine": engine})
     ref = psi_pair(tmp / "ref", pki, left, right, {"protocol": "ecdh", "engine": "builtin"})
+    assert not isinstance(lib["leader"], Exception) and not isinstance(lib["follower"], Exception), lib
     assert lib["leader"]["engine"] == "libpsi", lib
     assert ref["leader"]["engine"] == "builtin", ref
     for role in ("leader", "follower"):
