@@ -128,7 +128,25 @@ def decode_code(code: str) -> dict[str, Any]:
 def accept_invitation(
     workspace: Workspace, code: str, *, name: str = "", acting_user: Any = None, source: str = "api"
 ) -> Partner:
-    """Beta's side: call Alpha, and pin Alpha once Alpha has pinned us."""
+    """Beta's side: call Alpha, and pin Alpha once Alpha has pinned us.
+
+    A refusal (ours or the inviter's) raises ServiceError and is audited here too.
+    """
+    try:
+        return _accept(workspace, code, name=name, acting_user=acting_user, source=source)
+    except ServiceError as exc:
+        record(
+            workspace,
+            "partner.accept_failed",
+            None,
+            actor=acting_user,
+            source=source,
+            data={"error": exc.message[:500]},
+        )
+        raise
+
+
+def _accept(workspace: Workspace, code: str, *, name: str, acting_user: Any, source: str) -> Partner:
     body = decode_code(code)
     try:
         actual = identity.fingerprint(body["ca_pem"])

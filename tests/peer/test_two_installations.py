@@ -100,6 +100,7 @@ def test_it_rejects_a_wrong_invitation_secret(alpha: Side, beta: Side, partnersh
     r = side.api.request("POST", side.path("partners/accept/"), json={"code": forged})
     assert r.status_code == 400 and "wrong invitation secret" in r.text, r.text
     assert side.results("partners/") == []
+    assert "wrong invitation secret" in side.audit("partner.accept_failed")[0]["data"]["error"]
     assert len(alpha.results("partners/")) == partners_before
     assert any(e["data"]["reason"] == "wrong_secret" for e in alpha.audit("peer.rejected"))
     # The real code still works afterwards: a failed attempt changed nothing.
