@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument("--broker", choices=("redis", "filesystem"), default="redis")
     parser.add_argument("--jobs", choices=("refuse", "run"), default="refuse", help="see above")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--keep", action="store_true", help="keep the installations' var dirs (logs)")
     args = parser.parse_args()
     n = args.tickets or (20 if args.quick else 100)
     tag = str(os.getpid())
@@ -190,6 +192,10 @@ def main() -> int:
         reap(tmp)
         for name in ("alpha", "beta"):
             drop_postgres_database(PG, f"fedsite_bench_{name}_{tag}")
+        if args.keep:
+            print(f"logs kept under {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     rows = [
         ("propose → pending (alpha → beta)", propose_s),
