@@ -32,7 +32,7 @@ demo: setup ## two installations on loopback through the whole main flow (ONCE=1
 	$(PY) scripts/demo.py $(if $(ONCE),--once,)
 
 test: setup ## every test, including peer, launcher, kubernetes, browser and e2e
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only (no live servers)
 	$(PY) -m pytest -m "not peer and not launcher and not kubernetes and not browser and not e2e and not runtime" $(PYTEST_ARGS)
