@@ -228,3 +228,31 @@ def test_stale_launch_claim_is_failed_by_the_reconciler(side):
     launching.reconcile()
     job.refresh_from_db()
     assert job.status == "failed" and "interrupted" in job.error
+
+
+def test_reconciler_relaunches_a_job_whose_launch_message_was_lost(side, monkeypatch):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    job = side(PartyRole.LEADER)
+    sent = []
+    monkeypatch.setattr("workers.tasks.launch_job.delay", lambda **kw: sent.append(kw))
+    launching.reconcile()
+    assert sent == []  # too fresh: its own launch task may still be on the way
+    Job.objects.filter(pk=job.pk).update(created_at=timezone.now() - dt.timedelta(minutes=5))
+    launching.reconcile()
+    assert sent == [{"job_id": str(job.id)}]
+
+
+def test_a_follower_that_never_hears_from_the_leader_fails(side, settings):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    settings.FEDSITE_LEADER_WAIT_S = 60
+    job = side(PartyRole.FOLLOWER)
+    Job.objects.filter(pk=job.pk).update(created_at=timezone.now() - dt.timedelta(minutes=5))
+    launching.reconcile()
+    job.refresh_from_db()
+    assert job.status == "failed" and "did not start within 60 s" in job.error
