@@ -72,7 +72,8 @@ class _Pool:
         return self._ex.submit(fn, *args)
 
     def close(self) -> None:
-        self._ex.shutdown(wait=False, cancel_futures=True)
+        # Wait for the workers to exit (at most one batch in progress each), so none is left behind.
+        self._ex.shutdown(wait=True, cancel_futures=True)
 
 
 class _Progress:

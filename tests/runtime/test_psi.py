@@ -369,3 +369,23 @@ def test_resume_after_sigkill(tmp_path, pki):
         assert set(aligned_ids(tmp_path, role)) == expected
     assert aligned_ids(tmp_path, "leader") == aligned_ids(tmp_path, "follower")
     assert "resuming session" in lerr and "resuming session" in ferr
+
+
+def test_crlf_bom_csv_and_parquet_inputs(tmp_path, pki):
+    a = write_csv(tmp_path / "a.csv", ["id", "v"], [["1", "x"], ["2", "y"], ["3", "z"]], crlf=True)
+    b = tmp_path / "b.csv"
+    b.write_bytes("\ufeffid,w\r\n2,p\r\n3,q\r\n4,r\r\n".encode())
+    port = free_port()
+    res = run_pair(
+        make_cfg(tmp_path, pki, "leader", a, "id", port, {}), make_cfg(tmp_path, pki, "follower", b, "id", port, {})
+    )
+    assert res["leader"]["intersection_size"] == 2, res
+    assert read_csv(tmp_path / "follower" / "psi" / "aligned.csv") == [["id", "w"], ["2", "p"], ["3", "q"]]
+    # Parquet: read with pyarrow where it imports; otherwise a clear error naming data.path.
+    bad = tmp_path / "c.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="data.path"):
+        run(
+            parse_config({**make_cfg(tmp_path, pki, "leader", bad, "id", free_port(), {}), "timeout_s": 0.5}),
+            Reporter(None),
+        )
