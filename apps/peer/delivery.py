@@ -1,18 +1,23 @@
-"""Delivering the outbox: per partner, in sequence order, exactly once, with backoff.
+"""Delivering the outbox: per partner, in order per ticket, exactly once, with backoff.
 
 - One worker at a time delivers a partner's messages: it takes a lease on the
   partner row with a compare-and-set update (no transaction is held open over
   the network). Others that find the lease taken return at once; the holder
   looks again after releasing it, so a message committed meanwhile is not left
   for the beat.
-- Messages go in `seq` order and delivery stops at the first one that fails,
-  so per-ticket (indeed per-partner) order holds. The failed message gets
-  `next_attempt_at = now + min(cap, base * 2**attempts)` (with jitter); the
-  beat task (`deliver_due_outbox`) re-pushes partners whose head is due.
+- Messages go in `seq` order. Each ticket is a lane (messages outside any
+  ticket share one): when a message fails, the rest of its lane waits behind
+  it, and other tickets' messages go on, so order holds per ticket and one
+  stuck message does not hold up every other ticket.
+- A failed message gets `next_attempt_at = now + min(cap, base * 2**(attempts-1))`
+  (with jitter); the beat task (`deliver_due_outbox`) re-pushes partners with
+  due messages. If the partner is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED)
+  the drain stops and every pending message waits as long as the failed one,
+  so a partner that is down is probed at the backoff rate, not once per ticket.
 - The receiver dedupes on the message id, so a message whose acknowledgement
   was lost is re-sent and acknowledged as DUPLICATE without being re-applied.
 - A message the receiver refuses as invalid is marked refused and skipped: it
-  would never succeed, and must not block the rest.
+  would never succeed, and must not block the rest of its ticket.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ LEASE_S = 60
 BATCH = 200
 # Answers meaning "this message will never be accepted": stop retrying it.
 REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+# The partner cannot be reached at all: every lane would fail the same way.
+UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # "Already applied": the receiver has it.
 DELIVERED_CODES = {grpc.StatusCode.ALREADY_EXISTS}
 
@@ -87,14 +94,11 @@ class _Lease:
         Partner.objects.filter(pk=self.partner_id, delivery_lease_until=self.until).update(delivery_lease_until=None)
 
 
-def _head_due(partner_id: Any) -> bool:
-    head = (
-        OutboxMessage.objects.filter(partner_id=partner_id, status=OutboxStatus.PENDING)
-        .order_by("seq")
-        .values_list("next_attempt_at", flat=True)
-        .first()
-    )
-    return head is not None and head <= timezone.now()
+def _new_due(partner_id: Any, after_seq: int) -> bool:
+    """A due message the last drain did not see (committed while it ran)."""
+    return OutboxMessage.objects.filter(
+        partner_id=partner_id, status=OutboxStatus.PENDING, seq__gt=after_seq, next_attempt_at__lte=timezone.now()
+    ).exists()
 
 
 def deliver_pending(partner_id: str | uuid.UUID) -> int:
@@ -105,33 +109,50 @@ def deliver_pending(partner_id: str | uuid.UUID) -> int:
         if lease is None:
             return delivered  # another worker is delivering; it looks again before it lets go
         try:
-            sent = _drain(partner_id, lease)
+            result = _drain(partner_id, lease)
         finally:
             lease.release()
-        if sent is None:
+        if result is None:
             return delivered
+        sent, last_seq, unreachable = result
         delivered += sent
-        if not _head_due(partner_id):
+        if unreachable or not _new_due(partner_id, last_seq):
             return delivered
 
 
-def _drain(partner_id: Any, lease: _Lease) -> int | None:
-    """Deliver in order until empty, a message not yet due, or a failure; None if the partner is not connected."""
+def _drain(partner_id: Any, lease: _Lease) -> tuple[int, int, bool] | None:
+    """One pass over the pending messages in `seq` order.
+
+    Returns (delivered, last seq seen, partner unreachable), or None if the
+    partner is not connected (a suspended partner's messages wait until it is resumed).
+    """
     partner = Partner.objects.select_related("workspace").filter(pk=partner_id).first()
     if partner is None or partner.status != PartnerStatus.CONNECTED or not partner.endpoint:
-        return None  # a suspended partner's messages wait until it is resumed
-    delivered = 0
+        return None
+    delivered, last_seq = 0, 0
+    blocked: set[uuid.UUID | None] = set()  # lanes (ticket ids) waiting behind an undelivered message
     while True:
-        batch = list(OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING).order_by("seq")[:BATCH])
+        batch = list(
+            OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING, seq__gt=last_seq).order_by(
+                "seq"
+            )[:BATCH]
+        )
         if not batch:
-            return delivered
+            return delivered, last_seq, False
         for message in batch:
+            last_seq = message.seq
+            lane = message.ticket_id
+            if lane in blocked:
+                continue
             if message.next_attempt_at > timezone.now():
-                return delivered
+                blocked.add(lane)
+                continue
             outcome = _send(partner, message)
+            if outcome == "unreachable":
+                return delivered, last_seq, True
             if outcome == "retry":
-                return delivered
-            if outcome == "delivered":
+                blocked.add(lane)
+            elif outcome == "delivered":
                 if not delivered:
                     Partner.objects.filter(pk=partner.pk).update(last_contact_at=timezone.now(), last_error="")
                 delivered += 1
@@ -154,7 +175,13 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
             log.warning("%s %s refused by %s: %s", message.kind, message.id, partner.name, error)
             _mark(message, OutboxStatus.REFUSED, error)
             return "refused"
-        _retry_later(partner, message, error)
+        next_attempt = _retry_later(partner, message, error)
+        if code in UNREACHABLE_CODES:
+            # Everything else waits as long: the partner is probed at the backoff rate.
+            OutboxMessage.objects.filter(
+                partner=partner, status=OutboxStatus.PENDING, next_attempt_at__lt=next_attempt
+            ).update(next_attempt_at=next_attempt)
+            return "unreachable"
         return "retry"
     except Exception as exc:  # noqa: BLE001 - a bug or outage here must back off, not block the partner's queue
         log.exception("could not send %s %s to %s", message.kind, message.id, partner.name)
@@ -164,14 +191,16 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
     return "delivered"
 
 
-def _retry_later(partner: Partner, message: OutboxMessage, error: str) -> None:
+def _retry_later(partner: Partner, message: OutboxMessage, error: str) -> dt.datetime:
     now = timezone.now()
     attempts = message.attempts + 1
+    next_attempt = now + dt.timedelta(seconds=backoff_s(attempts))
     OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
-        attempts=attempts, next_attempt_at=now + dt.timedelta(seconds=backoff_s(attempts)), last_error=error
+        attempts=attempts, next_attempt_at=next_attempt, last_error=error
     )
     Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
     log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
+    return next_attempt
 
 
 def _mark(message: OutboxMessage, status: str, error: str) -> None:

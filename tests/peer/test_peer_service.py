@@ -400,7 +400,8 @@ def test_delivery_backs_off_while_the_partner_is_unreachable_and_stops_at_the_fi
     second.refresh_from_db()
     assert first.attempts == 1 and first.next_attempt_at > dt.datetime.now(dt.UTC)
     assert "UNAVAILABLE" in first.last_error
-    assert second.attempts == 0  # never overtakes the head
+    assert second.attempts == 0  # an unreachable partner is probed once per drain, not once per message
+    assert second.next_attempt_at == first.next_attempt_at
     # the partner comes back; once the backoff has elapsed both go, in order
     Partner.objects.filter(pk=to_globex.pk).update(endpoint=f"127.0.0.1:{loopback[0].endpoint.rsplit(':', 1)[1]}")
     OutboxMessage.objects.update(next_attempt_at=dt.datetime.now(dt.UTC))
@@ -469,3 +470,38 @@ def test_a_payload_of_the_wrong_shape_is_refused_for_good_not_retried(peer_env) 
     assert err.code() == Code.INVALID_ARGUMENT and "malformed" in err.details()
     assert not Ticket.objects.exists() and not InboxMessage.objects.exists()
     assert audit_reasons() == ["malformed_payload"]
+
+
+def test_a_stuck_message_holds_up_only_its_own_ticket(loopback, monkeypatch) -> None:
+    from django.db import transaction
+
+    from apps.peer import dispatch
+
+    def boom(*_args: Any) -> None:
+        raise RuntimeError("a bug on the receiving side")
+
+    monkeypatch.setitem(dispatch.HANDLERS, "test.boom", boom)
+    to_globex, share = loopback
+    ticket_a, ticket_b = uuid.uuid4(), uuid.uuid4()
+
+    def send(kind: str, name: str, ticket: uuid.UUID | None) -> OutboxMessage:
+        with transaction.atomic():
+            return enqueue(to_globex, kind, {"id": str(uuid.uuid4()), "name": name}, ticket_id=ticket)
+
+    stuck = send("test.boom", "a1", ticket_a)
+    behind = send("dataset.shared", "a2", ticket_a)
+    send("dataset.shared", "b1", ticket_b)
+    share("no ticket")
+    # the receiver answers INTERNAL for a1: a2 waits behind it, the others go
+    assert deliver_pending(to_globex.pk) == 2
+    assert sorted(RemoteDataset.objects.values_list("name", flat=True)) == ["b1", "no ticket"]
+    stuck.refresh_from_db()
+    behind.refresh_from_db()
+    assert stuck.attempts == 1 and "INTERNAL" in stuck.last_error and behind.attempts == 0
+    # once the receiver no longer fails on it (here: refuses it for good), the ticket's lane moves on, in order
+    monkeypatch.delitem(dispatch.HANDLERS, "test.boom")
+    OutboxMessage.objects.update(next_attempt_at=dt.datetime.now(dt.UTC))
+    assert deliver_pending(to_globex.pk) == 1
+    stuck.refresh_from_db()
+    assert stuck.status == OutboxStatus.REFUSED
+    assert RemoteDataset.objects.filter(name="a2").exists()
