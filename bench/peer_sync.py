@@ -79,17 +79,18 @@ def wait_status(api: ApiClient, path: str, statuses: set[str], timeout: float = 
     raise TimeoutError(f"{path} did not reach {statuses} in {timeout}s")
 
 
-def installation(name: str, tmp: Path, tag: str, broker: str, redis_db: int, jobs: str) -> Installation:
+def installation(name: str, tmp: Path, tag: str, args: argparse.Namespace, redis_db: int) -> Installation:
     data = tmp / name / "data"
     data.mkdir(parents=True)
     (data / "features.csv").write_text("user_id,age\n" + "".join(f"u{i},{i % 70}\n" for i in range(100)))
     (data / "labels.csv").write_text("user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 200, 2)))
     db = f"fedsite_bench_{name}_{tag}"
+    jobs = args.jobs
     return Installation(
         name=f"{name}-bench{tag}",
         var_dir=tmp / name / "var",
-        database_url=ensure_postgres_database(PG, db, fresh=True),
-        broker_url=f"{REDIS}/{redis_db}" if broker == "redis" else None,
+        database_url=ensure_postgres_database(PG, db, fresh=True) if args.database == "postgresql" else None,
+        broker_url=f"{REDIS}/{redis_db}" if args.broker == "redis" else None,
         data_roots=[data],
         worker_concurrency=4,
         # "0" is not a port range: the launcher refuses (LaunchError) and the job fails cleanly.
@@ -125,6 +126,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="20 tickets")
     parser.add_argument("--tickets", type=int, default=None)
     parser.add_argument("--broker", choices=("redis", "filesystem"), default="redis")
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--jobs", choices=("refuse", "run"), default="refuse", help="see above")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--keep", action="store_true", help="keep the installations' var dirs (logs)")
@@ -133,8 +135,8 @@ def main() -> int:
     tag = str(os.getpid())
     base = 2 + (os.getpid() % 7) * 2
     tmp = Path(tempfile.mkdtemp(prefix="fedsite-peer-bench-"))
-    alpha = installation("alpha", tmp, tag, args.broker, base, args.jobs)
-    beta = installation("beta", tmp, tag, args.broker, base + 1, args.jobs)
+    alpha = installation("alpha", tmp, tag, args, base)
+    beta = installation("beta", tmp, tag, args, base + 1)
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -191,7 +193,8 @@ def main() -> int:
             list(pool.map(lambda inst: inst.stop(), (alpha, beta)))
         reap(tmp)
         for name in ("alpha", "beta"):
-            drop_postgres_database(PG, f"fedsite_bench_{name}_{tag}")
+            if args.database == "postgresql":
+                drop_postgres_database(PG, f"fedsite_bench_{name}_{tag}")
         if args.keep:
             print(f"logs kept under {tmp}")
         else:
@@ -202,7 +205,10 @@ def main() -> int:
         ("approve → visible (beta → alpha)", approve_s),
         ("  of which beta's approve API call", api_s),
     ]
-    print(f"\npeer sync over {n} tickets, broker={args.broker}, jobs={args.jobs}, setup {setup_s:.1f} s")
+    print(
+        f"\npeer sync over {n} tickets, database={args.database}, broker={args.broker}, jobs={args.jobs}, "
+        f"setup {setup_s:.1f} s"
+    )
     print(f"{'measure':<38} {'n':>4} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'mean s':>8}")
     for label, values in rows:
         print(f"{label:<38} {len(values):>4} {percentile(values, 0.5):>8.3f} {percentile(values, 0.95):>8.3f} "
@@ -219,7 +225,7 @@ def main() -> int:
         "tickets": n,
         "broker": args.broker,
         "jobs": args.jobs,
-        "database": "postgresql",
+        "database": args.database,
         "quick": args.quick,
         "goal_p95_under_1s": goal,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
