@@ -35,8 +35,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from fedsite.env import env_int
+
 CA_DAYS = 3650
-LEAF_DAYS = int(os.environ.get("FEDSITE_CERT_DAYS", "365"))
+# Leaf validity; FEDSITE_CERT_DAYS (read here until settings.py declares it).
+LEAF_DAYS: int = getattr(settings, "FEDSITE_CERT_DAYS", None) or env_int("FEDSITE_CERT_DAYS", 365, minimum=1)
 # A leaf with less than this left is renewed automatically when the peer server starts.
 RENEW_BEFORE = dt.timedelta(days=30)
 # Every leaf answers to these names; peers connect with this target name override,
