@@ -210,6 +210,8 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         self.progress: _Progress | None = None
         self.producer: threading.Thread | None = None
         self.ready: set[int] = set()
+        self.wake = threading.Event()  # the main thread has something to do: finish, fail or run libpsi
+        self.libpsi_finished = False
 
     def fail(self, exc: RuntimeJobError) -> None:
         with self._lock:
@@ -217,6 +219,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                 self.failure = exc
             self._lock.notify_all()
         self.done.set()
+        self.wake.set()
 
     # -- session set-up ------------------------------------------------------
     def Hello(self, request, context):  # noqa: N802 - gRPC method name
@@ -256,7 +259,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                     self.libpsi_plan = (protocol, [("leader", link), ("follower", request.link_address)])
                     self.fallback_note(chosen)
                 self.hello_seen.set()
-                self.done.set()
+                self.wake.set()
             return psi_pb2.PsiHelloReply(
                 ok=True, protocol=protocol, engine="libpsi", link_address=self.libpsi_plan[1][0][1], input_size=self.n
             )
@@ -469,6 +472,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             self.result = (rows, digest)
             self._lock.notify_all()
         self.done.set()
+        self.wake.set()
         return psi_pb2.PsiFinishReply(ok=True, intersection_size=len(rows))
 
     def Abort(self, request, context):  # noqa: N802
@@ -477,7 +481,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
 
     def Watch(self, request, context):  # noqa: N802
         def gone() -> None:
-            if self.result is None:
+            if self.result is None and not self.libpsi_finished:
                 self.fail(PeerError("the partner (follower) disconnected in the middle of PSI"))
 
         context.add_callback(gone)
@@ -509,7 +513,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             self.reporter.log(
                 f"psi: leader listening on {self.cfg.listen_address}, protocol {self.params.protocol}, engine {self.params.engine}"
             )
-            if not self.done.wait(self.remaining()):
+            if not self.wake.wait(self.remaining()):
                 raise PeerError(
                     f"PSI did not finish within timeout_s={self.cfg.timeout_s:g}s"
                     + ("" if self.hello_seen.is_set() else " (the follower never connected)")
@@ -517,12 +521,13 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             if self.failure is not None:
                 raise self.failure
             if self.libpsi_plan is not None:
-                time.sleep(0.3)  # let the Hello reply reach the follower before the server stops
-                server.stop(grace=1.0).wait(3)
+                # The gRPC server stays up: the follower's Watch stream tells either side at once if the other dies.
                 protocol, parties = self.libpsi_plan
-                return libpsi_engine.run_libpsi(
-                    self.cfg, protocol, parties, self.reporter, self.started, self.libpsi_worker
+                stats = libpsi_engine.run_libpsi(
+                    self.cfg, protocol, parties, self.reporter, self.started, self.libpsi_worker, lambda: self.failure
                 )
+                self.libpsi_finished = True
+                return stats
             assert self.result is not None
             rows, _ = self.result
             return self.write_output(
@@ -545,6 +550,7 @@ class _Follower(_Run):
         self.failure: RuntimeJobError | None = None
         self.finishing = False
         self._stop = threading.Event()
+        self.leader_done = threading.Event()
 
     def _rpc_error(self, exc: grpc.RpcError, what: str) -> PeerError:
         code = exc.code() if hasattr(exc, "code") else None
@@ -616,6 +622,9 @@ class _Follower(_Run):
                 )
             self._stop.set()
             return
+        if self.libpsi_mode:
+            self.leader_done.set()
+            return
         if not self.finishing and not self._stop.is_set() and self.failure is None:
             self.failure = PeerError("the leader ended the session early")
             self._stop.set()
@@ -637,13 +646,22 @@ class _Follower(_Run):
             chosen = f"{reply.engine or 'builtin'}/{reply.protocol or self.params.protocol}"
             self.fallback_note(chosen)
             if reply.engine == "libpsi":
-                channel.close()
                 host = (self.cfg.peer_address or "").rpartition(":")[0]
                 leader_port = reply.link_address.rpartition(":")[2]
                 parties = [("leader", f"{host}:{leader_port}"), ("follower", self._sent_link)]
-                return libpsi_engine.run_libpsi(
-                    self.cfg, reply.protocol, parties, self.reporter, self.started, self.libpsi_worker
+                self.libpsi_mode = True
+                threading.Thread(target=self._watch, args=(stub, ""), daemon=True, name="psi-watch").start()
+                stats = libpsi_engine.run_libpsi(
+                    self.cfg,
+                    reply.protocol,
+                    parties,
+                    self.reporter,
+                    self.started,
+                    self.libpsi_worker,
+                    lambda: self.failure,
                 )
+                self.leader_done.wait(10.0)  # let the leader finish before this side drops the connection
+                return stats
             self.close_worker()
             if reply.protocol and reply.protocol != self.params.protocol:
                 self.params = dataclasses.replace(self.params, protocol=reply.protocol)
@@ -683,6 +701,7 @@ class _Follower(_Run):
             pass
 
     session_id = ""
+    libpsi_mode = False
     _sent_link = ""
 
     def _exchange(self, stub, reply, state) -> dict[str, Any]:

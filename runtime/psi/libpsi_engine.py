@@ -24,6 +24,7 @@ import os
 import queue
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,21 @@ class Worker:
             self.proc.join(5)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the runtime dies (cancel = SIGKILL/SIGTERM of the runtime)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue) -> None:
+    _die_with_parent()
+    if os.getppid() == 1:
+        return  # the runtime is already gone
     t0 = time.monotonic()
     try:
         from spu import psi  # noqa: F401
@@ -161,6 +176,7 @@ def run_libpsi(
     reporter: Reporter,
     started: float,
     worker: Worker | None = None,
+    cancelled: Callable[[], BaseException | None] | None = None,
 ) -> dict[str, Any]:
     """Run libpsi as this side of an agreed session; write aligned.csv and return stats."""
     from runtime.psi.common import Output
@@ -199,6 +215,9 @@ def run_libpsi(
     deadline = started + cfg.timeout_s
     try:
         while result is None:
+            stop = cancelled() if cancelled else None
+            if stop is not None:
+                raise stop
             if time.monotonic() > deadline:
                 if not link_up:
                     raise PeerError(

@@ -210,3 +210,52 @@ def test_libpsi_progress_reaches_the_reporter(tmp_path, pki):
         assert out[role]["engine"] == "libpsi", out
         assert reps[role].progress_values and reps[role].progress_values[-1] == 1.0
         assert any("engine libpsi, protocol rr22" in line for line in reps[role].lines)
+
+
+@needs_libpsi
+def test_cancel_stops_libpsi_promptly_without_output(tmp_path, pki):
+    """Cancelling = the launcher kills the runtime: its libpsi child dies with it, nothing looks complete."""
+    a = write_csv(tmp_path / "a.csv", ["id"], [[f"u{i}"] for i in range(20000)])
+    b = write_csv(tmp_path / "b.csv", ["id"], [[f"u{i}"] for i in range(10000, 30000)])
+    port = free_port()
+    procs = {}
+    for role, data in (("leader", a), ("follower", b)):
+        cfg = make_cfg(tmp_path, pki, role, data, "id", port, {"protocol": "ecdh", "engine": "libpsi"}, timeout_s=60)
+        path = tmp_path / f"{role}.json"
+        path.write_text(json.dumps(cfg))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs[role] = subprocess.Popen(
+            [PY, "-m", "runtime", "psi", "--config", str(path)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        )
+    leader = procs["leader"]
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(leader.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        end = time.monotonic() + 60
+        while not any("libpsi: link to the partner up" in line for line in lines) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert any("libpsi: link" in line for line in lines), lines
+        kids = subprocess.run(["pgrep", "-P", str(leader.pid)], capture_output=True, text=True).stdout.split()
+        assert kids, "libpsi runs in a child process"
+        leader.kill()
+        leader.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read() for k in kids
+        ):
+            time.sleep(0.1)
+        alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read()]
+        assert not alive, f"libpsi children still running after cancel: {alive}"
+        t0 = time.monotonic()
+        _, ferr = procs["follower"].communicate(timeout=60)
+        assert procs["follower"].returncode == 1, ferr
+        assert time.monotonic() - t0 < 20, "the follower notices the leader is gone without waiting for a timeout"
+        assert "leader" in ferr.splitlines()[-1], ferr[-2000:]
+        for role in ("leader", "follower"):
+            assert not (tmp_path / role / "psi" / "aligned.csv").exists()
+            assert not (tmp_path / role / "psi" / "stats.json").exists()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
