@@ -299,6 +299,7 @@ def test_doctor_reports_each_partner_and_the_api_shows_its_health(
     assert partner["last_rtt_ms"] is not None and partner["last_rtt_ms"] > 0
     assert partner["cert_expires_at"] and partner["last_contact_at"]
     assert abs(partner["clock_skew_s"]) < 1
+    assert partner["pending_messages"] == 0 and partner["last_error"] == ""
 
 
 def test_doctor_fails_clearly_when_a_partner_is_unreachable(partnership: Partnership, alpha: Side, beta: Side) -> None:

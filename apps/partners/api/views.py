@@ -1,3 +1,4 @@
+from django.db.models import Count, Q
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins
 from rest_framework.decorators import action
@@ -13,6 +14,7 @@ from apps.partners.api.serializers import (
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.partners.services import set_partner_status, set_policies
+from apps.peer.models import OutboxStatus
 from apps.workspaces.choices import Role
 
 
@@ -20,7 +22,7 @@ class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVie
     """Partners of this workspace. Only admins and owners manage them."""
 
     serializer_class = PartnerSerializer
-    queryset = Partner.objects.all()
+    queryset = Partner.objects.annotate(pending_messages=Count("outbox", filter=Q(outbox__status=OutboxStatus.PENDING)))
     write_role = Role.ADMIN
     filterset_fields = ["status"]
 
