@@ -41,7 +41,7 @@ from runtime.psi.common import (
     batch_len,
     capabilities,
     choose,
-    intersect,
+    intersect_parts,
     preference,
 )
 from runtime.psi.data import Table, check_ids, has_rows, write_aligned
@@ -139,7 +139,7 @@ class _Run:
         """Count this side's ids and check them (built-in engine only; libpsi counts for itself)."""
         if not self.counted:
             assert self.table is not None
-            self.n = check_ids(self.table, self.params.batch_size)
+            self.n = check_ids(self.table, self.params.batch_size, self.out.root / ".ids-spill")
             self.counted = True
 
     def close_worker(self) -> None:
@@ -160,16 +160,19 @@ class _Run:
     def remaining(self) -> float:
         return max(0.1, self.deadline - time.monotonic())
 
-    def finals(self, kind: str, n: int) -> bytes:
-        parts = []
-        for i in range(batch_count(n, self.params.batch_size)):
+    def finals(self, kind: str, n: int) -> Any:
+        """The final values of one side's batches, one batch at a time."""
+        count = batch_count(n, self.params.batch_size)
+        for i in range(count):
             if not self.ckpt.has(kind, i):
                 raise PeerError(f"internal: batch {i} of {kind} missing at the end of the exchange")
-            parts.append(self.ckpt.read(kind, i))
-        return b"".join(parts)
+        for i in range(count):
+            yield self.ckpt.read(kind, i)
 
     def intersect(self, peer_n: int) -> tuple[Any, bytes]:
-        return intersect(self.finals(OWN, self.n), self.finals(PEER, peer_n), crypto.DIGEST)
+        return intersect_parts(
+            self.finals(OWN, self.n), self.finals(PEER, peer_n), self.n + peer_n, crypto.DIGEST, self.ckpt.root / "join"
+        )
 
     def write_output(self, rows: Any, peer_n: int, extra: dict[str, Any]) -> dict[str, Any]:
         assert self.table is not None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 
 from runtime.config import JobConfig
 from runtime.errors import ConfigError, DataError
-from runtime.psi.data import atomic_write_bytes, atomic_write_json
+from runtime.psi.data import BucketSpill, atomic_write_bytes, atomic_write_json
 from runtime.psi.h2c import SUITE_NU, SUITE_RO
 
 PROTOCOLS = ("ecdh", "rsa", "rr22", "kkrt", "auto")
@@ -150,34 +152,74 @@ def batch_len(n: int, batch_size: int, index: int) -> int:
     return min(batch_size, n - index * batch_size)
 
 
-def intersect(own: bytes, peer: bytes, width: int) -> tuple[np.ndarray, bytes]:
-    """Rows of `own` whose value is among `peer`'s, ordered by value; and a digest of that order.
-
-    Both sides hold the same final values for the common ids, so ordering by value
-    gives the same row order on both sides without revealing anything more.
-    """
-    dt = np.dtype(f"V{width}")
-    a = np.frombuffer(own, dtype=dt)
-    b = np.frombuffer(peer, dtype=dt)
-
-    # Compare as two big-endian integers (hi, lo): exact, no trailing-zero quirks.
-    def key(x: np.ndarray) -> np.ndarray:
-        raw = np.frombuffer(x.tobytes(), dtype=">u8").reshape(-1, width // 8)
-        return raw
-
-    ka, kb = key(a), key(b)
+def _join(own: bytes, peer: bytes, width: int) -> tuple[np.ndarray, bytes]:
+    """Positions in `own` of values also in `peer`, in value order, and those values concatenated."""
+    k = width // 8
+    ka = np.frombuffer(own, dtype=">u8").reshape(-1, k)
+    kb = np.frombuffer(peer, dtype=">u8").reshape(-1, k)
+    if not len(ka) or not len(kb):
+        return np.zeros(0, dtype=np.int64), b""
+    # Compare as big-endian 64-bit words (exact; the same order as the bytes).
     sa = np.lexsort(ka.T[::-1])
     sb = np.lexsort(kb.T[::-1])
-    ka_s, kb_s = ka[sa], kb[sb]
-    # Merge-join of the two sorted key lists.
-    va = ka_s.view([("f" + str(i), ">u8") for i in range(width // 8)]).ravel()
-    vb = kb_s.view([("f" + str(i), ">u8") for i in range(width // 8)]).ravel()
+    fields = [(f"f{i}", ">u8") for i in range(k)]
+    va = np.ascontiguousarray(ka[sa]).view(fields).ravel()
+    vb = np.ascontiguousarray(kb[sb]).view(fields).ravel()
     pos = np.searchsorted(vb, va)
-    pos_c = np.minimum(pos, len(vb) - 1) if len(vb) else pos
-    hit = (pos < len(vb)) & (vb[pos_c] == va) if len(vb) else np.zeros(len(va), dtype=bool)
-    rows = sa[hit]  # already in value order
-    digest = hashlib.sha256(np.ascontiguousarray(ka_s[hit]).tobytes()).digest()
-    return rows.astype(np.int64), digest
+    hit = (pos < len(vb)) & (vb[np.minimum(pos, len(vb) - 1)] == va)
+    return sa[hit].astype(np.int64), va[hit].tobytes()
+
+
+def intersect(own: bytes, peer: bytes, width: int) -> tuple[np.ndarray, bytes]:
+    """Rows of `own` whose value is among `peer`'s, ordered by value; and a SHA-256 of those values in order.
+
+    Both sides hold the same final values for the common ids, so the digest lets
+    them check they found the same intersection without showing it.
+    """
+    rows, hits = _join(own, peer, width)
+    return rows, hashlib.sha256(hits).digest()
+
+
+IN_MEMORY_VALUES = 4_000_000  # own + peer values; beyond, the join runs bucket by bucket from disk
+
+
+def intersect_parts(
+    own_parts: Iterable[bytes], peer_parts: Iterable[bytes], n_total: int, width: int, spill_dir: Path
+) -> tuple[np.ndarray, bytes]:
+    """``intersect`` over batches, with memory bounded by a bucket (plus the intersection) for large inputs.
+
+    Buckets are value prefixes, so joining them in bucket order yields the global value order.
+    """
+    if n_total <= IN_MEMORY_VALUES:
+        return intersect(b"".join(own_parts), b"".join(peer_parts), width)
+    bits = min(8, max(1, math.ceil(math.log2(n_total / (IN_MEMORY_VALUES / 2)))))
+    shift = np.uint8(8 - bits)
+    rec = np.dtype([("v", f"V{width}"), ("row", "<i8")])
+    own_sp, peer_sp = BucketSpill(spill_dir / "own", bits), BucketSpill(spill_dir / "peer", bits)
+    try:
+        row0 = 0
+        for part in own_parts:
+            m = len(part) // width
+            r = np.empty(m, dtype=rec)
+            r["v"] = np.frombuffer(part, dtype=f"V{width}")
+            r["row"] = np.arange(row0, row0 + m)
+            row0 += m
+            own_sp.add((np.frombuffer(part, dtype=np.uint8)[::width] >> shift).astype(np.int64), r)
+        for part in peer_parts:
+            peer_sp.add(
+                (np.frombuffer(part, dtype=np.uint8)[::width] >> shift).astype(np.int64),
+                np.frombuffer(part, dtype=f"V{width}"),
+            )
+        rows, digest = [], hashlib.sha256()
+        for b in range(1 << bits):
+            recs = np.frombuffer(own_sp.read(b), dtype=rec)
+            local, hits = _join(recs["v"].tobytes(), peer_sp.read(b), width)
+            rows.append(recs["row"][local])
+            digest.update(hits)
+        return (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)), digest.digest()
+    finally:
+        own_sp.close()
+        peer_sp.close()
 
 
 def check_unique_values(values: bytes, width: int, what: str) -> None:

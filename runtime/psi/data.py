@@ -178,25 +178,90 @@ def has_rows(table: Table) -> bool:
     return False
 
 
-def check_ids(table: Table, batch_size: int) -> int:
-    """Count the ids; raise DataError on empty input or on a duplicate id (naming it)."""
+class BucketSpill:
+    """Fixed-width records spread over 2^bits files by a bucket number, to work on one bucket at a time."""
+
+    def __init__(self, folder: Path, bits: int) -> None:
+        self.folder = folder
+        self.count = 1 << bits
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[int, Any] = {}
+
+    def add(self, buckets: np.ndarray, records: np.ndarray) -> None:
+        order = np.argsort(buckets, kind="stable")
+        sorted_b = buckets[order]
+        recs = records[order]
+        edges = np.searchsorted(sorted_b, np.arange(self.count + 1))
+        for b in range(self.count):
+            lo, hi = edges[b], edges[b + 1]
+            if hi > lo:
+                f = self._files.get(b)
+                if f is None:
+                    f = self._files[b] = (self.folder / f"{b:03d}.bin").open("ab")
+                f.write(recs[lo:hi].tobytes())
+
+    def read(self, bucket: int) -> bytes:
+        f = self._files.get(bucket)
+        if f is None:
+            return b""
+        f.flush()
+        return (self.folder / f"{bucket:03d}.bin").read_bytes()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        for p in self.folder.glob("*.bin"):
+            p.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+
+IN_MEMORY_IDS = 4_000_000  # beyond this many ids, duplicate hashes go to disk in 256 buckets
+
+
+def check_ids(table: Table, batch_size: int, spill_dir: Path | None = None) -> int:
+    """Count the ids; raise DataError on empty input or on a duplicate id (naming it).
+
+    Memory: 8 bytes per id up to IN_MEMORY_IDS, then per bucket (1/256 of that) from disk.
+    """
     hashes: list[np.ndarray] = []
+    spill: BucketSpill | None = None
     n = 0
-    for ids in table.iter_ids(batch_size):
-        hashes.append(
-            np.fromiter(
+    dups: list[np.ndarray] = []
+    try:
+        for ids in table.iter_ids(batch_size):
+            h = np.fromiter(
                 (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") for i in ids),
                 dtype=np.uint64,
                 count=len(ids),
             )
+            n += len(ids)
+            if spill is None:
+                hashes.append(h)
+                if n > IN_MEMORY_IDS and spill_dir is not None:
+                    spill = BucketSpill(spill_dir, 8)
+                    for part in hashes:
+                        spill.add((part >> np.uint64(56)).astype(np.int64), part)
+                    hashes = []
+            else:
+                spill.add((h >> np.uint64(56)).astype(np.int64), h)
+        if n == 0:
+            raise DataError(f"data.path: {table.path.name} has no rows")
+        parts = (
+            [np.concatenate(hashes)]
+            if spill is None
+            else (np.frombuffer(spill.read(b), dtype=np.uint64) for b in range(256))
         )
-        n += len(ids)
-    if n == 0:
-        raise DataError(f"data.path: {table.path.name} has no rows")
-    allh = np.concatenate(hashes)
-    del hashes
-    s = np.sort(allh)
-    dup = np.unique(s[1:][s[1:] == s[:-1]])
+        for part in parts:
+            srt = np.sort(part)
+            dups.append(np.unique(srt[1:][srt[1:] == srt[:-1]]))
+    finally:
+        if spill is not None:
+            spill.close()
+    dup = np.concatenate(dups) if dups else np.zeros(0, dtype=np.uint64)
     if dup.size:
         wanted = set(int(x) for x in dup[:1000])
         seen: dict[str, int] = {}

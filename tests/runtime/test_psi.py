@@ -389,3 +389,20 @@ def test_crlf_bom_csv_and_parquet_inputs(tmp_path, pki):
             parse_config({**make_cfg(tmp_path, pki, "leader", bad, "id", free_port(), {}), "timeout_s": 0.5}),
             Reporter(None),
         )
+
+
+def test_bounded_memory_paths_spill_to_disk(tmp_path, pki, monkeypatch):
+    """Past the in-memory limits the duplicate check and the join go bucket by bucket from disk."""
+    from runtime.psi import common, data
+
+    monkeypatch.setattr(data, "IN_MEMORY_IDS", 50)
+    monkeypatch.setattr(common, "IN_MEMORY_VALUES", 100)
+    left = [f"id{i}" for i in range(400)]
+    right = [f"id{i}" for i in range(250, 700)]
+    res = psi_pair(tmp_path / "ok", pki, left, right, {"batch_size": 64})
+    assert res["leader"]["intersection_size"] == 150, res
+    assert sorted(aligned_ids(tmp_path / "ok", "leader")) == sorted(set(left) & set(right))
+    assert aligned_ids(tmp_path / "ok", "leader") == aligned_ids(tmp_path / "ok", "follower")
+    assert not list((tmp_path / "ok" / "leader" / "psi").glob(".ids-spill*/*"))
+    dup = psi_pair(tmp_path / "dup", pki, left + ["id7"], right, {"batch_size": 64})
+    assert isinstance(dup["leader"], DataError) and "duplicate id 'id7'" in str(dup["leader"])
