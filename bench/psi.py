@@ -259,12 +259,43 @@ def baseline_fedlearner_rsa(bits: int = 2048, samples: int = 200) -> dict[str, A
     }
 
 
+def save(result: dict[str, Any]) -> None:
+    """Merge into bench/results/psi.json (rows not run this time keep their last figures)."""
+    if "rsa" in result:
+        base = result["baseline_fedlearner_rsa"]["items_per_s_per_side"]
+        result["rsa"]["speedup_vs_baseline"] = round(result["rsa"]["items_per_s_per_side"] / base, 2)
+        cb = result["rsa"]["runs"][-1].get("cpu_bound_items_per_s_per_side")
+        if cb:
+            result["rsa"]["cpu_bound_speedup_vs_baseline"] = round(cb / base, 2)
+    peaks = [
+        max(r["peak_rss_mb"].values())
+        for k, v in result.items()
+        if isinstance(v, dict)
+        for r in v.get("runs", [])
+        if "peak_rss_mb" in r
+    ]
+    if peaks:
+        result["memory"] = {"peak_rss_mb_per_side": max(peaks)}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    old: dict[str, Any] = {}
+    if RESULTS.exists():
+        try:
+            old = json.loads(RESULTS.read_text())
+        except ValueError:
+            old = {}
+    old.update(result)
+    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k ids per side only")
     ap.add_argument("--sizes", type=int, nargs="*", help="ids per side (default 100000 1000000)")
     ap.add_argument(
         "--protocols", nargs="*", default=list(ENGINE_ROWS), help=f"rows to run (default: {' '.join(ENGINE_ROWS)})"
+    )
+    ap.add_argument(
+        "--max-size", nargs="*", default=[], metavar="ROW=N", help="cap the sizes of a row, e.g. libpsi_ecdh=100000"
     )
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp folder)")
@@ -287,13 +318,17 @@ def main() -> None:
         "sizes": sizes,
         "note": "both parties on this machine; items/s per side = ids per side / wall seconds of the whole job",
     }
+    caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_size)}
     rows = []
     base = baseline_fedlearner_rsa()
     result["baseline_fedlearner_rsa"] = base
+    save(result)
     for key in args.protocols:
         psi_params, direct = ENGINE_ROWS[key]
         runs, druns = [], []
         for n in sizes:
+            if n > caps.get(key, n):
+                continue
             r = run_pair(folder, parties, n, key, psi_params)
             runs.append(r)
             rows.append((key, n, r))
@@ -324,6 +359,7 @@ def main() -> None:
                 "runs": druns,
             }
             result[key]["ratio_to_direct"] = round(top["items_per_s_per_side"] / dtop["items_per_s_per_side"], 3)
+        save(result)
     peaks = [max(r["peak_rss_mb"].values()) for _, _, r in rows if "peak_rss_mb" in r]
     result["memory"] = {"peak_rss_mb_per_side": max(peaks) if peaks else None}
     if "rsa" in result:
@@ -346,15 +382,7 @@ def main() -> None:
         if "ratio_to_direct" in result.get(key, {}):
             print(f"{key}: Fedsite job path / libpsi called directly = {result[key]['ratio_to_direct']}")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old: dict[str, Any] = {}
-    if RESULTS.exists():
-        try:
-            old = json.loads(RESULTS.read_text())
-        except ValueError:
-            old = {}
-    old.update(result)
-    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+    save(result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
