@@ -48,10 +48,9 @@ class Command(BaseCommand):
             self.stdout.write("  no partners")
         allowed = settings.FEDSITE_CLOCK_SKEW_S
         for partner in partners:
-            self.stdout.write(
-                f"\n  {partner.workspace.slug} → {partner.name} ({partner.remote_installation}/"
-                f"{partner.remote_workspace_slug}) at {partner.endpoint or '?'}: {partner.status}"
-            )
+            remote = f"{partner.remote_installation}/{partner.remote_workspace_slug}"
+            label = partner.name if partner.name == remote else f"{partner.name} ({remote})"
+            self.stdout.write(f"\n  {partner.workspace.slug} → {label} at {partner.endpoint or '?'}: {partner.status}")
             pending = OutboxMessage.objects.filter(partner=partner, status=OutboxStatus.PENDING)
             if partner.status != PartnerStatus.CONNECTED:
                 self._line(None, "status", f"{partner.status}; not contacted ({pending.count()} messages waiting)")
