@@ -196,7 +196,8 @@ def _accept(workspace: Workspace, code: str, *, name: str, acting_user: Any, sou
     with transaction.atomic():
         partner = Partner.objects.create(
             workspace=workspace,
-            name=name,
+            # The inviter has pinned us by now: never fail here over a name taken meanwhile.
+            name=_unique_name(workspace, name),
             remote_installation=answer.installation or body.get("installation", ""),
             remote_workspace_id=remote_ws,
             remote_workspace_slug=answer.workspace_slug or body.get("workspace_slug", ""),
