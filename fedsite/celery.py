@@ -4,7 +4,10 @@ import os
 
 from celery import Celery
 
+from fedsite import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fedsite.settings")
+broker.install()
 
 app = Celery("fedsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")

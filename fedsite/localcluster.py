@@ -215,6 +215,10 @@ class Installation:
     def stop(self) -> None:
         for role in list(self.processes):
             self.stop_process(role)
+        # Runtimes run in their own sessions (a worker restart must not kill them): stop them too.
+        from apps.jobs.launchers.local import kill_all
+
+        kill_all(self.var_dir / "jobs")
 
     def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
