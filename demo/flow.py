@@ -177,6 +177,8 @@ def run_main_flow(
             shown[side] = state
         if all(j["status"] in TERMINAL for j in jobs.values()):
             break
+        alpha.check_alive()
+        beta.check_alive()
         time.sleep(0.5)
     for bar in bars.values():
         bar.close()

@@ -220,15 +220,19 @@ class Installation:
 
         kill_all(self.var_dir / "jobs")
 
+    def check_alive(self) -> None:
+        """Raise, naming the process and its log, if one of this installation's processes died."""
+        for role, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = "\n".join(self.log(role).splitlines()[-15:])
+                log = self.var_dir / "logs" / f"{role}.log"
+                raise RuntimeError(f"[{self.name}] {role} exited with {proc.returncode}; its log ({log}) ends:\n{tail}")
+
     def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
-            for role, proc in self.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"[{self.name}] {role} exited with {proc.returncode}; see {self.var_dir / 'logs' / (role + '.log')}"
-                    )
+            self.check_alive()
             try:
                 r = requests.get(f"{self.url}/readyz", timeout=2)
                 last = r.json()
