@@ -153,37 +153,27 @@ class Installation:
             argv, cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def start(self) -> None:
+    ROLES = ("web", "peer", "worker")
+
+    def argv(self, role: str) -> list[str]:
+        """The command line of one of the installation's processes."""
         py = sys.executable
-        self._spawn(
-            "web",
-            [
-                py,
-                "-m",
-                "gunicorn",
-                "fedsite.wsgi",
-                "-b",
-                f"127.0.0.1:{self.web_port}",
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
-            ],
-        )
-        if (ROOT / "apps" / "peer" / "management" / "commands" / "run_peer.py").exists():
-            self._spawn("peer", [py, str(ROOT / "manage.py"), "run_peer"])
-        self._spawn(
-            "worker",
-            [
+        if role == "web":
+            return [py, "-m", "gunicorn", "fedsite.wsgi", "-b", f"127.0.0.1:{self.web_port}", "--workers", "2", "--threads", "4", "--timeout", "120", "--graceful-timeout", "5"]  # fmt: skip
+        if role == "peer":
+            return [py, str(ROOT / "manage.py"), "run_peer"]
+        if role == "worker":
+            return [
                 py, "-m", "celery", "-A", "fedsite", "worker", "-B", "--pool", "threads", "-c", str(self.worker_concurrency),
                 "-Q", f"fedsite-{self.name}", "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "--loglevel", "INFO", "--schedule", str(self.var_dir / "celerybeat-schedule"),
-            ],
-        )  # fmt: skip
+            ]  # fmt: skip
+        raise ValueError(f"unknown role {role!r} (one of {', '.join(self.ROLES)})")
+
+    def start(self, roles: tuple[str, ...] = ROLES) -> None:
+        """Start the installation's processes (all of them unless `roles` says otherwise)."""
+        for role in roles:
+            self._spawn(role, self.argv(role))
 
     def stop_process(self, role: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         proc = self.processes.pop(role, None)
@@ -201,16 +191,7 @@ class Installation:
 
     def restart_process(self, role: str) -> None:
         self.stop_process(role)
-        saved = dict(self.processes)
-        self.processes.clear()
-        self.start_only(role)
-        self.processes.update(saved)
-
-    def start_only(self, role: str) -> None:
-        before = set(self.processes)
-        self.start()
-        for r in set(self.processes) - before - {role}:
-            self.stop_process(r)
+        self.start((role,))
 
     def stop(self) -> None:
         for role in list(self.processes):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import sys
 import time
 from typing import Any
 
@@ -223,7 +222,7 @@ def test_policies_are_enforced_by_the_receiver(partnership: Partnership, alpha: 
 
 
 def _spawn_peer(side: Side) -> None:
-    side.inst._spawn("peer", [sys.executable, "manage.py", "run_peer"])
+    side.inst.start(("peer",))
 
 
 def test_messages_wait_for_a_partner_that_is_down_and_arrive_once(
