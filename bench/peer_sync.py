@@ -98,29 +98,6 @@ def installation(name: str, tmp: Path, tag: str, args: argparse.Namespace, redis
     )
 
 
-def reap(path: Path) -> None:
-    """Stop job runtimes left behind under `path` (the launcher starts them in their own session)."""
-    import signal
-
-    mine = str(path)
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if mine in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if sig == signal.SIGTERM and pids:
-            time.sleep(1)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 tickets")
@@ -191,7 +168,6 @@ def main() -> int:
     finally:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda inst: inst.stop(), (alpha, beta)))
-        reap(tmp)
         for name in ("alpha", "beta"):
             if args.database == "postgresql":
                 drop_postgres_database(PG, f"fedsite_bench_{name}_{tag}")

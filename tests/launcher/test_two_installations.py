@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from fedsite.localcluster import Installation
-from tests.peer.conftest import Side, _wait_peer_port
+from tests.live import Side, wait_peer_port
 
 pytestmark = pytest.mark.launcher
 
@@ -26,25 +25,11 @@ FEATURES = "user_id,age\n" + "".join(f"u{i},{20 + i % 50}\n" for i in range(90))
 JOB_TIMEOUT = 120
 
 
-def redis_broker() -> str | None:
-    """Redis when there is one (the CI has it): kombu's filesystem transport lets a worker read a
-    message file another process has created but not yet written, and the worker then dies with
-    "Unrecoverable error: JSONDecodeError". Each installation's queue is named after it."""
-    url = os.environ.get("FEDSITE_TEST_REDIS", "redis://127.0.0.1:6379")
-    host, _, port = url.split("//", 1)[1].split("/", 1)[0].rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=1).close()
-    except OSError:
-        return None
-    return f"{url}/1"
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
     from apps.jobs.launchers.local import kill_all
 
     tmp = tmp_path_factory.mktemp("jobs2")
-    broker = redis_broker()
     tag = os.getpid()
     insts = {}
     for name in ("jalpha", "jbeta"):
@@ -55,7 +40,6 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
         insts[name] = Installation(
             name=f"{name}-{tag}",
             var_dir=tmp / name / "var",
-            broker_url=broker,
             data_roots=[data],
             worker_concurrency=2,
             extra_env={"LOG_LEVEL": "INFO", "CELERY_FILESYSTEM_POLL_S": "0.05"},
@@ -70,7 +54,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
         inst.setup(workspace=slug, users=people)
         inst.start()
         inst.wait_ready(90)
-        _wait_peer_port(inst)
+        wait_peer_port(inst)
 
     try:
         with ThreadPoolExecutor(2) as pool:

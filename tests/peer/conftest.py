@@ -9,7 +9,6 @@ approver). Both installations are started once per test session.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fedsite.localcluster import ApiClient, Installation, drop_postgres_database, ensure_postgres_database
+from fedsite.localcluster import Installation, drop_postgres_database, ensure_postgres_database
+from tests.live import Side, wait_peer_port
 
 PG = os.environ.get("FEDSITE_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 # Redis server (each installation takes a database number of its own on it).
@@ -33,34 +33,6 @@ REDIS = (
 
 FEATURES = "user_id,age,spend\n" + "".join(f"u{i},{20 + i % 50},{i * 1.5}\n" for i in range(200))
 LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 400, 2))
-
-
-@dataclass
-class Side:
-    """One installation as a test sees it: its processes, workspace and admin client."""
-
-    inst: Installation
-    slug: str
-    api: ApiClient  # the workspace owner
-
-    def path(self, rest: str = "") -> str:
-        return f"/api/v1/workspaces/{self.slug}/{rest}"
-
-    def get(self, rest: str) -> Any:
-        return self.api.get(self.path(rest))
-
-    def post(self, rest: str, body: Any = None, **kw: Any) -> Any:
-        return self.api.post(self.path(rest), body, **kw)
-
-    def results(self, rest: str) -> list[dict[str, Any]]:
-        body = self.get(rest)
-        return body["results"] if isinstance(body, dict) and "results" in body else body
-
-    def wait(self, rest: str, predicate: Any, timeout: float = 20) -> Any:
-        return self.api.wait_for(self.path(rest), predicate, timeout=timeout)
-
-    def audit(self, verb: str) -> list[dict[str, Any]]:
-        return self.results(f"audit-events/?verb={verb}")
 
 
 def _installation(name: str, tmp: Path, redis_db: int, tag: str) -> Installation:
@@ -105,50 +77,14 @@ def installations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                 ),
             ]:
                 f.result()
-        _wait_peer_port(alpha)
-        _wait_peer_port(beta)
+        wait_peer_port(alpha)
+        wait_peer_port(beta)
         yield {"alpha": alpha, "beta": beta}
     finally:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda inst: inst.stop(), (alpha, beta)))
-        reap(tmp)
         for name in ("alpha", "beta"):
             drop_postgres_database(PG, f"fedsite_test_{name}_{tag}")
-
-
-def reap(path: Path) -> None:
-    """Stop processes left behind under `path` (job runtimes the launcher started in their own session)."""
-    import signal
-
-    mine = str(path)
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if mine in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if sig == signal.SIGTERM and pids:
-            time.sleep(1)
-
-
-def _wait_peer_port(inst: Installation, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", inst.peer_port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"peer service of {inst.name} not listening; log:\n{inst.log('peer')[-3000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.peer.conftest import Partnership, Side
+from tests.live import Side, wait_peer_port
+from tests.peer.conftest import Partnership
 
 pytestmark = pytest.mark.peer
 
@@ -310,9 +311,8 @@ def test_doctor_fails_clearly_when_a_partner_is_unreachable(partnership: Partner
         assert "problem" in proc.stderr
     finally:
         _spawn_peer(beta)
-        from tests.peer.conftest import _wait_peer_port
 
-        _wait_peer_port(beta.inst)
+        wait_peer_port(beta.inst)
 
 
 def test_rotating_certificates_keeps_the_partnership_working(partnership: Partnership, alpha: Side, beta: Side) -> None:
