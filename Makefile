@@ -25,8 +25,10 @@ system-deps: ## Debian's chromium for the browser tests (installed when running 
 	  else echo "note: chromium is missing and this is not root: install Debian's chromium for the browser tests"; fi; \
 	fi
 
-static: ## vendor front-end libraries (Chart.js, htmx) from npm into static/vendor
-	@if [ -x scripts/vendor_static.sh ]; then scripts/vendor_static.sh; fi
+static: ## front-end libraries from npm (package-lock.json) into static/vendor; the committed copy serves without npm
+	@if command -v npm >/dev/null 2>&1; then scripts/vendor_static.sh; \
+	elif [ -f static/vendor/chart.umd.min.js ]; then echo "npm not found: serving the committed static/vendor"; \
+	else echo "npm is needed once to fetch Chart.js into static/vendor" >&2; exit 1; fi
 
 demo: setup ## two installations on loopback through the whole main flow (ONCE=1 exits after the summary)
 	$(PY) scripts/demo.py $(if $(ONCE),--once,)
