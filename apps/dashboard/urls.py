@@ -9,6 +9,7 @@ urlpatterns = [
     path("", overview.home, name="home"),
     path("switch", overview.switch, name="switch"),
     path(ws, overview.overview, name="overview"),
+    path(ws + "stamp", overview.stamp, name="stamp"),
     path(ws + "partners/", partners.partner_list, name="partners"),
     path(ws + "partners/invite", partners.invite, name="partner-invite"),
     path(ws + "partners/accept", partners.accept, name="partner-accept"),

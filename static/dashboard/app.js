@@ -57,4 +57,47 @@
     syncDatasets();
     syncKind();
   }
+
+  // Live pages: poll the workspace's stamp. Progress bars move in place; when the stamp
+  // changes (a partner decided, a job finished) the page refreshes itself, unless the
+  // user is typing, in which case it says so and waits for a click.
+  var watch = document.body.getAttribute("data-watch");
+  if (watch) {
+    var first = null;
+    var note = document.querySelector("[data-stale-note]");
+    var busy = function () {
+      var active = document.activeElement;
+      if (active && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) return true;
+      return Array.prototype.some.call(document.querySelectorAll("textarea, input[type=text], input[type=search]"), function (el) {
+        return el.value !== el.defaultValue;
+      });
+    };
+    var refresh = function () { window.location.replace(window.location.href); };
+    var bar = function (id, value) {
+      var node = document.querySelector('[data-job-progress="' + id + '"]');
+      if (!node || value === null || value === undefined) return;
+      var v = Math.max(0, Math.min(1, value));
+      node.querySelector("span").style.width = (v * 100).toFixed(1) + "%";
+      node.setAttribute("aria-valuenow", (v * 100).toFixed(0));
+      var pct = document.querySelector('[data-job-pct="' + id + '"]');
+      if (pct) pct.textContent = Math.round(v * 100) + "%";
+    };
+    var tick = function () {
+      if (document.hidden) { setTimeout(tick, 2000); return; }
+      fetch(watch, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+        .then(function (body) {
+          Object.keys(body.jobs || {}).forEach(function (id) { bar(id, body.jobs[id].progress); });
+          if (first === null) first = body.stamp;
+          else if (body.stamp !== first) {
+            if (!busy()) { refresh(); return; }
+            if (note) note.hidden = false;
+          }
+          setTimeout(tick, 1500);
+        })
+        .catch(function () { setTimeout(tick, 5000); });
+    };
+    if (note) note.querySelector("[data-reload]").addEventListener("click", refresh);
+    tick();
+  }
 })();

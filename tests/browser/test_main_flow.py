@@ -102,7 +102,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
     shots(bruno, "partner-detail", docs=True)
 
     alice.goto("/w/alpha/partners/")
-    reload_until(alice, lambda: alice.get_by_text("Connected", exact=True).count() > 0, what="beta connected")
+    alice.get_by_text("Connected", exact=True).wait_for()
     shots(alice, "partners", docs=True)
 
     # -- Bruno registers a bad file (the error shows in the form), then the good one ---------
@@ -152,10 +152,9 @@ def test_main_flow_in_the_browser(chromium, cluster):
     ticket_url = alice.url
 
     # -- Bea (beta's approver) sees it waiting and approves with a comment ---------------------
+    # Her overview refreshes itself when the proposal arrives.
     bea = login(chromium, beta, "bea", errors)
-    reload_until(
-        bea, lambda: bea.get_by_role("link", name="Conversions × basket features").count() > 0, what="the proposal"
-    )
+    bea.get_by_role("link", name="Conversions × basket features").wait_for()
     shots(bea, "overview-waiting", docs=True)
     bea.get_by_role("link", name="Conversions × basket features").click()
     bea.get_by_label("Comment").fill("Approved for the Q3 pilot.")
@@ -165,7 +164,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
 
     # -- Alice watches the job: progress and curves update live, then the model version ------
     alice.goto(ticket_url)
-    reload_until(alice, lambda: alice.get_by_role("link", name="Attempt 1").count() > 0, what="the job")
+    alice.get_by_role("link", name="Attempt 1").wait_for()  # the ticket page refreshes itself when the job starts
     assert alice.get_by_text("Approved for the Q3 pilot.").count() > 0  # the partner's comment, in the timeline
     shots(alice, "ticket-timeline", docs=True)
     alice.get_by_role("link", name="Attempt 1").click()
@@ -173,10 +172,14 @@ def test_main_flow_in_the_browser(chromium, cluster):
         "() => window.Chart && Object.values(Chart.instances).some(c => c.data.datasets.length > 0)", timeout=150_000
     )
     shots(alice, "job-live", docs=True)
+    badge = alice.locator("[data-field=status-badge]")
+    try:
+        badge.get_by_text(re.compile("Succeeded|Failed|Cancelled")).wait_for(timeout=150_000)
+    finally:
+        shots(alice, "job-end")
+    assert badge.inner_text() == "Succeeded", (alice.locator("#job-errors").inner_text(), alpha.log("worker")[-3000:])
     open_model = alice.get_by_role("link", name="Open model version")
-    open_model.wait_for(timeout=150_000)
-    badge = alice.locator("[data-field=status-badge]").inner_text()
-    assert badge == "Succeeded", (badge, alpha.log("worker")[-3000:])
+    open_model.wait_for(timeout=30_000)
     alice.wait_for_function(
         "() => Object.values(Chart.instances).some(c => c.data.datasets.some(d => d.label.includes('AUC')))"
     )
@@ -189,7 +192,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
 
     # Beta's side shows the same job finished.
     bea.goto("/w/beta/jobs/")
-    reload_until(bea, lambda: bea.get_by_text("Succeeded").count() > 0, timeout=60, what="beta's job succeeded")
+    bea.locator("table .badge", has_text="Succeeded").first.wait_for(timeout=60_000)
 
     alice.goto("/w/alpha/audit/")
     shots(alice, "audit-log", docs=True)

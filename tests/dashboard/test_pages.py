@@ -127,3 +127,25 @@ def test_dataset_page_shows_schema_and_stats(world, browser_client):
     body = browser_client("bob").get(f"/w/acme/datasets/{world['labels'].pk}/").content.decode()
     for text in ("user_id", "clicked", "age", "200", "59"):
         assert text in body
+
+
+def test_the_stamp_changes_when_a_partner_decides_not_on_progress(world, browser_client):
+    from apps.jobs.models import Job
+    from apps.tickets.services import apply_remote_decision
+
+    client = browser_client("bob")
+    first = client.get("/w/acme/stamp").json()
+    assert first["jobs"][str(world["job"].pk)]["progress"] == 0.6
+    Job.objects.filter(pk=world["job"].pk).update(progress=0.7)  # a progress report
+    second = client.get("/w/acme/stamp").json()
+    assert second["stamp"] == first["stamp"] and second["jobs"][str(world["job"].pk)]["progress"] == 0.7
+    apply_remote_decision(world["sent"], "rejected", {"reason": "no"})
+    assert client.get("/w/acme/stamp").json()["stamp"] != first["stamp"]
+    assert browser_client("charlie").get("/w/acme/stamp").status_code == 404
+
+
+def test_pages_answering_a_post_do_not_refresh_themselves(world, browser_client):
+    client = browser_client("erin")
+    assert b'data-watch="/w/acme/stamp"' in client.get("/w/acme/partners/").content
+    assert b"data-watch" not in client.post("/w/acme/partners/invite", {}).content
+    assert b'data-watch=""' in client.get("/w/acme/tickets/new").content

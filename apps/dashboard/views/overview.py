@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Max
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 
 from apps.dashboard.access import user_workspaces, workspace_page
 from apps.dashboard.presenters import with_health
 from apps.dashboard.views.common import page
+from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 from apps.jobs.choices import ACTIVE
 from apps.jobs.models import Job
 from apps.partners.models import Partner
 from apps.registry.models import ModelVersion
 from apps.tickets.choices import TicketStatus
-from apps.tickets.models import Ticket
+from apps.tickets.models import Ticket, TicketEvent
 
 
 @login_required
@@ -63,3 +68,32 @@ def overview(request):
             "running": running.count(),
         },
     )
+
+
+@workspace_page
+def stamp(request):
+    """A fingerprint of what the workspace's pages show, and the progress of active jobs.
+
+    Pages poll it: when the stamp changes (a partner decided, a job finished, a
+    dataset was shared) they refresh; progress bars move without a refresh.
+    Heartbeats and progress reports do not change the stamp.
+    """
+    ws = request.workspace
+    parts = [
+        Ticket.objects.filter(workspace=ws).aggregate(n=Count("id"), t=Max("updated_at")),
+        TicketEvent.objects.filter(ticket__workspace=ws).aggregate(n=Count("id")),
+        list(Job.objects.filter(workspace=ws).values_list("id", "status", "remote_status").order_by("id")),
+        list(Partner.objects.filter(workspace=ws).values_list("id", "status", "policies").order_by("id")),
+        RemoteDataset.objects.filter(workspace=ws).aggregate(n=Count("id"), t=Max("updated_at")),
+        ModelVersion.objects.filter(workspace=ws).aggregate(n=Count("id"), t=Max("updated_at")),
+        Dataset.objects.filter(workspace=ws).aggregate(n=Count("id")),
+        DatasetGrant.objects.filter(dataset__workspace=ws).aggregate(n=Count("id")),
+    ]
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    progress = {
+        str(pk): {"progress": p, "remote_progress": rp}
+        for pk, p, rp in Job.objects.filter(workspace=ws, status__in=ACTIVE).values_list(
+            "id", "progress", "remote_progress"
+        )
+    }
+    return JsonResponse({"stamp": digest, "jobs": progress})

@@ -29,6 +29,8 @@ def _list(request, *, accept_form=None, invitation=None, status=200):
         peering_available=peering.available(),
         accept_form=accept_form or AcceptForm(),
         invitation=invitation,
+        # A page answering a POST (the one-time code, a form's errors) must not refresh itself.
+        no_watch=request.method == "POST",
     )
     response.status_code = status
     return response
