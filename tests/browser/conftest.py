@@ -76,7 +76,9 @@ def accessibility_violations(page) -> list[str]:
     """Run axe-core (WCAG 2 A and AA rules) on the page; return its serious and critical findings."""
     if not AXE_JS.exists():
         # Without npm there is no axe-core; the rest of the browser test still runs.
-        warnings.warn("axe-core is not installed (scripts/vendor_static.sh runs npm ci): accessibility not checked")
+        warnings.warn(
+            "axe-core is not installed (scripts/vendor_static.sh runs npm ci): accessibility not checked", stacklevel=2
+        )
         return []
     if not page.evaluate("() => typeof window.axe !== 'undefined'"):
         page.add_script_tag(path=str(AXE_JS))
