@@ -177,10 +177,13 @@ if _broker.startswith("filesystem://"):
     _processed = VAR_DIR / "broker" / "processed"
     _queue.mkdir(parents=True, exist_ok=True)
     _processed.mkdir(parents=True, exist_ok=True)
+    _control = VAR_DIR / "broker" / "control"  # exchange tables; kombu's default is ./control, shared by all
+    _control.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue),
         "data_folder_out": str(_queue),
         "processed_folder": str(_processed),
+        "control_folder": str(_control),
         "store_processed": False,
         "polling_interval": env_float("CELERY_FILESYSTEM_POLL_S", 0.1),
     }
