@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,37 @@ def build_installations(
             )
         )
     return out[0], out[1]
+
+
+@contextmanager
+def running_pair(
+    root: Path,
+    *,
+    database_url: str | None = None,
+    broker_url: str | None = None,
+    db_prefix: str = "fedsite_demo",
+    rows: int = 60_000,
+    runtime_ports: tuple[str, str] | None = None,
+) -> Iterator[tuple[Installation, Installation, dict[str, Path]]]:
+    """Alpha and beta set up, started and ready; stopped (and their PostgreSQL databases dropped) on exit."""
+    from fedsite.localcluster import drop_postgres_database
+
+    alpha, beta = build_installations(root, database_url=database_url, broker_url=broker_url, db_prefix=db_prefix)
+    if runtime_ports:
+        alpha.runtime_ports, beta.runtime_ports = runtime_ports
+    files = prepare(alpha, beta, rows=rows)
+    try:
+        for inst in (alpha, beta):
+            inst.start()
+        for inst in (alpha, beta):
+            inst.wait_ready(120)
+        yield alpha, beta, files
+    finally:
+        for inst in (alpha, beta):
+            inst.stop()
+        if database_url and database_url.startswith("postgres"):
+            for name in ("alpha", "beta"):
+                drop_postgres_database(database_url, f"{db_prefix}_{name}")
 
 
 def prepare(alpha: Installation, beta: Installation, *, rows: int = 60_000, seed: int = 20201) -> dict[str, Path]:

@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-from demo.flow import USERS, build_installations, prepare
-from fedsite.localcluster import drop_postgres_database
+from demo.flow import USERS, running_pair
 from tests.browser.conftest import Shots, accessibility_violations, watch_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
@@ -31,26 +29,16 @@ VIEWPORT = {"width": 1360, "height": 900}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root: Path = tmp_path_factory.mktemp("browser")
-    db = os.environ.get("DATABASE_URL", "")
-    prefix = f"fedsite_browser_{os.getpid()}"
-    alpha, beta = build_installations(root, database_url=db or None, broker_url=None, db_prefix=prefix)
-    # Runtime ports of our own, away from `make demo` and the other live tests on this machine.
-    alpha.runtime_ports, beta.runtime_ports = "28000-28499", "28500-28999"
-    files = prepare(alpha, beta, rows=ROWS)
-    (beta.var_dir / "data" / "features_with_duplicates.csv").write_text("user_id,spend\nu1,3\nu2,4\nu1,5\n")
-    try:
-        for inst in (alpha, beta):
-            inst.start()
-        for inst in (alpha, beta):
-            inst.wait_ready(120)
+    with running_pair(
+        tmp_path_factory.mktemp("browser"),
+        database_url=os.environ.get("DATABASE_URL") or None,
+        db_prefix=f"fedsite_browser_{os.getpid()}",
+        rows=ROWS,
+        # Runtime ports of our own, away from `make demo` and the other live tests on this machine.
+        runtime_ports=("28000-28499", "28500-28999"),
+    ) as (alpha, beta, files):
+        (beta.var_dir / "data" / "features_with_duplicates.csv").write_text("user_id,spend\nu1,3\nu2,4\nu1,5\n")
         yield alpha, beta, files
-    finally:
-        for inst in (alpha, beta):
-            inst.stop()
-        if db.startswith("postgres"):
-            for name in ("alpha", "beta"):
-                drop_postgres_database(db, f"{prefix}_{name}")
 
 
 def login(chromium, inst, username: str, errors: list[str]):

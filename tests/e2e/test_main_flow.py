@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.flow import build_installations, prepare, run_main_flow
-from fedsite.localcluster import drop_postgres_database
+from demo.flow import run_main_flow, running_pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROWS = 20_000  # per side; 75% overlap
@@ -22,27 +21,14 @@ A, B = "/api/v1/workspaces/alpha", "/api/v1/workspaces/beta"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root: Path = tmp_path_factory.mktemp("e2e")
-    db = os.environ.get("DATABASE_URL", "")
-    alpha, beta = build_installations(
-        root,
-        database_url=db or None,
+    with running_pair(
+        tmp_path_factory.mktemp("e2e"),
+        database_url=os.environ.get("DATABASE_URL") or None,
         broker_url=os.environ.get("FEDSITE_TEST_BROKER_URL"),
         db_prefix=f"fedsite_e2e_{os.getpid()}",
-    )
-    files = prepare(alpha, beta, rows=ROWS)
-    try:
-        for inst in (alpha, beta):
-            inst.start()
-        for inst in (alpha, beta):
-            inst.wait_ready(120)
-        yield alpha, beta, files
-    finally:
-        for inst in (alpha, beta):
-            inst.stop()
-        if db.startswith("postgres"):
-            for name in ("alpha", "beta"):
-                drop_postgres_database(db, f"fedsite_e2e_{os.getpid()}_{name}")
+        rows=ROWS,
+    ) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
