@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(cfg.report)
     steps = list(cfg.steps) if args.command == "run" else [args.command]
     if not steps:
-        reporter.log("config has no steps to run", "error")
+        reporter.failed("error: config has no steps to run")
         reporter.close()
         return 2
     code = 0
@@ -58,18 +58,18 @@ def main(argv: list[str] | None = None) -> int:
             reporter.result(step, result or {})
             reporter.log(f"step {step}: done")
     except (ConfigError, DataError) as exc:
-        reporter.log(f"error: {exc}", "error")
+        reporter.failed(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except RuntimeJobError as exc:
-        reporter.log(f"error: {exc}", "error")
+        reporter.failed(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         reporter.log("error: interrupted", "error")
         code = 130
     except Exception as exc:  # noqa: BLE001 - last line of defence: report, then fail
-        reporter.log(f"error: internal error: {exc.__class__.__name__}: {exc}", "error")
+        reporter.failed(f"error: internal error: {exc.__class__.__name__}: {exc}")
         traceback.print_exc()
         code = 1
     finally:

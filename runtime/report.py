@@ -77,6 +77,16 @@ class Reporter:
     def result(self, stage: str, data: dict[str, Any]) -> None:
         self._emit({"type": "result", "stage": stage, "data": data})
 
+    def failed(self, error: str) -> None:
+        """The job cannot go on: log the message and tell the installation at once.
+
+        The installation fails the job on this event (it does not wait for its
+        reconciler to see the process exit), so a runtime's own reason reaches the
+        job before any failure the partner reports as a consequence of it.
+        """
+        self.log(error, "error")
+        self._emit({"type": "failed", "error": error})
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is buffered and stop the background thread."""
         self._closed = True

@@ -20,6 +20,7 @@ from apps.tickets.choices import PartyRole, TicketStatus
 
 J = JobStatus
 LOG_TAIL_LINES = 200
+PARTNER_FAILED = "the partner's job failed: "  # how a failure caused by the partner reads
 # Progress is mirrored to the partner at most this often (in progress units).
 REMOTE_PROGRESS_STEP = 0.05
 
@@ -169,7 +170,18 @@ def cancel_job(job: Job, *, acting_user: Any = None, source: str = "api", reason
 def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     """Apply a runtime's batch of progress/metric/log/result events; returns how many."""
     job = Job.objects.select_for_update().get(pk=job.pk)
+    failure = next((str(ev.get("error") or "")[:10_000] for ev in events if ev.get("type") == "failed"), "")
     if job.status not in ACTIVE:
+        if failure and job.status == J.FAILED and job.error.startswith(PARTNER_FAILED):
+            # The partner's echo of this very failure got here first; our runtime's own
+            # reason is the one this side should show (the partner's stays in remote_error).
+            job.error = failure
+            job.save(update_fields=["error", "updated_at"])
+            record(
+                job.workspace, "job.failed", job, source="runtime", data={"error": failure[:500], "corrects": "reason"}
+            )
+            enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
+            return 1
         return 0
     old_progress = job.progress
     lines: list[str] = []
@@ -177,6 +189,8 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     shared: list[dict[str, Any]] = []
     for ev in events:
         kind = ev.get("type")
+        if kind == "failed":
+            continue  # applied below, after the log lines that explain it
         if kind == "progress":
             job.progress = max(0.0, min(1.0, float(ev.get("value", 0.0))))
             job.stage = str(ev.get("stage", ""))[:32]
@@ -202,7 +216,9 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
         job.log_tail = "\n".join((job.log_tail.splitlines() + lines)[-LOG_TAIL_LINES:])
     job.save(update_fields=["progress", "stage", "log_tail", "result", "updated_at"])
     JobMetric.objects.bulk_create(metrics)
-    if job.status == J.STARTING:
+    if failure:
+        set_job_status(job, J.FAILED, error=failure, source="runtime")
+    elif job.status == J.STARTING:
         set_job_status(job, J.RUNNING, source="runtime")
     elif abs(job.progress - old_progress) >= REMOTE_PROGRESS_STEP or (
         shared and job.ticket.params.get("share_metrics", True)
@@ -261,7 +277,7 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
             set_job_status(
                 job,
                 J.FAILED,
-                error=f"the partner's job failed: {job.remote_error or 'no reason given'}",
+                error=f"{PARTNER_FAILED}{job.remote_error or 'no reason given'}",
                 source="peer",
             )
         elif job.remote_status == J.CANCELLED:

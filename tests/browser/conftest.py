@@ -47,6 +47,21 @@ def chromium() -> Iterator[object]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
 
 
+@pytest.fixture
+def new_context(chromium):
+    """Browser contexts closed when the test ends, so no page keeps polling a server after it."""
+    made: list = []
+
+    def make(**kwargs):
+        context = chromium.new_context(**kwargs)
+        made.append(context)
+        return context
+
+    yield make
+    for context in made:
+        context.close()
+
+
 class Shots:
     """Saves screenshots under test-artifacts/screenshots/; with UPDATE_DOCS_SCREENSHOTS=1 also copies
     the chosen ones to docs/screenshots/ for the user guide."""

@@ -41,8 +41,8 @@ def cluster(tmp_path_factory):
         yield alpha, beta, files
 
 
-def login(chromium, inst, username: str, errors: list[str]):
-    context = chromium.new_context(viewport=VIEWPORT, base_url=inst.url)
+def login(new_context, inst, username: str, errors: list[str]):
+    context = new_context(viewport=VIEWPORT, base_url=inst.url)
     context.set_default_timeout(20_000)
     page = context.new_page()
     watch_console(page, errors)
@@ -64,13 +64,13 @@ def reload_until(page, check, timeout: float = 30.0, what: str = "condition") ->
         page.reload()
 
 
-def test_main_flow_in_the_browser(chromium, cluster):
+def test_main_flow_in_the_browser(new_context, cluster):
     alpha, beta, files = cluster
     shots = Shots("flow")
     errors: list[str] = []
 
     # -- Alice logs in to alpha; nothing there yet -------------------------------------------
-    alice = login(chromium, alpha, "alice", errors)
+    alice = login(new_context, alpha, "alice", errors)
     shots(alice, "overview-empty")
     alice.get_by_role("link", name="Partners", exact=True).first.click()
 
@@ -80,7 +80,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
     assert code.startswith("fedsite-invite-v1.")
     shots(alice, "partners-invitation", docs=True, full_page=False)
 
-    bruno = login(chromium, beta, "bruno", errors)
+    bruno = login(new_context, beta, "bruno", errors)
     bruno.goto("/w/beta/partners/")
     bruno.get_by_label("Invitation code").fill(code)
     bruno.get_by_label("Partner name").fill("Alpha Ads")
@@ -141,7 +141,7 @@ def test_main_flow_in_the_browser(chromium, cluster):
 
     # -- Bea (beta's approver) sees it waiting and approves with a comment ---------------------
     # Her overview refreshes itself when the proposal arrives.
-    bea = login(chromium, beta, "bea", errors)
+    bea = login(new_context, beta, "bea", errors)
     bea.get_by_role("link", name="Conversions × basket features").wait_for()
     shots(bea, "overview-waiting", docs=True)
     bea.get_by_role("link", name="Conversions × basket features").click()

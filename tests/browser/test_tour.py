@@ -24,11 +24,11 @@ def _login(context, base: str, username: str):
     return page
 
 
-def test_every_page_in_a_browser(chromium, live_server, world):  # noqa: F811
+def test_every_page_in_a_browser(new_context, live_server, world):  # noqa: F811
     shots = Shots("tour")
     base = live_server.url
     errors: list[str] = []
-    context = chromium.new_context(viewport={"width": 1360, "height": 900})
+    context = new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
     watch_console(page, errors)
     page.goto(f"{base}/w/acme/")
@@ -79,7 +79,7 @@ def test_every_page_in_a_browser(chromium, live_server, world):  # noqa: F811
     assert not page.get_by_label("Epochs").is_visible()
 
     # A viewer sees the same pages without the actions.
-    viewer = _login(chromium.new_context(viewport={"width": 1360, "height": 900}), base, "bob")
+    viewer = _login(new_context(viewport={"width": 1360, "height": 900}), base, "bob")
     viewer.goto(f"{base}/w/acme/tickets/{w['received'].pk}/")
     assert viewer.get_by_role("button", name="Approve and start").count() == 0
     viewer.goto(f"{base}/w/acme/datasets/")

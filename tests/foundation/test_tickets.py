@@ -221,3 +221,18 @@ def test_runtime_reports_need_the_job_token(api, setup, client):
         url, {"events": [{"type": "metric"}]}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
     )
     assert bad.status_code == 400 and "metric needs name and value" in str(bad.json())
+    bad = client.post(
+        url, {"events": [{"type": "failed"}]}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    assert bad.status_code == 400 and "failed needs error" in str(bad.json())
+    job.refresh_from_db()
+    assert job.status == "running"
+    r = client.post(
+        url,
+        {"events": [{"type": "failed", "error": "error: data.path: no such file x.csv"}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert r.status_code == 202, r.content
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "error: data.path: no such file x.csv")

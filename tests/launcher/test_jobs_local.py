@@ -14,7 +14,7 @@ import pytest
 
 from apps.jobs import launch as launching
 from apps.jobs.models import Job
-from apps.jobs.services import apply_remote_job_state, cancel_job, set_job_status
+from apps.jobs.services import apply_remote_job_state, apply_report, cancel_job, set_job_status
 from apps.peer.models import OutboxMessage
 from apps.tickets.choices import PartyRole
 from tests.launcher.conftest import gone, wait_for
@@ -122,6 +122,42 @@ def test_partner_failure_fails_ours_and_stops_our_runtime(side, django_capture_o
     assert states(job)[-1]["status"] == "failed"
     apply_remote_job_state(job, {"status": "failed", "error": "the partner's job failed: …"})
     assert states(job)[-1]["status"] == "failed" and len(states(job)) == 2
+
+
+def test_a_runtime_reporting_its_failure_fails_the_job_at_once(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.LEADER, fake={"sleep": 60})
+    launching.launch(str(job.id))
+    info = runtime_info(job)
+    reason = "error: data.path: no such file /data/labels.csv"
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_report(job, [{"type": "log", "line": "step psi: starting"}, {"type": "failed", "error": reason}])
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", reason)  # no reconcile needed
+    assert job.log_tail.endswith("step psi: starting")
+    assert states(job)[-1]["status"] == "failed" and states(job)[-1]["error"] == reason
+    assert gone(info["pid"])
+
+
+def test_our_runtimes_reason_replaces_the_partners_echo_of_it(side, django_capture_on_commit_callbacks):
+    job = side(PartyRole.LEADER, fake={"sleep": 60})
+    launching.launch(str(job.id))
+    runtime_info(job)
+    reason = "error: the leader cannot run: data.path: no such file /data/labels.csv"
+    # The partner's runtime heard of our failure first and its side failed; that echo lands here first.
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_remote_job_state(job, {"status": "failed", "error": reason})
+    job.refresh_from_db()
+    assert job.error == f"the partner's job failed: {reason}"
+    sent = len(states(job))
+    # Then our runtime's own report arrives: this side shows its own reason, and tells the partner.
+    assert apply_report(job, [{"type": "failed", "error": reason}]) == 1
+    job.refresh_from_db()
+    assert (job.status, job.error, job.remote_error) == ("failed", reason, reason)
+    assert len(states(job)) == sent + 1 and states(job)[-1]["error"] == reason
+    # A failure we decided ourselves is never rewritten, nor is a finished job's.
+    assert apply_report(job, [{"type": "failed", "error": "error: something else"}]) == 0
+    job.refresh_from_db()
+    assert job.error == reason
 
 
 def test_cancel_here_stops_the_runtime_and_tells_the_partner(side, django_capture_on_commit_callbacks):

@@ -26,7 +26,7 @@ class CancelSerializer(serializers.Serializer):
 
 
 class RuntimeEventSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["progress", "metric", "log", "result"])
+    type = serializers.ChoiceField(choices=["progress", "metric", "log", "result", "failed"])
     value = serializers.FloatField(required=False)
     stage = serializers.CharField(required=False, allow_blank=True, max_length=32)
     name = serializers.CharField(required=False, max_length=64)
@@ -36,6 +36,7 @@ class RuntimeEventSerializer(serializers.Serializer):
     line = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     level = serializers.CharField(required=False)
     data = serializers.JSONField(required=False)
+    error = serializers.CharField(required=False, allow_blank=True, max_length=10_000, trim_whitespace=False)
     ts = serializers.FloatField(required=False)
 
     def validate(self, attrs):
@@ -43,6 +44,8 @@ class RuntimeEventSerializer(serializers.Serializer):
             raise serializers.ValidationError("a metric needs name and value")
         if attrs["type"] == "progress" and "value" not in attrs:
             raise serializers.ValidationError("progress needs value")
+        if attrs["type"] == "failed" and not attrs.get("error", "").strip():
+            raise serializers.ValidationError("failed needs error")
         return attrs
 
 
