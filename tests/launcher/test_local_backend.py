@@ -140,6 +140,11 @@ def test_error_summary():
     assert error_summary("a\nERROR x: boom\nb\n", 1) == "ERROR x: boom"
     assert error_summary("all fine\n", 3) == "the runtime exited with code 3"
     assert error_summary("", -9) == "the runtime was killed by signal 9"
+    # The log's own prefix is not part of the reason.
+    logged = "2026-11-25 06:40:00,123 ERROR fedsite.runtime: error: data.path: no such file x.csv\n"
+    assert error_summary(logged, 2) == "error: data.path: no such file x.csv"
+    pod = "2026-11-25T06:40:00.123456789Z error: psi.protocol: must be one of ecdh, rsa\n"
+    assert error_summary(pod, 2) == "error: psi.protocol: must be one of ecdh, rsa"
 
 
 def test_the_worker_hears_at_once_when_its_runtime_ends(runtime_env):

@@ -14,6 +14,12 @@ MISSING = "missing"
 
 # A line of a runtime's log that says what went wrong ("error: tls: required", "ERROR ...").
 _ERROR_LINE = re.compile(r"\berror\b|Traceback|Exception", re.IGNORECASE)
+# A logging record's prefix ("2026-11-25 06:40:00,123 ERROR fedsite.runtime: "), or a pod log's
+# RFC 3339 timestamp: the summary shows only the message.
+_LOG_PREFIX = re.compile(
+    r"^(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+)?"
+    r"(?:\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?\s+(?:CRITICAL|ERROR|WARNING|INFO|DEBUG)\s+[\w.]+:\s+)?"
+)
 
 
 class LaunchError(Exception):
@@ -60,7 +66,7 @@ def error_summary(log_tail: str, exit_code: int | None = None) -> str:
     lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
     for line in reversed(lines):
         if _ERROR_LINE.search(line) and not line.startswith("Traceback"):
-            return line[:2000]
+            return (_LOG_PREFIX.sub("", line, count=1) or line)[:2000]
     if exit_code is None:
         return "the runtime stopped without an exit status"
     if exit_code < 0:
