@@ -259,6 +259,54 @@ def baseline_fedlearner_rsa(bits: int = 2048, samples: int = 200) -> dict[str, A
     }
 
 
+def _cpu_per_item(fn, count: int) -> float:
+    """CPU seconds per item of fn() over `count` items, best of three (this process, one core)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        fn()
+        best = min(best, (time.process_time() - t0) / count)
+    return best
+
+
+def hardware_ceiling(samples: int = 4000) -> dict[str, Any]:
+    """What this machine allows at most, measured in the same run as the jobs.
+
+    The cryptography alone, nothing else (no reading, transport, checkpoint or join),
+    with every core busy and both parties sharing them:
+      ECDH: each side does H(id) for its own ids and 2 X25519 per id (its own and the partner's);
+      RSA:  the leader does 2 private operations per id pair (its own id and the follower's
+            blinded id), the follower blinds and unblinds.
+    """
+    cores = os.cpu_count() or 1
+    ids = [f"user-{i:09d}" for i in range(samples)]
+    key = crypto.new_ecdh_key()
+    points = crypto.ecdh_encrypt_ids(key, ids)
+    x_openssl = _cpu_per_item(lambda: crypto.x25519_many(key, points, backend="cryptography"), samples)
+    x_used = _cpu_per_item(lambda: crypto.x25519_many(key, points), samples)
+    h2c = _cpu_per_item(lambda: crypto.ecdh_encrypt_ids(key, ids), samples) - x_used
+    rsa_key = crypto.new_rsa_key(2048, 3)
+    few = ids[: max(200, samples // 20)]
+    sign = _cpu_per_item(lambda: crypto.rsa_sign_own(rsa_key, few), len(few))
+    pub = crypto.rsa_public(rsa_key)
+    blinded, unblind = crypto.rsa_blind(pub, few)
+    sigs = crypto.rsa_sign_blinded(rsa_key, blinded)
+    follower = _cpu_per_item(lambda: crypto.rsa_blind(pub, few), len(few)) + _cpu_per_item(
+        lambda: crypto.rsa_unblind(pub, sigs, unblind), len(few)
+    )
+    return {
+        "cores": cores,
+        "x25519_ops_per_s_per_core": {"cryptography": round(1 / x_openssl), crypto.x25519_backend(): round(1 / x_used)},
+        "hash_to_curve_us_per_id": round(h2c * 1e6, 2),
+        "rsa2048_3p_private_ops_per_s_per_core": round(1 / sign),
+        "rsa_follower_us_per_id": round(follower * 1e6, 1),
+        # items/s per side if the cores did nothing but this arithmetic, both parties sharing them
+        "ecdh_scalar_mult_only_items_per_s_per_side": round(cores / (4 * x_used)),
+        "ecdh_items_per_s_per_side": round(cores / (2 * (2 * x_used + h2c))),
+        "rsa_items_per_s_per_side": round(cores / (2 * sign + follower)),
+    }
+
+
 def save(result: dict[str, Any]) -> None:
     """Merge into bench/results/psi.json (rows not run this time keep their last figures)."""
     if "rsa" in result:
@@ -322,6 +370,8 @@ def main() -> None:
     rows = []
     base = baseline_fedlearner_rsa()
     result["baseline_fedlearner_rsa"] = base
+    ceiling = hardware_ceiling()
+    result["hardware_ceiling"] = ceiling
     save(result)
     for key in args.protocols:
         psi_params, direct = ENGINE_ROWS[key]
@@ -351,6 +401,10 @@ def main() -> None:
             "n_per_side": top["n_per_side"],
             "runs": runs,
         }
+        if key in ("ecdh", "rsa"):
+            cap = ceiling[f"{key}_items_per_s_per_side"]
+            result[key]["hardware_ceiling_items_per_s_per_side"] = cap
+            result[key]["share_of_ceiling"] = round(top["items_per_s_per_side"] / cap, 3)
         if direct:
             dtop = druns[-1]
             result[f"libpsi_direct_{direct}"] = {
@@ -378,6 +432,23 @@ def main() -> None:
     print(f"{'baseline_fedlearner_rsa':<26}{'':>11}{'':>10}{base['items_per_s_per_side']:>14,d}{'':>16}{'':>14}")
     if "rsa" in result:
         print(f"RSA speed-up over the Fedlearner baseline: {result['rsa']['speedup_vs_baseline']}x")
+    print()
+    xs = ", ".join(f"{k} {v:,d}" for k, v in ceiling["x25519_ops_per_s_per_core"].items())
+    print(
+        f"Hardware ceiling, measured in this run ({ceiling['cores']} cores shared by both parties, arithmetic only):\n"
+        f"  X25519 ops/s per core: {xs}; hash to curve {ceiling['hash_to_curve_us_per_id']} us/id;"
+        f" RSA-2048 (3 primes, CRT) private ops/s per core: {ceiling['rsa2048_3p_private_ops_per_s_per_core']:,d}"
+    )
+    print(f"{'protocol':<26}{'ceiling items/s/side':>22}{'measured (largest n)':>22}{'share':>8}")
+    for key in ("ecdh", "rsa"):
+        if key in result and "hardware_ceiling_items_per_s_per_side" in result[key]:
+            r = result[key]
+            print(
+                f"{key:<26}{r['hardware_ceiling_items_per_s_per_side']:>22,d}{r['items_per_s_per_side']:>22,d}{r['share_of_ceiling']:>8.0%}"
+            )
+    print(
+        f"  (ECDH with scalar multiplications only, no hashing: {ceiling['ecdh_scalar_mult_only_items_per_s_per_side']:,d})"
+    )
     for key in ("libpsi_rr22", "libpsi_kkrt", "libpsi_ecdh"):
         if "ratio_to_direct" in result.get(key, {}):
             print(f"{key}: Fedsite job path / libpsi called directly = {result[key]['ratio_to_direct']}")
