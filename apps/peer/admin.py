@@ -19,6 +19,9 @@ class InboxMessageAdmin(admin.ModelAdmin):
 
 @admin.register(Invitation)
 class InvitationAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "workspace", "expires_at", "used_at", "partner"]
-    readonly_fields = ["id", "workspace", "expires_at", "used_at", "partner", "created_by", "created_at"]
+    list_display = ["created_at", "workspace", "status", "expires_at", "used_at", "revoked_at", "partner"]
+    readonly_fields = [
+        "id", "workspace", "status", "expires_at", "used_at", "partner", "created_by", "created_at", "revoked_at",
+        "revoked_by",
+    ]  # fmt: skip
     exclude = ["secret_hash"]

@@ -11,6 +11,9 @@
 3. Alpha (`answer_handshake`, in its peer server) checks the enrollment
    certificate, the secret (hash compared in constant time), expiry and single
    use, pins Beta and answers with its workspace details; Beta pins Alpha.
+
+Until it is used, Alpha's admin can revoke an invitation (`revoke_invitation`):
+the handshake then refuses it like an expired one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from apps.peer import identity
 from apps.peer.client import secure_channel
 from apps.peer.envelope import handshake_signing_bytes, now_ms
 from apps.peer.inbox import PeerRejected
-from apps.peer.models import Invitation
+from apps.peer.models import Invitation, InvitationStatus
 from apps.workspaces.models import Workspace
 from fedsite_proto.peer.v1 import peer_pb2, peer_pb2_grpc
 
@@ -104,6 +107,33 @@ def create_invitation(workspace: Workspace, *, acting_user: Any = None, source: 
         data={"expires_at": expires.isoformat()},
     )
     return invitation, code
+
+
+@transaction.atomic
+def revoke_invitation(invitation: Invitation, *, acting_user: Any = None, source: str = "api") -> Invitation:
+    """Withdraw a pending invitation so its code can no longer be accepted.
+
+    The row lock is the one the handshake takes, so a revocation and an acceptance
+    of the same invitation cannot both succeed.
+    """
+    locked = Invitation.objects.select_for_update().filter(pk=invitation.pk).first()
+    if locked is None:
+        raise ServiceError("invitation no longer exists")
+    invitation, status = locked, locked.status
+    if status != InvitationStatus.PENDING:
+        raise ServiceError(f"invitation is already {status}; only a pending invitation can be revoked")
+    invitation.revoked_at = timezone.now()
+    invitation.revoked_by = acting_user if getattr(acting_user, "is_authenticated", False) else None
+    invitation.save(update_fields=["revoked_at", "revoked_by"])
+    record(
+        invitation.workspace,
+        "partner.invitation_revoked",
+        invitation,
+        actor=acting_user,
+        source=source,
+        data={"expires_at": invitation.expires_at.isoformat()},
+    )
+    return invitation
 
 
 def decode_code(code: str) -> dict[str, Any]:
@@ -301,6 +331,10 @@ def _check_invitation(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) ->
         )
     if invitation.used_at is not None:
         raise PeerRejected(Code.FAILED_PRECONDITION, "this invitation was already used", reason="invitation_reused")
+    if invitation.revoked_at is not None:
+        raise PeerRejected(
+            Code.FAILED_PRECONDITION, "invitation revoked by the inviting admin", reason="invitation_revoked"
+        )
     if invitation.expires_at <= timezone.now():
         raise PeerRejected(Code.FAILED_PRECONDITION, "this invitation has expired", reason="invitation_expired")
     if not hmac.compare_digest(invitation.secret_hash, _hash(req.secret)):

@@ -1,7 +1,11 @@
+from __future__ import annotations
+
 import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 
 class OutboxStatus(models.TextChoices):
@@ -72,6 +76,35 @@ class WorkspaceSigningKey(models.Model):
         return f"signing key of {self.workspace_id}"
 
 
+class InvitationStatus(models.TextChoices):
+    """Where an invitation stands; only a pending one can be accepted or revoked."""
+
+    PENDING = "pending", "Pending"
+    USED = "used", "Used"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+
+
+class InvitationQuerySet(models.QuerySet):
+    def with_status(self, status: str) -> InvitationQuerySet:
+        """Invitations in this status, judged as `Invitation.status` judges one (used, then revoked, then expiry)."""
+        now = timezone.now()
+        used, revoked = Q(used_at__isnull=False), Q(revoked_at__isnull=False)
+        match status:
+            case InvitationStatus.USED:
+                return self.filter(used)
+            case InvitationStatus.REVOKED:
+                return self.filter(revoked).exclude(used)
+            case InvitationStatus.EXPIRED:
+                return self.filter(expires_at__lte=now).exclude(used | revoked)
+            case InvitationStatus.PENDING:
+                return self.filter(expires_at__gt=now).exclude(used | revoked)
+        raise ValueError(f"unknown invitation status {status!r}")
+
+    def pending(self) -> InvitationQuerySet:
+        return self.with_status(InvitationStatus.PENDING)
+
+
 class Invitation(models.Model):
     """A one-time partnership invitation; only a hash of its secret is stored."""
 
@@ -87,9 +120,26 @@ class Invitation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, help_text="an admin withdrew it before it was used")
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = InvitationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"invitation {self.id} of {self.workspace_id}"
+
+    @property
+    def status(self) -> str:
+        """Used wins over revoked (a handshake and a revocation cannot both succeed), revoked over expired."""
+        if self.used_at is not None:
+            return InvitationStatus.USED
+        if self.revoked_at is not None:
+            return InvitationStatus.REVOKED
+        if self.expires_at <= timezone.now():
+            return InvitationStatus.EXPIRED
+        return InvitationStatus.PENDING
