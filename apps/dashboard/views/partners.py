@@ -1,9 +1,12 @@
-"""Partners: invitations (create, accept), status, health, approval policies."""
+"""Partners: invitations (create, list, revoke, accept), status, health, approval policies."""
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import messages
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.core.errors import ServiceError
@@ -16,6 +19,7 @@ from apps.datasets.models import DatasetGrant, RemoteDataset
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.partners.services import set_partner_status, set_policies
+from apps.peer.models import Invitation
 from apps.workspaces.choices import Role
 
 
@@ -26,6 +30,9 @@ def _list(request, *, accept_form=None, invitation=None, status=200):
         "dashboard/partners/list.html",
         "partners",
         partners=with_health(partners),
+        pending_invitations=Invitation.objects.filter(workspace=request.workspace)
+        .pending()
+        .select_related("created_by"),
         peering_available=peering.available(),
         accept_form=accept_form or AcceptForm(),
         invitation=invitation,
@@ -44,9 +51,12 @@ def partner_list(request):
 @require_POST
 @workspace_page(role=Role.ADMIN)
 def invite(request):
+    """Create an invitation code; with `action=revoke` and `invitation=<id>`, revoke a pending one instead."""
     if not peering.available():
         messages.error(request, "Invitations need the peer service, which is not installed on this installation yet.")
         return redirect("dashboard:partners", slug=request.workspace.slug)
+    if request.POST.get("action") == "revoke":
+        return _revoke(request)
     try:
         invitation, code = peering.create_invitation(request.workspace, acting_user=request.user)
     except ServiceError as exc:
@@ -54,6 +64,25 @@ def invite(request):
         return redirect("dashboard:partners", slug=request.workspace.slug)
     messages.success(request, "Invitation created. Send the code to your partner's admin; it works once.")
     return _list(request, invitation={"code": code, "expires_at": invitation.expires_at})
+
+
+def _revoke(request):
+    from apps.peer.handshake import revoke_invitation  # here, as in peering: the page renders without it
+
+    try:
+        pk = uuid.UUID(request.POST.get("invitation", ""))
+    except ValueError:
+        pk = None
+    invitation = Invitation.objects.filter(workspace=request.workspace, pk=pk).first() if pk else None
+    if invitation is None:
+        messages.error(request, "No such invitation in this workspace.")
+        return redirect("dashboard:partners", slug=request.workspace.slug)
+    return act(
+        request,
+        lambda: revoke_invitation(invitation, acting_user=request.user, source="ui"),
+        success="Invitation revoked. Its code can no longer be accepted.",
+        then=reverse("dashboard:partners", kwargs={"slug": request.workspace.slug}),
+    )
 
 
 @require_POST
