@@ -28,7 +28,9 @@ class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantVie
     """Partners of this workspace. Only admins and owners manage them."""
 
     serializer_class = PartnerSerializer
-    queryset = Partner.objects.annotate(pending_messages=Count("outbox", filter=Q(outbox__status=OutboxStatus.PENDING)))
+    queryset = Partner.objects.annotate(
+        pending_messages=Count("outbox", filter=Q(outbox__status=OutboxStatus.PENDING))
+    ).order_by("name", "id")
     write_role = Role.ADMIN
     filterset_fields = ["status"]
 
