@@ -7,8 +7,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from apps.audit.services import record
-from apps.core.errors import ServiceError
-from apps.workspaces.choices import Role
+from apps.core.errors import Forbidden, ServiceError
+from apps.workspaces.choices import Role, role_at_least
 from apps.workspaces.models import Membership, Workspace, slug_validator
 
 
@@ -28,22 +28,69 @@ def create_workspace(*, slug: str, name: str, owner: AbstractBaseUser, source: s
     return workspace
 
 
+def _lock_members(workspace: Workspace) -> None:
+    """Serialize member changes of one workspace, so two owners cannot demote each other at once."""
+    Workspace.objects.select_for_update().filter(pk=workspace.pk).first()
+
+
+def _check_manager(workspace: Workspace, acting_user: AbstractBaseUser | None) -> str | None:
+    """The acting user's role if it may manage members (None for the command line), else Forbidden."""
+    if acting_user is None:
+        return None
+    actor = membership_for(acting_user, workspace)
+    if actor is None or not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("only owners and admins manage members")
+    return actor.role
+
+
+def _check_owner_rules(membership: Membership, new_role: str | None, actor_role: str | None) -> None:
+    """Admins neither grant the owner role nor touch an owner; the last owner stays (`new_role` None: removal)."""
+    if actor_role == Role.ADMIN:
+        if new_role == Role.OWNER:
+            raise Forbidden("only an owner can make someone an owner")
+        if membership.role == Role.OWNER:
+            raise Forbidden("only an owner can change or remove an owner")
+    if (
+        membership.role == Role.OWNER
+        and new_role != Role.OWNER
+        and not Membership.objects.filter(workspace_id=membership.workspace_id, role=Role.OWNER)
+        .exclude(pk=membership.pk)
+        .exists()
+    ):
+        raise ServiceError(
+            "a workspace keeps at least one owner: make another member owner first",
+            field="role" if new_role is not None else None,
+        )
+
+
+def _check_role(role: str) -> None:
+    if role not in Role.values:
+        raise ServiceError(f"unknown role {role!r}: choose one of {', '.join(Role.values)}", field="role")
+
+
 @transaction.atomic
 def add_member(
     workspace: Workspace, *, username: str, role: str, acting_user: AbstractBaseUser | None, source: str = "api"
 ) -> Membership:
-    if role not in Role.values:
-        raise ServiceError(f"unknown role {role!r}", field="role")
+    """Give a user a role here; for an existing member this sets the role (as `change_role` would).
+
+    `acting_user` None is the command line, which the operator runs: no role check.
+    """
+    _check_role(role)
+    _lock_members(workspace)
+    actor_role = _check_manager(workspace, acting_user)
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise ServiceError(f"no user named {username!r}", field="username")
-    membership, created = Membership.objects.get_or_create(workspace=workspace, user=user, defaults={"role": role})
-    if not created and membership.role != role:
-        if (
-            membership.role == Role.OWNER
-            and not Membership.objects.filter(workspace=workspace, role=Role.OWNER).exclude(pk=membership.pk).exists()
-        ):
-            raise ServiceError("a workspace keeps at least one owner", field="role")
+    membership = Membership.objects.filter(workspace=workspace, user=user).first()
+    if membership is None:
+        if actor_role == Role.ADMIN and role == Role.OWNER:
+            raise Forbidden("only an owner can make someone an owner")
+        membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+    else:
+        _check_owner_rules(membership, role, actor_role)
+        if membership.role == role:
+            return membership
         membership.role = role
         membership.save(update_fields=["role"])
     record(
@@ -53,22 +100,52 @@ def add_member(
 
 
 @transaction.atomic
+def change_role(
+    membership: Membership, role: str, *, acting_user: AbstractBaseUser | None, source: str = "api"
+) -> Membership:
+    """Give an existing member another role."""
+    _check_role(role)
+    _lock_members(membership.workspace)
+    actor_role = _check_manager(membership.workspace, acting_user)
+    current = Membership.objects.select_related("user", "workspace").filter(pk=membership.pk).first()
+    if current is None:
+        raise ServiceError("this user is no longer a member")
+    _check_owner_rules(current, role, actor_role)
+    if current.role == role:
+        return current
+    previous = current.role
+    current.role = role
+    current.save(update_fields=["role"])
+    record(
+        current.workspace,
+        "member.role_changed",
+        current,
+        actor=acting_user,
+        source=source,
+        data={"username": current.user.get_username(), "from": previous, "role": role},
+    )
+    return current
+
+
+@transaction.atomic
 def remove_member(membership: Membership, *, acting_user: AbstractBaseUser | None, source: str = "api") -> None:
+    """Take a member out of the workspace (the user account stays)."""
     workspace = membership.workspace
-    if (
-        membership.role == Role.OWNER
-        and not Membership.objects.filter(workspace=workspace, role=Role.OWNER).exclude(pk=membership.pk).exists()
-    ):
-        raise ServiceError("a workspace keeps at least one owner")
+    _lock_members(workspace)
+    actor_role = _check_manager(workspace, acting_user)
+    current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+    if current is None:
+        raise ServiceError("this user is no longer a member")
+    _check_owner_rules(current, None, actor_role)
     record(
         workspace,
         "member.removed",
-        membership,
+        current,
         actor=acting_user,
         source=source,
-        data={"username": membership.user.get_username()},
+        data={"username": current.user.get_username(), "role": current.role},
     )
-    membership.delete()
+    current.delete()
 
 
 def membership_for(user: AbstractBaseUser, workspace: Workspace) -> Membership | None:

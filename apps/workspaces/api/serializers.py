@@ -26,3 +26,7 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "username", "role", "created_at"]
         read_only_fields = ["id", "created_at"]
+
+
+class MembershipRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices, help_text="the member's new role")

@@ -3,10 +3,10 @@ from rest_framework import mixins, viewsets
 from rest_framework.response import Response
 
 from apps.core.api import TenantViewSet
-from apps.workspaces.api.serializers import MembershipSerializer, WorkspaceSerializer
+from apps.workspaces.api.serializers import MembershipRoleSerializer, MembershipSerializer, WorkspaceSerializer
 from apps.workspaces.choices import Role
 from apps.workspaces.models import Membership, Workspace
-from apps.workspaces.services import add_member, create_workspace, remove_member
+from apps.workspaces.services import add_member, change_role, create_workspace, remove_member
 
 
 class WorkspaceViewSet(
@@ -35,7 +35,7 @@ class WorkspaceViewSet(
 class MembershipViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin, TenantViewSet
 ):
-    """Members of a workspace; only admins and owners manage them."""
+    """Members of a workspace; only admins and owners manage them, and only owners manage owners."""
 
     serializer_class = MembershipSerializer
     queryset = Membership.objects.select_related("user")
@@ -53,6 +53,13 @@ class MembershipViewSet(
             source=self.source,
         )
         return Response(self.get_serializer(m).data, status=201)
+
+    @extend_schema(request=MembershipRoleSerializer, responses=MembershipSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        ser = MembershipRoleSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        m = change_role(self.get_object(), ser.validated_data["role"], acting_user=request.user, source=self.source)
+        return Response(self.get_serializer(m).data)
 
     def perform_destroy(self, instance):
         remove_member(instance, acting_user=self.request.user, source=self.source)
