@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.dashboard.views import audit, datasets, jobs, models, overview, partners, tickets
+from apps.dashboard.views import audit, datasets, jobs, members, models, overview, partners, tickets
 
 app_name = "dashboard"
 
@@ -36,5 +36,9 @@ urlpatterns = [
     path(ws + "models/compare", models.compare, name="model-compare"),
     path(ws + "models/<uuid:pk>/", models.model_detail, name="model"),
     path(ws + "models/<uuid:pk>/stage", models.stage, name="model-stage"),
+    path(ws + "members/", members.member_list, name="members"),
+    path(ws + "members/add", members.add, name="member-add"),
+    path(ws + "members/<int:pk>/role", members.role, name="member-role"),
+    path(ws + "members/<int:pk>/remove", members.remove, name="member-remove"),
     path(ws + "audit/", audit.audit_log, name="audit"),
 ]

@@ -54,6 +54,7 @@ def test_every_page_in_a_browser(new_context, live_server, world):  # noqa: F811
         "models": "/w/acme/models/",
         "model": f"/w/acme/models/{w['mv'].pk}/",
         "model-compare": f"/w/acme/models/compare?a={w['mv'].pk}&b={w['mv2'].pk}",
+        "members": "/w/acme/members/",
         "audit": "/w/acme/audit/",
     }
     violations = accessibility_violations(page)
