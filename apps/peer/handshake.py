@@ -61,6 +61,11 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _default_name(workspace_name: str, installation: str, slug: str) -> str:
+    """What a new partner is called unless the admin names it: the partner workspace's own name."""
+    return (workspace_name or "").strip()[:110] or f"{installation or 'partner'}/{slug}"
+
+
 def _unique_name(workspace: Workspace, wanted: str) -> str:
     name, n = wanted[:110] or "partner", 2
     while Partner.objects.filter(workspace=workspace, name=name).exists():
@@ -192,9 +197,12 @@ def _accept(workspace: Workspace, code: str, *, name: str, acting_user: Any, sou
         raise ServiceError("a workspace cannot partner with itself", field="code")
     if Partner.objects.filter(workspace=workspace, remote_workspace_id=remote_ws).exists():
         raise ServiceError(f"{body.get('workspace_slug')} is already a partner", field="code")
-    name = (name or "").strip() or f"{body.get('installation', 'partner')}/{body.get('workspace_slug', '')}"
-    if Partner.objects.filter(workspace=workspace, name=name).exists():
+    name = (name or "").strip()
+    if name and Partner.objects.filter(workspace=workspace, name=name).exists():
         raise ServiceError("a partner with this name exists", field="name")
+    name = name or _default_name(
+        body.get("workspace_name", ""), body.get("installation", ""), body.get("workspace_slug", "")
+    )
     ident = identity.ensure_identity()
     req = peer_pb2.HandshakeRequest(
         invitation_id=body["invitation_id"],
@@ -258,7 +266,7 @@ def answer_handshake(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) -> 
             workspace = invitation.workspace
             partner = Partner.objects.create(
                 workspace=workspace,
-                name=_unique_name(workspace, f"{req.installation}/{req.workspace_slug}"),
+                name=_unique_name(workspace, _default_name(req.workspace_name, req.installation, req.workspace_slug)),
                 remote_installation=req.installation[:120],
                 remote_workspace_id=uuid.UUID(req.workspace_id),
                 remote_workspace_slug=req.workspace_slug[:50],

@@ -104,7 +104,10 @@ def test_it_rejects_a_wrong_invitation_secret(alpha: Side, beta: Side, partnersh
     assert len(alpha.results("partners/")) == partners_before
     assert any(e["data"]["reason"] == "wrong_secret" for e in alpha.audit("peer.rejected"))
     # The real code still works afterwards: a failed attempt changed nothing.
-    assert side.post("partners/accept/", {"code": code})["status"] == "connected"
+    accepted = side.post("partners/accept/", {"code": code})
+    assert accepted["status"] == "connected"
+    # Unnamed, the partner is called by its workspace's own name.
+    assert accepted["name"] == alpha.api.get(f"/api/v1/workspaces/{alpha.slug}/")["name"]
 
 
 def test_it_rejects_an_invitation_whose_ca_does_not_match_its_fingerprint(alpha: Side, beta: Side) -> None:
