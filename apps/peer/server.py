@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from apps.peer import identity
 from apps.peer.inbox import PeerRejected, receive
+from apps.peer.tlsaudit import HandshakeAudit
 from fedsite_proto.peer.v1 import peer_pb2, peer_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def create_server(address: str, *, max_workers: int = 16) -> tuple[grpc.Server, 
 def serve(address: str, *, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (in-flight calls get SHUTDOWN_GRACE_S)."""
     server, port, trust, health_servicer = create_server(address)
+    tls_audit = HandshakeAudit().start()  # certificates refused inside the TLS handshake get audited too
     stop = threading.Event()
     reloader = threading.Thread(target=trust.run, args=(stop,), name="peer-trust-reload", daemon=True)
     server.start()
@@ -155,3 +157,4 @@ def serve(address: str, *, ready: Any = None) -> None:
     stop.wait()
     server.stop(SHUTDOWN_GRACE_S).wait()
     log.info("peer service stopped")
+    tls_audit.stop()

@@ -9,6 +9,8 @@ and changes nothing else.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,7 @@ from apps.peer.inbox import PeerRejected, check_certificate
 from apps.peer.models import InboxMessage, Invitation, OutboxMessage, OutboxStatus
 from apps.peer.outbox import enqueue
 from apps.peer.server import create_server
+from apps.peer.tlsaudit import HandshakeAudit, classify
 from apps.workspaces.models import Workspace
 from fedsite_proto.peer.v1 import peer_pb2, peer_pb2_grpc
 
@@ -214,22 +217,46 @@ def test_it_rejects_a_certificate_from_another_partners_ca(peer_env) -> None:
     assert audit_reasons() == ["unknown_ca"]
 
 
+def tls_refusals(reason: str, timeout: float = 10.0) -> list[AuditEvent]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [
+            e for e in AuditEvent.objects.filter(verb="peer.rejected", workspace=None) if e.data["reason"] == reason
+        ]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+# serve() runs HandshakeAudit for the peer service's lifetime. Here it runs inside each test's body:
+# pytest moves file descriptor 2 between its own capture files around every test phase.
+
+
 def test_it_refuses_an_unknown_ca_in_the_tls_handshake(peer_env) -> None:
     umbrella = peer_env["umbrella"]
     stranger = Installation.make("stranger")
-    err = rejected(peer_env, umbrella, umbrella.envelope("dataset.shared", SHARE),
-                   cert=(stranger.cert_pem, stranger.key_pem))  # fmt: skip
+    with HandshakeAudit(window_s=0):
+        err = rejected(peer_env, umbrella, umbrella.envelope("dataset.shared", SHARE),
+                       cert=(stranger.cert_pem, stranger.key_pem))  # fmt: skip
     assert err.code() == Code.UNAVAILABLE
     assert not RemoteDataset.objects.exists() and not InboxMessage.objects.exists()
+    # gRPC ends the handshake before any Python runs; its logged reason still becomes an audit event.
+    events = tls_refusals("tls_unknown_ca")  # one per attempt: the channel retries within its deadline
+    assert events and "unable to get local issuer certificate" in events[0].data["detail"]
+    assert events[0].source == "peer" and events[0].actor_label == "unknown peer"
 
 
 def test_it_refuses_an_expired_certificate(peer_env) -> None:
     umbrella = peer_env["umbrella"]
     now = dt.datetime.now(dt.UTC)
     expired = umbrella.inst.leaf(not_before=now - dt.timedelta(days=10), not_after=now - dt.timedelta(days=1))
-    err = rejected(peer_env, umbrella, umbrella.envelope("dataset.shared", SHARE), cert=expired)
+    with HandshakeAudit(window_s=0):
+        err = rejected(peer_env, umbrella, umbrella.envelope("dataset.shared", SHARE), cert=expired)
     assert err.code() == Code.UNAVAILABLE  # the TLS handshake itself fails
     assert not RemoteDataset.objects.exists()
+    events = tls_refusals("tls_certificate_expired")
+    assert events and "certificate has expired" in events[0].data["detail"]
     # and the per-message check says so by name, should a certificate ever get past TLS
     with pytest.raises(PeerRejected) as info:
         check_certificate(expired[0], umbrella.partner)
@@ -505,3 +532,25 @@ def test_a_stuck_message_holds_up_only_its_own_ticket(loopback, monkeypatch) -> 
     stuck.refresh_from_db()
     assert stuck.status == OutboxStatus.REFUSED
     assert RemoteDataset.objects.filter(name="a2").exists()
+
+
+def test_handshake_refusals_are_classified_and_repeats_counted_not_flooded() -> None:
+    line = (
+        "I1125 07:06:43.600675   24633 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: "
+        "error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: {}"
+    )
+    assert classify(line.format("certificate has expired"))[0] == "tls_certificate_expired"
+    assert classify(line.format("unable to get local issuer certificate"))[0] == "tls_unknown_ca"
+    assert classify(line.format("something new"))[0] == "tls_handshake_failed"
+    assert classify("I1125 chttp2_server.cc:123] Handshake done") is None
+    with HandshakeAudit(window_s=60):
+        for _ in range(5):  # a scanner hammering the port
+            os.write(2, (line.format("unable to get local issuer certificate") + "\n").encode())
+        os.write(2, b"an ordinary log line\n")
+        assert len(tls_refusals("tls_unknown_ca")) == 1
+    # The 4 repeats are one more event, written when the next one is (or when the tap stops).
+    events = AuditEvent.objects.filter(verb="peer.rejected").order_by("created_at")
+    assert [(e.data["reason"], 1 + e.data.get("repeated", 0)) for e in events] == [
+        ("tls_unknown_ca", 1),
+        ("tls_unknown_ca", 4),
+    ]

@@ -9,12 +9,17 @@ import base64
 import json
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from apps.peer.client import secure_channel
 from tests.live import Side, wait_peer_port
 from tests.peer.conftest import Partnership
+from tests.pki import make_party
 
 pytestmark = pytest.mark.peer
 
@@ -308,6 +313,26 @@ def test_doctor_reports_each_partner_and_the_api_shows_its_health(
     assert partner["cert_expires_at"] and partner["last_contact_at"]
     assert abs(partner["clock_skew_s"]) < 1
     assert partner["pending_messages"] == 0 and partner["last_error"] == ""
+
+
+def test_a_certificate_refused_in_the_tls_handshake_is_audited_and_the_doctor_says_so(
+    alpha: Side, tmp_path: Path
+) -> None:
+    stranger = make_party(tmp_path / "stranger", "stranger")
+    ca_pem = (alpha.inst.var_dir / "peer" / "ca.pem").read_bytes()
+    channel = secure_channel(
+        alpha.inst.peer_endpoint, ca_pem, stranger.key_file.read_bytes(), stranger.cert_file.read_bytes()
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    channel.close()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The refusal happened in the C core's handshake; alpha's peer service still audited it.
+    deadline, out = time.monotonic() + 15, ""
+    while time.monotonic() < deadline and "tls_unknown_ca" not in out:
+        out = alpha.inst.manage("doctor", "--workspace", "acme", check=False).stdout
+        time.sleep(0.3)
+    assert "refused TLS handshakes" in out and "tls_unknown_ca" in out, out
 
 
 def test_doctor_fails_clearly_when_a_partner_is_unreachable(partnership: Partnership, alpha: Side, beta: Side) -> None:

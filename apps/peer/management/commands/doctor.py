@@ -6,7 +6,9 @@ import datetime as dt
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
+from apps.audit.models import AuditEvent
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.peer.delivery import heartbeat
@@ -33,6 +35,21 @@ class Command(BaseCommand):
         left = expires - dt.datetime.now(dt.UTC)
         detail = f"valid until {expires:%Y-%m-%d %H:%M} UTC ({left.days} days left)"
         self._line(False if left.total_seconds() <= 0 else None if left < RENEW_BEFORE else True, what, detail)
+
+    def _tls_refusals(self) -> None:
+        """Certificates the peer service refused in the TLS handshake lately (no workspace: who called is unknown)."""
+        since = timezone.now() - dt.timedelta(hours=24)
+        events = AuditEvent.objects.filter(verb="peer.rejected", workspace=None, created_at__gte=since)
+        counts: dict[str, int] = {}
+        for data in events.values_list("data", flat=True):
+            reason = (data or {}).get("reason", "?")
+            counts[reason] = counts.get(reason, 0) + 1 + int((data or {}).get("repeated", 0))
+        self.stdout.write("\n  refused TLS handshakes, last 24 h")
+        if not counts:
+            self._line(True, "handshakes", "none")
+            return
+        detail = ", ".join(f"{reason} ×{n}" for reason, n in sorted(counts.items()))
+        self._line(None, "handshakes", f"{detail} (see the audit log, verb peer.rejected)")
 
     def handle(self, *args, **opts):
         self.problems = 0
@@ -75,6 +92,7 @@ class Command(BaseCommand):
                     f"{pending.count()} waiting; oldest {oldest.kind} tried {oldest.attempts}× "
                     f"({oldest.last_error[:120] or 'not yet tried'})",
                 )
+        self._tls_refusals()
         if self.problems:
             raise CommandError(f"{self.problems} problem(s) found")
         self.stdout.write(self.style.SUCCESS("\nall checks passed"))
