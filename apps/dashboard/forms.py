@@ -20,7 +20,7 @@ class AcceptForm(forms.Form):
         max_length=120,
         required=False,
         label="Partner name",
-        help_text="How the partner appears here, e.g. “Alpha Ads”. Optional: defaults to installation/workspace.",
+        help_text="How the partner appears here, e.g. “Alpha Ads”. Optional: defaults to the name the partner gave its workspace.",
     )
 
 

@@ -67,4 +67,10 @@ class InvitationDetailSerializer(serializers.ModelSerializer):
 
 class AcceptInvitationSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="the invitation code the partner's admin gave you")
-    name = serializers.CharField(required=False, allow_blank=True, max_length=120, default="")
+    name = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=120,
+        default="",
+        help_text="how the partner appears here; defaults to the name the partner gave its workspace",
+    )
