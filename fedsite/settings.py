@@ -213,6 +213,8 @@ FEDSITE_RUNTIME_REPORT_URL = env_str("FEDSITE_RUNTIME_REPORT_URL", "")  # defaul
 FEDSITE_RUNTIME_BIND = env_str("FEDSITE_RUNTIME_BIND", "")  # default: FEDSITE_RUNTIME_HOST
 FEDSITE_RUNTIME_SERVER_NAME = env_str("FEDSITE_RUNTIME_SERVER_NAME", "fedsite-runtime")
 FEDSITE_LOCAL_STOP_GRACE_S = env_float("FEDSITE_LOCAL_STOP_GRACE_S", 5.0)
+# Local runtimes run this much nicer than the installation (0-19), so approvals and pages stay fast.
+FEDSITE_LOCAL_RUNTIME_NICE = env_int("FEDSITE_LOCAL_RUNTIME_NICE", 10, minimum=0, maximum=19)
 FEDSITE_PEER_BACKOFF_MAX_S = env_int("FEDSITE_PEER_BACKOFF_MAX_S", 300, minimum=1)
 FEDSITE_CERT_DAYS = env_int("FEDSITE_CERT_DAYS", 365, minimum=1)
 FEDSITE_K8S_NAMESPACE = env_str("FEDSITE_K8S_NAMESPACE", "fedsite-jobs")

@@ -20,6 +20,9 @@ def test_it_refuses_an_integer_below_the_minimum(monkeypatch):
     monkeypatch.setenv("X_INT", "-3")
     with pytest.raises(ImproperlyConfigured, match="at least 0"):
         env.env_int("X_INT", 1, minimum=0)
+    monkeypatch.setenv("X_INT", "25")
+    with pytest.raises(ImproperlyConfigured, match="X_INT=25: must be at most 19"):
+        env.env_int("X_INT", 1, minimum=0, maximum=19)
     monkeypatch.setenv("X_INT", "ten")
     with pytest.raises(ImproperlyConfigured, match="expected an integer"):
         env.env_int("X_INT", 1)

@@ -8,6 +8,7 @@ in one test database).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,24 @@ def test_partner_failure_fails_ours_and_stops_our_runtime(side, django_capture_o
     assert states(job)[-1]["status"] == "failed"
     apply_remote_job_state(job, {"status": "failed", "error": "the partner's job failed: …"})
     assert states(job)[-1]["status"] == "failed" and len(states(job)) == 2
+
+
+def test_the_runtime_runs_nicer_than_the_installation(side, settings, django_capture_on_commit_callbacks):
+    settings.FEDSITE_LOCAL_RUNTIME_NICE = 7
+    job = side(PartyRole.LEADER, fake={"sleep": 30, "child": True})
+    launching.launch(str(job.id))
+    info = runtime_info(job)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    # The runtime and the processes it starts (PSI's pool workers) leave the CPU to web, peer and workers.
+    assert os.getpriority(os.PRIO_PROCESS, info["pid"]) == min(19, mine + 7)
+    assert os.getpriority(os.PRIO_PROCESS, info["child_pid"]) == min(19, mine + 7)
+    autogroup = Path(f"/proc/{info['pid']}/autogroup")
+    if autogroup.exists():  # the kernel schedules sessions as groups: the runtime's group is niced too
+        assert autogroup.read_text().split()[-1] == "7"
+    job.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        cancel_job(job)
+    assert gone(info["pid"]) and gone(info["child_pid"])
 
 
 def test_a_runtime_reporting_its_failure_fails_the_job_at_once(side, django_capture_on_commit_callbacks):

@@ -203,6 +203,8 @@ class LocalLauncher(Launcher):
             str(p["exit"]),
             "--deadline",
             str(spec.timeout_s),
+            "--nice",
+            str(settings.FEDSITE_LOCAL_RUNTIME_NICE),
             "--",
             *runtime_command(),
             "run",

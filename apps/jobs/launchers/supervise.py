@@ -1,6 +1,6 @@
 """Parent of a local runtime: runs it, enforces a deadline, and records its exit code.
 
-    python -m apps.jobs.launchers.supervise --exit-file F --deadline S -- <runtime argv…>
+    python -m apps.jobs.launchers.supervise --exit-file F --deadline S [--nice N] -- <runtime argv…>
 
 The local launcher starts this in a new session, so it leads the process group
 that a cancel kills. The exit file survives the worker that started it: a
@@ -28,15 +28,37 @@ def _write_exit(path: str, code: int, reason: str = "") -> None:
     os.replace(tmp, path)
 
 
+def lower_priority(nice: int) -> None:
+    """Run this process and all it starts `nice` steps nicer, before the runtime starts.
+
+    On a machine shared with the installation, web, peer service and workers then stay
+    responsive while jobs compute. With the kernel's autogroup scheduling (the default on
+    desktop and many server kernels), a new session is its own scheduling group and a
+    process's nice value counts only inside it, so the group's nice is lowered as well.
+    """
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w", encoding="ascii") as fh:
+            fh.write(str(nice))
+    except OSError:
+        pass  # no autogroup here (a container, another OS): the nice value above is what counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supervise")
     parser.add_argument("--exit-file", required=True)
     parser.add_argument("--deadline", type=float, default=0.0, help="seconds; 0 means none")
+    parser.add_argument("--nice", type=int, default=0, help="lower the runtime's CPU priority by this much")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command")
+    if args.nice > 0:
+        lower_priority(args.nice)
     proc = subprocess.Popen(command)
 
     def forward(signum: int, _frame: object) -> None:
