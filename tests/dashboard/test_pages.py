@@ -144,6 +144,21 @@ def test_the_stamp_changes_when_a_partner_decides_not_on_progress(world, browser
     assert browser_client("charlie").get("/w/acme/stamp").status_code == 404
 
 
+def test_the_stamp_changes_when_an_invitation_or_a_member_changes(world, browser_client):
+    from apps.peer.handshake import create_invitation, revoke_invitation
+    from apps.workspaces.models import Membership
+
+    client = browser_client("bob")
+    stamps = [client.get("/w/acme/stamp").json()["stamp"]]
+    invitation, _ = create_invitation(world["acme"], source="test")
+    stamps.append(client.get("/w/acme/stamp").json()["stamp"])
+    revoke_invitation(invitation, source="test")  # another admin's revoke shows without a reload
+    stamps.append(client.get("/w/acme/stamp").json()["stamp"])
+    Membership.objects.filter(workspace=world["acme"], user__username="dave").update(role="approver")
+    stamps.append(client.get("/w/acme/stamp").json()["stamp"])
+    assert len(set(stamps)) == 4, stamps
+
+
 def test_pages_answering_a_post_do_not_refresh_themselves(world, browser_client):
     client = browser_client("erin")
     assert b'data-watch="/w/acme/stamp"' in client.get("/w/acme/partners/").content

@@ -16,9 +16,11 @@ from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 from apps.jobs.choices import ACTIVE
 from apps.jobs.models import Job
 from apps.partners.models import Partner
+from apps.peer.models import Invitation
 from apps.registry.models import ModelVersion
 from apps.tickets.choices import TicketStatus
 from apps.tickets.models import Ticket, TicketEvent
+from apps.workspaces.models import Membership
 
 
 @login_required
@@ -88,6 +90,8 @@ def stamp(request):
         ModelVersion.objects.filter(workspace=ws).aggregate(n=Count("id"), t=Max("updated_at")),
         Dataset.objects.filter(workspace=ws).aggregate(n=Count("id")),
         DatasetGrant.objects.filter(dataset__workspace=ws).aggregate(n=Count("id")),
+        list(Invitation.objects.filter(workspace=ws).values_list("id", "used_at", "revoked_at").order_by("id")),
+        list(Membership.objects.filter(workspace=ws).values_list("id", "role").order_by("id")),
     ]
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
     progress = {
