@@ -21,7 +21,7 @@ REFUSED = [
     ("carol", "/w/acme/datasets/{labels}/grant", {"partner": "{partner}"}),
     ("dave", "/w/acme/datasets/{features}/revoke", {"partner": "{partner}"}),
     ("bob", "/w/acme/jobs/{job}/cancel", {}),
-    ("bob", "/w/acme/jobs/{job}/retry", {}),
+    ("dave", "/w/acme/jobs/{job}/retry", {}),
     ("dave", "/w/acme/models/{mv}/stage", {"stage": "production"}),
     ("bob", "/w/acme/tickets/{sent}/withdraw", {}),
     ("dave", "/w/acme/partners/invite", {}),
@@ -151,8 +151,15 @@ def test_member_cancels_a_running_job(world, browser_client):
     assert "already cancelled" in r.content.decode()
 
 
-def test_member_retries_a_cancelled_job(world, browser_client):
-    client = browser_client("dave")
+def test_only_approvers_are_offered_retry(world, browser_client):
+    Job.objects.filter(pk=world["done"].pk).update(status="failed")
+    url = f"/w/acme/jobs/{world['done'].pk}/"
+    assert b">Retry</button>" not in browser_client("dave").get(url).content
+    assert b">Retry</button>" in browser_client("carol").get(url).content
+
+
+def test_approver_retries_a_failed_job(world, browser_client):
+    client = browser_client("carol")
     # The newest attempt (2) succeeded; fail it so it can be retried.
     Job.objects.filter(pk=world["done"].pk).update(status="failed")
     r = client.post(f"/w/acme/jobs/{world['done'].pk}/retry", {})

@@ -6,6 +6,7 @@ import pytest
 
 from apps.datasets.services import register_dataset
 from apps.jobs.models import Job
+from apps.peer.handshake import create_invitation
 from apps.registry.models import ModelVersion
 from apps.tickets.choices import JobKind, PartyRole, TicketStatus
 from apps.tickets.models import Ticket
@@ -41,6 +42,7 @@ def objects(users, workspaces, data_root):
         "job": job.id,
         "mv": mv.id,
         "member": acme.memberships.get(user__username="bob").id,
+        "invitation": create_invitation(acme, source="test")[0].id,
     }
 
 
@@ -48,12 +50,17 @@ def objects(users, workspaces, data_root):
 ENDPOINTS = [
     ("get", "members/", Role.VIEWER),
     ("post", "members/", Role.ADMIN),
+    ("patch", "members/{member}/", Role.ADMIN),
     ("delete", "members/{member}/", Role.ADMIN),
     ("get", "partners/", Role.VIEWER),
     ("get", "partners/{partner}/", Role.VIEWER),
     ("patch", "partners/{partner}/", Role.ADMIN),
     ("post", "partners/{partner}/suspend/", Role.ADMIN),
     ("post", "partners/{partner}/resume/", Role.ADMIN),
+    ("get", "partners/invitations/", Role.VIEWER),
+    ("post", "partners/invitations/", Role.ADMIN),
+    ("post", "partners/invitations/{invitation}/revoke/", Role.ADMIN),
+    ("post", "partners/accept/", Role.ADMIN),
     ("get", "datasets/", Role.VIEWER),
     ("get", "datasets/{dataset}/", Role.VIEWER),
     ("post", "datasets/", Role.MEMBER),
@@ -71,6 +78,7 @@ ENDPOINTS = [
     ("get", "jobs/{job}/", Role.VIEWER),
     ("get", "jobs/{job}/metrics/", Role.VIEWER),
     ("post", "jobs/{job}/cancel/", Role.MEMBER),
+    ("post", "jobs/{job}/retry/", Role.APPROVER),
     ("get", "model-versions/", Role.VIEWER),
     ("get", "model-versions/{mv}/", Role.VIEWER),
     ("post", "model-versions/{mv}/promote/", Role.APPROVER),

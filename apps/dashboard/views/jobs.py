@@ -80,7 +80,7 @@ def job_detail(request, pk):
         state=job_state(job),
         can_cancel=job.status in ACTIVE and request.can.write,
         can_retry=job.status in RETRYABLE
-        and request.can.write
+        and request.can.approve
         and retry_available()
         and not job.ticket.jobs.filter(attempt__gt=job.attempt).exists(),
     )
@@ -111,7 +111,7 @@ def cancel(request, pk):
 
 
 @require_POST
-@workspace_page(role=Role.MEMBER)
+@workspace_page(role=Role.APPROVER)  # a new run on both sides' data: a decision, as in the API
 def retry(request, pk):
     job = get_in_workspace(request, Job, pk)
     back = request.path.rsplit("/", 1)[0] + "/"
