@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,12 +111,18 @@ class Inspection:
     size_bytes: int
 
 
-class _HashingReader(io.RawIOBase):
-    """Wraps a binary file and hashes every byte read through it."""
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all): long inspections report as they go
 
-    def __init__(self, raw: BinaryIO) -> None:
+
+class _HashingReader(io.RawIOBase):
+    """Wraps a binary file and hashes every byte read through it (and tells `progress`)."""
+
+    def __init__(self, raw: BinaryIO, size: int = 0, progress: Progress | None = None) -> None:
         self._raw = raw
         self.sha = hashlib.sha256()
+        self.done = 0
+        self._size = size
+        self._progress = progress
 
     def readable(self) -> bool:
         return True
@@ -125,6 +132,9 @@ class _HashingReader(io.RawIOBase):
         self.sha.update(data)
         n = len(data)
         b[:n] = data
+        self.done += n
+        if self._progress is not None and n:
+            self._progress(self.done, self._size)
         return n
 
 
@@ -178,7 +188,7 @@ def _check_label(stats: ColumnStats) -> None:
         raise DataFileError(f"label column {stats.name!r} must be binary or numeric", field="label_column")
 
 
-def inspect_csv(path: Path, id_column: str, label_column: str | None) -> Inspection:
+def inspect_csv(path: Path, id_column: str, label_column: str | None, progress: Progress | None = None) -> Inspection:
     size = path.stat().st_size
     if size == 0:
         raise DataFileError(f"{path.name} is empty", field="uri")
@@ -187,7 +197,7 @@ def inspect_csv(path: Path, id_column: str, label_column: str | None) -> Inspect
         return csv.reader(fh, strict=True)
 
     with path.open("rb") as raw:
-        hashing = _HashingReader(raw)
+        hashing = _HashingReader(raw, size, progress)
         text = io.TextIOWrapper(io.BufferedReader(hashing, CHUNK), encoding="utf-8", errors="strict", newline="")
         reader = rows(text)
         try:
@@ -246,7 +256,9 @@ def inspect_csv(path: Path, id_column: str, label_column: str | None) -> Inspect
     return Inspection("csv", schema, count, stats, "sha256:" + hashing.sha.hexdigest(), size)
 
 
-def inspect_parquet(path: Path, id_column: str, label_column: str | None) -> Inspection:
+def inspect_parquet(
+    path: Path, id_column: str, label_column: str | None, progress: Progress | None = None
+) -> Inspection:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -274,6 +286,8 @@ def inspect_parquet(path: Path, id_column: str, label_column: str | None) -> Ins
                 raise DataFileError(f"row {count + 1}: id column {id_column!r} is empty", field="id_column")
             hashes.append(_id_hash(str(value)))
             count += 1
+        if progress is not None and pf.metadata.num_rows:
+            progress(round(size * count / pf.metadata.num_rows), size)
     if count == 0:
         raise DataFileError(f"{path.name} has no rows", field="uri")
 
@@ -297,10 +311,10 @@ def inspect_parquet(path: Path, id_column: str, label_column: str | None) -> Ins
     return Inspection("parquet", schema, count, stats, "sha256:" + sha.hexdigest(), size)
 
 
-def inspect_file(path: Path, id_column: str, label_column: str | None) -> Inspection:
+def inspect_file(path: Path, id_column: str, label_column: str | None, progress: Progress | None = None) -> Inspection:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return inspect_parquet(path, id_column, label_column)
+        return inspect_parquet(path, id_column, label_column, progress)
     if suffix in (".csv", ".txt", ".tsv"):
-        return inspect_csv(path, id_column, label_column)
+        return inspect_csv(path, id_column, label_column, progress)
     raise DataFileError(f"{path.name}: unsupported format {suffix or '(none)'} (use .csv or .parquet)", field="uri")

@@ -11,7 +11,7 @@ from django.db import transaction
 from apps.audit.services import record
 from apps.core.errors import ServiceError
 from apps.datasets.choices import Visibility
-from apps.datasets.inspect import DataFileError, inspect_file
+from apps.datasets.inspect import DataFileError, Progress, inspect_file
 from apps.datasets.models import Dataset, DatasetGrant
 from apps.partners.models import Partner
 from apps.workspaces.models import Workspace
@@ -51,8 +51,12 @@ def register_dataset(
     visibility: str = Visibility.SCHEMA,
     acting_user: Any = None,
     source: str = "api",
+    progress: Progress | None = None,
 ) -> Dataset:
-    """Inspect the file (outside any transaction: it may take minutes), then save."""
+    """Inspect the file (outside any transaction: it may take minutes), then save.
+
+    `progress(bytes_done, bytes_total)` is called as the file is read (the CLI draws a bar).
+    """
     if not name.strip():
         raise ServiceError("name is required", field="name")
     if Dataset.objects.filter(workspace=workspace, name=name).exists():
@@ -61,7 +65,7 @@ def register_dataset(
         raise ServiceError("id_column is required", field="id_column")
     path = resolve_data_path(uri)
     # Long I/O outside transaction.atomic(): a 5 GB file must not hold a DB transaction open.
-    info = inspect_file(path, id_column, label_column or None)
+    info = inspect_file(path, id_column, label_column or None, progress)
     with transaction.atomic():
         if Dataset.objects.filter(workspace=workspace, name=name).exists():
             raise ServiceError(f"a dataset named {name!r} already exists", field="name")
