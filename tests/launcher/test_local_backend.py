@@ -63,6 +63,17 @@ def test_cancel_kills_the_whole_process_group(launcher):
     launcher.stop(handle)  # idempotent
 
 
+def test_a_cancel_the_moment_it_started_still_records_how_it_ended(launcher):
+    # The job shows "starting" as soon as the supervisor process exists; a cancel can come
+    # before the supervisor has even set up its signal handlers.
+    handle = launcher.start(spec(fake={"sleep": 60, "child": True}))
+    launcher.stop(handle, grace_s=2.0)
+    assert gone(handle["pid"])
+    state = launcher.poll(handle)
+    assert state.state == FAILED and state.exit_code in (-signal.SIGTERM, -signal.SIGKILL), state
+    assert Path(handle["exit_file"]).exists()
+
+
 def test_stop_ignores_a_reused_pid(launcher):
     handle = launcher.start(spec(fake={"sleep": 0}))
     wait_finished(launcher, handle)

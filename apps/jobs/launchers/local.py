@@ -300,13 +300,25 @@ class LocalLauncher(Launcher):
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:
-                return
+                return  # gone already, by its own exit: the supervisor recorded it
             deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
             while time.monotonic() < deadline:
                 if not is_alive(pid, handle.get("start_ticks")) and not _group_members(pgid, handle.get("config", "")):
+                    self._record_stop(handle, sig)
                     return
                 time.sleep(0.05)
         log.warning("runtime group %s still has members after SIGKILL", pgid)
+        self._record_stop(handle, signal.SIGKILL)
+
+    def _record_stop(self, handle: dict[str, Any], sig: int) -> None:
+        """The supervisor records the exit; if it died first (killed, or stopped during its own
+        start), record it here so the job's folder still says how its runtime ended."""
+        exit_file = handle.get("exit_file")
+        if not exit_file or Path(exit_file).exists():
+            return
+        tmp = Path(f"{exit_file}.tmp")
+        tmp.write_text(json.dumps({"code": -int(sig), "reason": "stopped by the launcher", "finished_at": time.time()}))
+        tmp.replace(exit_file)
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         return _tail(Path(handle["log"]), lines) if handle.get("log") else ""

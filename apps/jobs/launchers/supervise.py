@@ -57,18 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command")
-    if args.nice > 0:
-        lower_priority(args.nice)
-    proc = subprocess.Popen(command)
+    proc: subprocess.Popen | None = None
+    stopped: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        stopped.append(signum)
+        if proc is not None:
+            try:
+                proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
 
+    # First: a cancel may come the moment the launcher has started us, before the runtime exists.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if args.nice > 0:
+        lower_priority(args.nice)
+    if stopped:
+        _write_exit(args.exit_file, -stopped[0], "stopped before the runtime started")
+        return 128 + stopped[0]
+    proc = subprocess.Popen(command)
+    if stopped:  # the signal came while the runtime was being started
+        forward(stopped[0], None)
     reason = ""
     try:
         code = proc.wait(timeout=args.deadline or None)
