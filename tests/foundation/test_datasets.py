@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apps.audit.models import AuditEvent
 from apps.datasets.models import Dataset
@@ -130,6 +134,7 @@ def test_registration_streams_a_large_file_in_bounded_memory(data_root):
         fh.write("id,a,b,c\n")
         for i in range(200_000):
             fh.write(f"user-{i},{i % 97},{i * 0.5},{'x' if i % 2 else 'y'}\n")
+    inspect_file(labelled_csv(data_root), "id", None)  # the readers' imports are not the file's memory
     tracemalloc.start()
     info = inspect_file(path, "id", None)
     _, peak = tracemalloc.get_traced_memory()
@@ -137,3 +142,89 @@ def test_registration_streams_a_large_file_in_bounded_memory(data_root):
     assert info.row_count == 200_000
     # 8 bytes per id hash (1.6 MB) plus sorting; a loaded file would be tens of MB of objects.
     assert peak < 12 * 1024 * 1024, peak
+
+
+# -- the fast CSV reader gives exactly what the row-by-row reader gives ------------------------------
+
+VALUES = st.one_of(
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        [
+            "",
+            "",
+            "true",
+            "FALSE",
+            "True",
+            "1_000",
+            " 5",
+            "5 ",
+            "١٢",
+            "0x1A",
+            "+.5e-3",
+            "1.",
+            "nan",
+            "-inf",
+            "infinity",
+            "n",
+            "i",
+            "N/A",
+            "inf",
+            "\u00a07",
+            "cat3",
+            "paris",
+            "1e500",
+            "-0.0",
+            "0",
+        ]
+    ),  # fmt: skip
+    st.text(alphabet=st.characters(blacklist_characters='",\r\n', blacklist_categories=("Cs",)), max_size=8),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.lists(VALUES, min_size=3, max_size=3), min_size=1, max_size=40),
+    crlf=st.booleans(),
+    blank_lines=st.booleans(),
+    bom=st.booleans(),
+)
+def test_the_fast_reader_agrees_with_the_row_by_row_reader(data_root, rows, crlf, blank_lines, bom):
+    from apps.datasets.inspect import DataFileError, inspect_csv, inspect_csv_rows
+
+    end = "\r\n" if crlf else "\n"
+    lines = ["id,a,b,c"] + [f"u{i}," + ",".join(r) for i, r in enumerate(rows)]
+    if blank_lines:
+        lines.insert(len(lines) // 2 + 1, "")
+    path = data_root / "prop.csv"
+    path.write_bytes(("\ufeff" if bom else "").encode() + (end.join(lines) + end).encode("utf-8"))
+
+    def run(fn):
+        try:
+            return fn(path, "id", None)
+        except DataFileError as exc:
+            return ("error", exc.message, exc.field)
+
+    assert run(inspect_csv) == run(inspect_csv_rows)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('id,x\n1,"a,b"\n2,c\n', None),  # quotes: the row-by-row reader decides
+        ("id,x\r1,a\r2,b\r", None),  # lone CR line endings
+        ("id,x\n1,a\n,b\n", "line 3: id column 'id' is empty"),
+        ("id,x\n1,a\n2\n", "line 3: expected 2 fields, found 1"),
+        ("id,x\n1,a\n1,b\n", "has duplicates, e.g. '1'"),
+    ],
+)
+def test_unusual_csv_gets_the_row_by_row_readers_answer(data_root, content, message):
+    from apps.datasets.inspect import DataFileError, inspect_csv, inspect_csv_rows
+
+    path = data_root / "odd.csv"
+    path.write_text(content, encoding="utf-8", newline="")
+    if message is None:
+        assert inspect_csv(path, "id", None) == inspect_csv_rows(path, "id", None)
+    else:
+        with pytest.raises(DataFileError, match=re.escape(message)):
+            inspect_csv(path, "id", None)
