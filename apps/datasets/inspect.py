@@ -55,6 +55,10 @@ class ColumnStats:
             self.distinct.add(value)
             if len(self.distinct) > DISTINCT_LIMIT:
                 self.distinct = None
+        self.add_kind(value)
+
+    def add_kind(self, value: str) -> None:
+        """The number/boolean part of `add` for a non-empty value (already counted)."""
         try:
             number = float(value)
         except ValueError:
@@ -297,18 +301,7 @@ def _add_batch(stats: ColumnStats, arr: Any) -> None:
     lowered = pc.utf8_lower(pc.filter(values, pc.invert(maybe)))
     stats.bools += pc.sum(pc.is_in(lowered, value_set=pa.array(["true", "false"]))).as_py() or 0
     for value in pc.filter(values, maybe).to_pylist():
-        try:
-            number = float(value)
-        except ValueError:
-            if value.lower() in ("true", "false"):
-                stats.bools += 1
-            continue
-        if math.isnan(number) or math.isinf(number):
-            continue
-        stats.numeric += 1
-        stats.total += number
-        stats.minimum = number if stats.minimum is None else min(stats.minimum, number)
-        stats.maximum = number if stats.maximum is None else max(stats.maximum, number)
+        stats.add_kind(value)
 
 
 def _csv_header(path: Path) -> list[str]:
