@@ -30,3 +30,9 @@ def accept_invitation(workspace: Any, *, code: str, name: str, acting_user: Any)
     from apps.peer.handshake import accept_invitation as accept
 
     return accept(workspace, code, name=name, acting_user=acting_user, source="ui")
+
+
+def revoke_invitation(invitation: Any, *, acting_user: Any) -> Any:
+    from apps.peer.handshake import revoke_invitation as revoke
+
+    return revoke(invitation, acting_user=acting_user, source="ui")

@@ -12,6 +12,7 @@ urlpatterns = [
     path(ws + "stamp", overview.stamp, name="stamp"),
     path(ws + "partners/", partners.partner_list, name="partners"),
     path(ws + "partners/invite", partners.invite, name="partner-invite"),
+    path(ws + "partners/invitations/revoke", partners.revoke_invitation, name="partner-invitation-revoke"),
     path(ws + "partners/accept", partners.accept, name="partner-accept"),
     path(ws + "partners/<uuid:pk>/", partners.partner_detail, name="partner"),
     path(ws + "partners/<uuid:pk>/policies", partners.policies, name="partner-policies"),

@@ -366,16 +366,8 @@ def _inspect_csv_fast(
     if scan.unusual or count == 0:
         raise _SlowPath
 
-    def ids():
-        with path.open(encoding="utf-8", newline="") as fh:
-            r = csv.reader(fh)
-            next(r)
-            for row in r:
-                if row:
-                    yield row[id_idx]
-
     return _finish_csv(
-        path, size, header, columns, hashes, ids, count, hashing.sha.hexdigest(), id_column, label_column, _hash_many
+        path, size, header, columns, hashes, count, hashing.sha.hexdigest(), id_column, label_column, _hash_many
     )
 
 
@@ -422,9 +414,18 @@ def _hash_many(values: Any) -> Any:
     return h
 
 
-def _finish_csv(
-    path, size, header, columns, hashes, ids, count, sha, id_column, label_column, hash_many=None
-) -> Inspection:
+def _finish_csv(path, size, header, columns, hashes, count, sha, id_column, label_column, hash_many=None) -> Inspection:
+    """What both CSV readers end with: the exact duplicate check, the label check, the result."""
+    id_idx = header.index(id_column)
+
+    def ids():
+        with path.open(encoding="utf-8", newline="") as fh:
+            r = csv.reader(fh)
+            next(r)
+            for row in r:
+                if row:
+                    yield row[id_idx]
+
     dups = _find_duplicates(hashes, ids, hash_many)
     if dups:
         raise DataFileError(
@@ -498,17 +499,7 @@ def inspect_csv_rows(
     if count == 0:
         raise DataFileError(f"{path.name} has a header but no rows", field="uri")
 
-    def ids():
-        with path.open(encoding="utf-8", newline="") as fh:
-            r = csv.reader(fh)
-            next(r)
-            for row in r:
-                if row:
-                    yield row[id_idx]
-
-    return _finish_csv(
-        path, size, header, columns, hashes, ids, count, hashing.sha.hexdigest(), id_column, label_column
-    )
+    return _finish_csv(path, size, header, columns, hashes, count, hashing.sha.hexdigest(), id_column, label_column)
 
 
 def inspect_parquet(

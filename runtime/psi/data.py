@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -281,18 +282,26 @@ def check_ids(table: Table, batch_size: int, spill_dir: Path | None = None) -> i
 # -- output -------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file that appears at `path` whole (written to a temporary name, synced, renamed) or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        text = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -320,17 +329,8 @@ def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size
     # same ids for the common rows, so both write them in the same order, whichever engine ran.
     picked.sort(key=lambda r: r[k].encode("utf-8"))
     order = [k] + [i for i in range(len(table.columns)) if i != k]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow([table.columns[i] for i in order])
-            for r in picked:
-                w.writerow([r[i] for i in order])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow([table.columns[i] for i in order])
+        for r in picked:
+            w.writerow([r[i] for i in order])

@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import queue
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError
+from runtime.psi.data import atomic_file
 from runtime.report import Reporter
 
 PROTOCOLS = ("rr22", "kkrt", "ecdh")
@@ -288,19 +288,11 @@ def _finalise(table: Any, raw: Path, dest: Path) -> None:
             os.fsync(f.fileno())
         os.replace(raw, dest)
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with raw.open(newline="", encoding="utf-8") as src, os.fdopen(fd, "w", newline="", encoding="utf-8") as dst:
-            reader = csv.reader(src)
-            w = csv.writer(dst, lineterminator="\n")
-            header = next(reader, None) or table.columns
-            order = [k] + [i for i in range(len(header)) if i != k]
-            w.writerow([header[i] for i in order])
-            for row in reader:
-                w.writerow([row[i] for i in order])
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with raw.open(newline="", encoding="utf-8") as src, atomic_file(dest, "w") as dst:
+        reader = csv.reader(src)
+        w = csv.writer(dst, lineterminator="\n")
+        header = next(reader, None) or table.columns
+        order = [k] + [i for i in range(len(header)) if i != k]
+        w.writerow([header[i] for i in order])
+        for row in reader:
+            w.writerow([row[i] for i in order])

@@ -15,7 +15,7 @@ from apps.peer.models import Invitation, InvitationStatus
 pytestmark = pytest.mark.django_db
 
 PAGE = "/w/acme/partners/"
-REVOKE = "/w/acme/partners/invite"
+REVOKE = "/w/acme/partners/invitations/revoke"
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def invitations(workspaces, users):
 
 
 def revoke_form(invitation) -> dict[str, str]:
-    return {"action": "revoke", "invitation": str(invitation.pk)}
+    return {"invitation": str(invitation.pk)}
 
 
 def state() -> tuple:

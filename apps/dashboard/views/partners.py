@@ -51,12 +51,10 @@ def partner_list(request):
 @require_POST
 @workspace_page(role=Role.ADMIN)
 def invite(request):
-    """Create an invitation code; with `action=revoke` and `invitation=<id>`, revoke a pending one instead."""
+    """Create an invitation code."""
     if not peering.available():
         messages.error(request, "Invitations need the peer service, which is not installed on this installation yet.")
         return redirect("dashboard:partners", slug=request.workspace.slug)
-    if request.POST.get("action") == "revoke":
-        return _revoke(request)
     try:
         invitation, code = peering.create_invitation(request.workspace, acting_user=request.user)
     except ServiceError as exc:
@@ -66,9 +64,10 @@ def invite(request):
     return _list(request, invitation={"code": code, "expires_at": invitation.expires_at})
 
 
-def _revoke(request):
-    from apps.peer.handshake import revoke_invitation  # here, as in peering: the page renders without it
-
+@require_POST
+@workspace_page(role=Role.ADMIN)
+def revoke_invitation(request):
+    """Revoke a pending invitation (`invitation=<id>`): its code can no longer be accepted."""
     try:
         pk = uuid.UUID(request.POST.get("invitation", ""))
     except ValueError:
@@ -79,7 +78,7 @@ def _revoke(request):
         return redirect("dashboard:partners", slug=request.workspace.slug)
     return act(
         request,
-        lambda: revoke_invitation(invitation, acting_user=request.user, source="ui"),
+        lambda: peering.revoke_invitation(invitation, acting_user=request.user),
         success="Invitation revoked. Its code can no longer be accepted.",
         then=reverse("dashboard:partners", kwargs={"slug": request.workspace.slug}),
     )

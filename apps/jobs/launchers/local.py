@@ -44,6 +44,7 @@ from apps.jobs.launchers.base import (
     RuntimeState,
     error_summary,
 )
+from apps.jobs.launchers.supervise import write_exit
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +315,8 @@ class LocalLauncher(Launcher):
         """The supervisor records the exit; if it died first (killed, or stopped during its own
         start), record it here so the job's folder still says how its runtime ended."""
         exit_file = handle.get("exit_file")
-        if not exit_file or Path(exit_file).exists():
-            return
-        tmp = Path(f"{exit_file}.tmp")
-        tmp.write_text(json.dumps({"code": -int(sig), "reason": "stopped by the launcher", "finished_at": time.time()}))
-        tmp.replace(exit_file)
+        if exit_file and not Path(exit_file).exists():
+            write_exit(exit_file, -int(sig), "stopped by the launcher")
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         return _tail(Path(handle["log"]), lines) if handle.get("log") else ""

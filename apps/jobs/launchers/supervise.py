@@ -21,7 +21,7 @@ import time
 DEADLINE_EXIT = 124
 
 
-def _write_exit(path: str, code: int, reason: str = "") -> None:
+def write_exit(path: str, code: int, reason: str = "") -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"code": code, "reason": reason, "finished_at": time.time()}, fh)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nice > 0:
         lower_priority(args.nice)
     if stopped:
-        _write_exit(args.exit_file, -stopped[0], "stopped before the runtime started")
+        write_exit(args.exit_file, -stopped[0], "stopped before the runtime started")
         return 128 + stopped[0]
     proc = subprocess.Popen(command)
     if stopped:  # the signal came while the runtime was being started
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
             proc.wait()
         code = DEADLINE_EXIT
-    _write_exit(args.exit_file, code, reason)
+    write_exit(args.exit_file, code, reason)
     return code if code >= 0 else 128 - code
 
 
