@@ -238,6 +238,8 @@ FEDSITE_K8S_RUNTIME_SERVICE_ACCOUNT = env_str("FEDSITE_K8S_RUNTIME_SERVICE_ACCOU
 FEDSITE_K8S_DATA_PVC = env_str("FEDSITE_K8S_DATA_PVC", "")
 FEDSITE_K8S_DATA_MOUNT = env_str("FEDSITE_K8S_DATA_MOUNT", "")
 FEDSITE_K8S_OUTPUT_PVC = env_str("FEDSITE_K8S_OUTPUT_PVC", "")
+# Where the workers mount that PVC: the reconciler reads a finished job's result.json there.
+FEDSITE_K8S_OUTPUT_MOUNT = env_str("FEDSITE_K8S_OUTPUT_MOUNT", "")
 
 LOGGING = {
     "version": 1,

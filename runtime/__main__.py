@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    reporter = Reporter(cfg.report)
+    reporter = Reporter(cfg.report, output_dir=cfg.output_dir, retry_for_s=cfg.timeout_s)
     steps = list(cfg.steps) if args.command == "run" else [args.command]
     if not steps:
         reporter.failed("error: config has no steps to run")

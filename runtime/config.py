@@ -70,6 +70,9 @@ class ReportConfig:
 
     url: str
     token: str
+    # After the job's work is done, how long the runtime keeps trying to deliver its last
+    # reports before it exits (its result is in <output_dir>/result.json either way).
+    final_flush_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,14 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
     if rep is not None:
         if not isinstance(rep, dict):
             raise ConfigError("report: must be an object or null")
-        report = ReportConfig(url=_require(rep, "url", str, "report."), token=_require(rep, "token", str, "report."))
+        final_flush_s = _optional(rep, "final_flush_s", (int, float), "report.", 30.0)
+        if final_flush_s < 0:
+            raise ConfigError("report.final_flush_s: must not be negative")
+        report = ReportConfig(
+            url=_require(rep, "url", str, "report."),
+            token=_require(rep, "token", str, "report."),
+            final_flush_s=float(final_flush_s),
+        )
     timeout_s = _optional(raw, "timeout_s", (int, float), "", 3600.0)
     if timeout_s <= 0:
         raise ConfigError("timeout_s: must be positive")

@@ -33,6 +33,7 @@ from apps.jobs.launchers.base import (
     RuntimeSpec,
     RuntimeState,
     TransientLaunchError,
+    error_summary,
 )
 from apps.jobs.models import Job
 from apps.tickets.choices import JobKind, PartyRole
@@ -275,23 +276,67 @@ def stop(job_id: str) -> str:
 # -- reconcile -----------------------------------------------------------------
 
 
-def _finish(job: Job, state: RuntimeState) -> bool:
+def _finish(job: Job, state: RuntimeState, launcher: Launcher | None = None) -> bool:
+    """The runtime is done: record how it ended and move the job, in one transaction.
+
+    The handle is marked finished (so the terminal status does not "stop" it, which on
+    Kubernetes would delete the finished Job and its logs before the TTL) in the same
+    commit as the status change: a worker killed in between leaves neither, and the next
+    reconcile judges the runtime again. A result the runtime left in its job folder (its
+    reports may not have reached a web that was down) fills in what the reports missed,
+    so a succeeded training job still registers its model half.
+    """
     from apps.jobs.services import set_job_status
 
-    # The runtime is done: mark the handle so the terminal status does not "stop" it (which,
-    # on Kubernetes, would delete the finished Job and its logs before the TTL).
-    update: dict[str, Any] = {"handle": {**(job.handle or {}), "state": "finished", "exit_code": state.exit_code}}
-    if state.log_tail and not job.log_tail:
-        update["log_tail"] = state.log_tail
-    Job.objects.filter(pk=job.pk).update(**update)
+    result = _stored_result(launcher, job.handle or {}) if state.state == SUCCEEDED else {}
     try:
-        if state.state == SUCCEEDED:
-            set_job_status(job, J.SUCCEEDED, source="launcher")
-        else:
-            set_job_status(job, J.FAILED, error=state.error or "the runtime failed", source="launcher")
+        with transaction.atomic():
+            locked = Job.objects.select_for_update().get(pk=job.pk)
+            if locked.status not in ACTIVE:
+                return False
+            locked.handle = {**(locked.handle or {}), "state": "finished", "exit_code": state.exit_code}
+            fields = ["handle", "updated_at"]
+            if state.log_tail and not locked.log_tail:
+                locked.log_tail = state.log_tail
+                fields.append("log_tail")
+            missing = {stage: data for stage, data in result.items() if stage not in (locked.result or {})}
+            if missing:
+                locked.result = {**(locked.result or {}), **missing}
+                fields.append("result")
+            locked.save(update_fields=fields)
+            if state.state == SUCCEEDED:
+                set_job_status(locked, J.SUCCEEDED, source="launcher")
+            else:
+                set_job_status(locked, J.FAILED, error=state.error or "the runtime failed", source="launcher")
     except IllegalTransition:
         return False
     return True
+
+
+def _stored_result(launcher: Launcher | None, handle: dict[str, Any]) -> dict[str, Any]:
+    """The per-step results the runtime wrote into its job folder ({} if none or unreadable)."""
+    if launcher is None:
+        return {}
+    try:
+        return launcher.read_result(handle)
+    except (LaunchError, OSError, ValueError) as exc:
+        log.warning("cannot read the stored result of %s: %s", handle.get("name") or handle.get("pid"), exc)
+        return {}
+
+
+def _finished_state(launcher: Launcher | None, handle: dict[str, Any]) -> RuntimeState:
+    """How a runtime whose handle says finished ended: the backend's word if it still has one, else the handle's."""
+    if launcher is not None:
+        try:
+            state = launcher.poll(handle)
+        except LaunchError:
+            state = None
+        if state is not None and state.state in (SUCCEEDED, FAILED):
+            return state
+    code = handle.get("exit_code")
+    if code == 0:
+        return RuntimeState(SUCCEEDED, exit_code=0)
+    return RuntimeState(FAILED, exit_code=code, error=error_summary("", code))
 
 
 def reconcile_job(job: Job, now: float | None = None) -> str:
@@ -325,8 +370,17 @@ def reconcile_job(job: Job, now: float | None = None) -> str:
                 launch_job.delay(job_id=str(job.id))
                 return "relaunched"
         return "pending"
-    if not handle or handle.get("state") in ("launching", "not-started", "finished"):
+    if not handle or handle.get("state") in ("launching", "not-started"):
         return "no-handle"
+    if handle.get("state") == "finished":
+        # The runtime ended but the job did not move (written by an older worker, which
+        # committed the two apart): end it now, with the result the runtime left.
+        try:
+            launcher: Launcher | None = get_launcher(handle.get("backend") or job.launcher or None)
+        except LaunchError:
+            launcher = None
+        state = _finished_state(launcher, handle)
+        return state.state if _finish(job, state, launcher) else "raced"
     try:
         launcher = get_launcher(handle.get("backend") or job.launcher or None)
         state = launcher.poll(handle)
@@ -335,7 +389,7 @@ def reconcile_job(job: Job, now: float | None = None) -> str:
         return "unknown"
     if not state.finished:
         return "running"
-    return state.state if _finish(job, state) else "raced"
+    return state.state if _finish(job, state, launcher) else "raced"
 
 
 def reconcile() -> int:

@@ -3,10 +3,13 @@
 It parses the config with the real runtime's parser (so every config the
 launcher writes must be valid), then follows `psi.fake`:
 
-    {"sleep": seconds, "exit": code, "message": "error: …", "child": true}
+    {"sleep": seconds, "exit": code, "message": "error: …", "child": true,
+     "results": {"<step>": {…}}, "flush_s": seconds}
 
 `child` starts a grandchild in the same process group (to prove cancel kills
-the whole group). It writes `<output_dir>/fake.json` with its pid and config.
+the whole group). `results` are reported through the real `Reporter` (to the
+config's report URL, and into `<output_dir>/result.json`), which then gets
+`flush_s` to deliver them. It writes `<output_dir>/fake.json` with its pid and config.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from runtime.config import load_config  # noqa: E402
 from runtime.errors import ConfigError  # noqa: E402
+from runtime.report import Reporter  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +48,11 @@ def main() -> int:
     time.sleep(float(fake.get("sleep", 0.0)))
     if fake.get("message"):
         print(fake["message"], file=sys.stderr, flush=True)
+    if fake.get("results"):
+        reporter = Reporter(cfg.report, output_dir=cfg.output_dir, retry_for_s=cfg.timeout_s)
+        for step, data in fake["results"].items():
+            reporter.result(step, data)
+        reporter.close(float(fake.get("flush_s", 1.0)))
     code = int(fake.get("exit", 0))
     print(f"fake runtime: exiting {code}", flush=True)
     return code

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import abc
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 MISSING = "missing"
+
+# What the runtime writes into its output folder as each step ends (runtime/report.py writes it):
+# {"<step>": {…the step's result…}}. The reconciler reads it when the reports did not arrive.
+RESULT_FILE = "result.json"
 
 # A line of a runtime's log that says what went wrong ("error: tls: required", "ERROR ...").
 _ERROR_LINE = re.compile(r"\berror\b|Traceback|Exception", re.IGNORECASE)
@@ -74,6 +80,17 @@ def error_summary(log_tail: str, exit_code: int | None = None) -> str:
     return f"the runtime exited with code {exit_code}"
 
 
+def read_result_file(path: Path) -> dict[str, Any]:
+    """A runtime's result file: {} if it is not there; ValueError if it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
+
 class Launcher(abc.ABC):
     """Starts, watches and stops one side's runtime. Handles are JSON dicts stored on the job."""
 
@@ -101,6 +118,10 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         """The last lines of the runtime's own output."""
+
+    def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """The step results the runtime left in its output folder ({} where this backend cannot see it)."""
+        return {}
 
     def used_ports(self) -> set[int]:
         """Ports in use outside the database's knowledge (e.g. bound by other programs)."""

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +28,7 @@ from django.conf import settings
 from apps.jobs.launchers.base import (
     FAILED,
     MISSING,
+    RESULT_FILE,
     RUNNING,
     SUCCEEDED,
     Launcher,
@@ -35,6 +37,7 @@ from apps.jobs.launchers.base import (
     RuntimeState,
     TransientLaunchError,
     error_summary,
+    read_result_file,
 )
 
 log = logging.getLogger(__name__)
@@ -463,6 +466,13 @@ class KubernetesLauncher(Launcher):
                 errors.append(str(exc))
         if errors:
             raise LaunchError(f"could not delete everything of {name}: {'; '.join(errors)}")
+
+    def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """Where the workers mount the outputs PVC (FEDSITE_K8S_OUTPUT_MOUNT), the pod's result file."""
+        mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
+        if not mount or not _s("FEDSITE_K8S_OUTPUT_PVC", "") or not handle.get("job_id"):
+            return {}
+        return read_result_file(Path(mount) / handle["job_id"] / handle["side"] / RESULT_FILE)
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         from kubernetes.client.exceptions import ApiException

@@ -5,7 +5,7 @@ Layout per job and side (`side` is this installation's role)::
     <FEDSITE_JOBS_DIR>/<job uuid>/<side>.json   the runtime config (0600: it holds the job token)
     <FEDSITE_JOBS_DIR>/<job uuid>/<side>.log    stdout + stderr of the runtime
     <FEDSITE_JOBS_DIR>/<job uuid>/<side>.exit   {"code": …} written by the supervisor when it ends
-    <FEDSITE_JOBS_DIR>/<job uuid>/<side>/       the runtime's output_dir
+    <FEDSITE_JOBS_DIR>/<job uuid>/<side>/       the runtime's output_dir (result.json: its step results)
 
 The process tree is `supervise` (session and group leader, pid in the handle) →
 `python -m runtime run --config <side>.json`. Cancel kills the group; the exit
@@ -36,6 +36,7 @@ from django.conf import settings
 from apps.jobs.launchers.base import (
     FAILED,
     MISSING,
+    RESULT_FILE,
     RUNNING,
     SUCCEEDED,
     Launcher,
@@ -43,6 +44,7 @@ from apps.jobs.launchers.base import (
     RuntimeSpec,
     RuntimeState,
     error_summary,
+    read_result_file,
 )
 from apps.jobs.launchers.supervise import write_exit
 
@@ -317,6 +319,13 @@ class LocalLauncher(Launcher):
         exit_file = handle.get("exit_file")
         if exit_file and not Path(exit_file).exists():
             write_exit(exit_file, -int(sig), "stopped by the launcher")
+
+    def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
+        output = handle.get("output_dir")
+        if not output:
+            return {}
+        self._check_host(handle)
+        return read_result_file(Path(output) / RESULT_FILE)
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         return _tail(Path(handle["log"]), lines) if handle.get("log") else ""
