@@ -23,6 +23,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+# For servers: never share a port with another process (gRPC sets SO_REUSEPORT by default,
+# so a second runtime on a taken port would bind "successfully" and split its connections).
+NO_PORT_SHARING: tuple[str, Any] = ("grpc.so_reuseport", 0)
 
 
 def add_port(server: grpc.Server, cfg: JobConfig, address: str | None = None) -> int:

@@ -118,18 +118,31 @@ class TrustStore:
             self.reload()
 
 
+class PortInUse(RuntimeError):
+    """The peer service's address cannot be bound (another process listens there)."""
+
+
 def create_server(address: str, *, max_workers: int = 16) -> tuple[grpc.Server, int, TrustStore, health.HealthServicer]:
     """A PeerService server bound to `address` (not started). Returns (server, port, trust, health)."""
     identity.ensure_identity(renew=True)
     trust = TrustStore()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peer"))
+    # No SO_REUSEPORT: gRPC sets it by default, and a second peer service on a taken port
+    # would then bind "successfully" and share the first one's connections.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="peer"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(trust), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     creds = grpc.dynamic_ssl_server_credentials(trust.initial, trust.fetch, require_client_authentication=True)
-    port = server.add_secure_port(address, creds)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
+    try:
+        port = server.add_secure_port(address, creds)
+    except RuntimeError:
+        port = 0
+    wanted = address.rpartition(":")[2]
+    if port == 0 or (wanted.isdigit() and int(wanted) not in (0, port)):
+        raise PortInUse(f"cannot listen on {address}: the port is in use (another peer service?) or not local")
     return server, port, trust, health_servicer
 
 

@@ -46,7 +46,7 @@ from runtime.psi.common import (
 )
 from runtime.psi.data import Table, check_ids, has_rows, write_aligned
 from runtime.report import Reporter
-from runtime.tls import CHANNEL_OPTIONS, add_port, open_channel
+from runtime.tls import CHANNEL_OPTIONS, NO_PORT_SHARING, add_port, open_channel
 
 PROTOCOL_VERSION = 1
 KIND_LEADER_FINAL = 1
@@ -496,7 +496,8 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
     # -- main ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         server = grpc.server(
-            cf.ThreadPoolExecutor(max_workers=32, thread_name_prefix="psi-rpc"), options=CHANNEL_OPTIONS
+            cf.ThreadPoolExecutor(max_workers=32, thread_name_prefix="psi-rpc"),
+            options=[*CHANNEL_OPTIONS, NO_PORT_SHARING],
         )
         psi_pb2_grpc.add_PsiServiceServicer_to_server(self, server)
         if self.local_error is None:

@@ -22,7 +22,7 @@ from fedsite_proto.runtime.v1 import train_pb2 as pb
 from fedsite_proto.runtime.v1 import train_pb2_grpc as pb_grpc
 from runtime.config import JobConfig
 from runtime.errors import ConfigError, DataError, PeerError, RuntimeJobError
-from runtime.tls import add_port, open_channel
+from runtime.tls import NO_PORT_SHARING, add_port, open_channel
 
 PROTOCOL_VERSION = 1
 _END = object()
@@ -121,7 +121,9 @@ class LeaderLink(_Link):
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._busy = False
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=RECONNECT_OPTIONS)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), options=[*RECONNECT_OPTIONS, NO_PORT_SHARING]
+        )
         pb_grpc.add_SplitNNServicer_to_server(_Servicer(self), self.server)
         try:
             self.port = add_port(self.server, cfg)

@@ -1,9 +1,9 @@
 """manage.py run_peer [--listen HOST:PORT]: the gRPC PeerService (mutual TLS), until SIGTERM."""
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from apps.peer.server import serve
+from apps.peer.server import PortInUse, serve
 
 
 class Command(BaseCommand):
@@ -13,4 +13,7 @@ class Command(BaseCommand):
         parser.add_argument("--listen", default=None, help=f"address to bind (default {settings.FEDSITE_PEER_LISTEN})")
 
     def handle(self, *args, **opts):
-        serve(opts["listen"] or settings.FEDSITE_PEER_LISTEN)
+        try:
+            serve(opts["listen"] or settings.FEDSITE_PEER_LISTEN)
+        except PortInUse as exc:
+            raise CommandError(str(exc)) from None
