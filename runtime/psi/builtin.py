@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ import grpc
 from fedsite_proto.runtime.v1 import psi_pb2, psi_pb2_grpc
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError, RuntimeJobError
+from runtime.lifeline import die_with_parent
 from runtime.psi import crypto, libpsi_engine
 from runtime.psi.common import (
     Output,
@@ -61,7 +63,13 @@ class _Pool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         if workers > 0:
-            self._ex: cf.Executor = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            # Workers exit when the runtime dies (killed or crashed), not hours later as orphans.
+            self._ex: cf.Executor = cf.ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
         else:
             self._ex = cf.ThreadPoolExecutor(1)
 

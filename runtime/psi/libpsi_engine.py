@@ -29,6 +29,7 @@ from typing import Any
 
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError
+from runtime.lifeline import die_with_parent
 from runtime.psi.data import atomic_file
 from runtime.report import Reporter
 
@@ -56,7 +57,9 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         self.specs: multiprocessing.Queue = ctx.Queue()
         self.events: multiprocessing.Queue = ctx.Queue()
-        self.proc = ctx.Process(target=_worker_main, args=(self.specs, self.events), name="libpsi", daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(self.specs, self.events, os.getpid()), name="libpsi", daemon=True
+        )
         self.proc.start()
         self.used = False
 
@@ -73,21 +76,10 @@ class Worker:
             self.proc.join(5)
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when the runtime dies (cancel = SIGKILL/SIGTERM of the runtime)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue) -> None:
-    _die_with_parent()
-    if os.getppid() == 1:
-        return  # the runtime is already gone
+def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int) -> None:
+    # Killed with the runtime (a cancel kills it). The worker is started from the runtime's
+    # main thread, so the kernel's parent-death signal is safe to use here.
+    die_with_parent(parent, pdeathsig=True)
     t0 = time.monotonic()
     try:
         from spu import psi  # noqa: F401

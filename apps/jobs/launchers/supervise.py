@@ -5,6 +5,9 @@
 The local launcher starts this in a new session, so it leads the process group
 that a cancel kills. The exit file survives the worker that started it: a
 reconciler reads it later to tell success from failure, even after a restart.
+The runtime's whole process tree dies with it: when the runtime ends, however it
+ends (even killed on its own), whatever it left in the group is killed before the
+exit is recorded; and if this supervisor is killed, the kernel kills the runtime.
 No Django here: this module must import nothing but the standard library.
 """
 
@@ -26,6 +29,57 @@ def write_exit(path: str, code: int, reason: str = "") -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"code": code, "reason": reason, "finished_at": time.time()}, fh)
     os.replace(tmp, path)
+
+
+def _set_pdeathsig() -> None:
+    """In the runtime, before exec: the kernel kills it if this (single-threaded) supervisor dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _group_leftovers() -> list[int]:
+    """Other live processes of this process group (the runtime's children it left behind)."""
+    me, pgid = os.getpid(), os.getpgid(0)
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in entries:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            found.append(int(name))
+    return found
+
+
+def kill_leftovers(grace_s: float = 2.0) -> int:
+    """SIGTERM, then SIGKILL, whatever else is still in this process group; returns how many there were."""
+    if os.getpgid(0) != os.getpid():
+        return 0  # not a group leader (run by hand): the group is not ours to clean
+    left = _group_leftovers()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and _group_leftovers():
+            time.sleep(0.05)
+        if not _group_leftovers():
+            break
+    return len(left)
 
 
 def lower_priority(nice: int) -> None:
@@ -76,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if stopped:
         write_exit(args.exit_file, -stopped[0], "stopped before the runtime started")
         return 128 + stopped[0]
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, preexec_fn=_set_pdeathsig)  # noqa: PLW1509 - this process runs no threads
     if stopped:  # the signal came while the runtime was being started
         forward(stopped[0], None)
     reason = ""
@@ -92,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
             proc.wait()
         code = DEADLINE_EXIT
+    kill_leftovers()
     write_exit(args.exit_file, code, reason)
     return code if code >= 0 else 128 - code
 
