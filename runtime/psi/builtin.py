@@ -223,6 +223,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         self.ready: set[int] = set()
         self.wake = threading.Event()  # the main thread has something to do: finish, fail or run libpsi
         self.libpsi_finished = False
+        self.link_hold: libpsi_engine.PortHold | None = None
 
     def fail(self, exc: RuntimeJobError) -> None:
         with self._lock:
@@ -263,9 +264,9 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                     host = self.cfg.listen_address.rpartition(":")[0]
                     port = self.requested.link_port
                     if not port:
-                        with socket.socket() as sock:
-                            sock.bind((host.strip("[]") or "0.0.0.0", 0))
-                            port = sock.getsockname()[1]
+                        # Held until libpsi's link listens on it, so no other process takes it meanwhile.
+                        self.link_hold = libpsi_engine.PortHold(host.strip("[]") or "0.0.0.0")
+                        port = self.link_hold.port
                     link = f"{host}:{port}"
                     self.libpsi_plan = (protocol, [("leader", link), ("follower", request.link_address)])
                     self.fallback_note(chosen)
@@ -536,7 +537,14 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
                 # The gRPC server stays up: the follower's Watch stream tells either side at once if the other dies.
                 protocol, parties = self.libpsi_plan
                 stats = libpsi_engine.run_libpsi(
-                    self.cfg, protocol, parties, self.reporter, self.started, self.libpsi_worker, lambda: self.failure
+                    self.cfg,
+                    protocol,
+                    parties,
+                    self.reporter,
+                    self.started,
+                    self.libpsi_worker,
+                    lambda: self.failure,
+                    self.link_hold,
                 )
                 self.libpsi_finished = True
                 return stats
@@ -548,6 +556,8 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         finally:
             self.done.set()
             self.close_worker()
+            if self.link_hold is not None:
+                self.link_hold.release()
             server.stop(grace=1.0).wait(3)
             if self.pool is not None:
                 self.pool.close()
@@ -616,9 +626,11 @@ class _Follower(_Run):
                 local = s.getsockname()[0]
         except OSError:
             local = "127.0.0.1"
-        with socket.socket() as s:
-            s.bind((local, 0))
-            return f"{local}:{s.getsockname()[1]}"
+        # Held until libpsi's link listens on it, so no other process takes it meanwhile.
+        if self.link_hold is not None:
+            self.link_hold.release()
+        self.link_hold = libpsi_engine.PortHold(local)
+        return f"{local}:{self.link_hold.port}"
 
     def _watch(self, stub, session: str) -> None:
         try:
@@ -671,6 +683,7 @@ class _Follower(_Run):
                     self.started,
                     self.libpsi_worker,
                     lambda: self.failure,
+                    self.link_hold,
                 )
                 self.leader_done.wait(10.0)  # let the leader finish before this side drops the connection
                 return stats
@@ -700,6 +713,8 @@ class _Follower(_Run):
         finally:
             self._stop.set()
             self.close_worker()
+            if self.link_hold is not None:
+                self.link_hold.release()
             if self.pool is not None:
                 self.pool.close()
             channel.close()
@@ -715,6 +730,7 @@ class _Follower(_Run):
     session_id = ""
     libpsi_mode = False
     _sent_link = ""
+    link_hold: libpsi_engine.PortHold | None = None
 
     def _exchange(self, stub, reply, state) -> dict[str, Any]:
         assert self.table is not None and self.pool is not None

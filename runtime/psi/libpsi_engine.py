@@ -22,6 +22,8 @@ import json
 import multiprocessing
 import os
 import queue
+import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +94,29 @@ def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue, paren
     if spec is None:
         return
     _child(spec, out)
+
+
+class PortHold:
+    """A free port kept bound (not listening) until libpsi's link listens on it.
+
+    Binding a port only to learn a free number and closing it at once lets another
+    process take it before brpc binds it. The held socket has SO_REUSEADDR, as
+    brpc's listening socket does, so brpc can bind beside it; any other program
+    (and the kernel's choice of ephemeral ports) keeps away from it meanwhile.
+    """
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host or "0.0.0.0", port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.port: int = self.sock.getsockname()[1]
+
+    def release(self) -> None:
+        self.sock.close()
 
 
 def csv_is_plain(path: str) -> bool:
@@ -169,8 +194,12 @@ def run_libpsi(
     started: float,
     worker: Worker | None = None,
     cancelled: Callable[[], BaseException | None] | None = None,
+    port_hold: PortHold | None = None,
 ) -> dict[str, Any]:
-    """Run libpsi as this side of an agreed session; write aligned.csv and return stats."""
+    """Run libpsi as this side of an agreed session; write aligned.csv and return stats.
+
+    `port_hold` keeps this side's link port until the link is up (then it is released).
+    """
     from runtime.psi.common import Output
     from runtime.psi.data import Table
 
@@ -193,7 +222,7 @@ def run_libpsi(
         "parties": parties,
         "rank": 0 if cfg.is_leader else 1,
         "protocol": protocol,
-        "input": str(Path(cfg.data.path).resolve()),
+        "input": str(_job_input(Path(cfg.data.path), work)),
         "id_column": cfg.data.id_column,
         "output": str(raw_out),
         "tls": tls,
@@ -227,6 +256,8 @@ def run_libpsi(
                 continue
             if kind == "log":
                 link_up = link_up or str(value).startswith("libpsi: link")
+                if link_up and port_hold is not None:
+                    port_hold.release()  # brpc listens on it now
                 reporter.log(str(value))
             elif kind == "progress":
                 reporter.progress(0.9 * float(value) / 100.0, "psi")
@@ -235,6 +266,8 @@ def run_libpsi(
             else:
                 result = value
     finally:
+        if port_hold is not None:
+            port_hold.release()
         # The result (and libpsi's output file) is in: do not wait on brpc's link teardown.
         proc.join(0.5 if result is not None else 5)
         if proc.is_alive():
@@ -269,6 +302,25 @@ def run_libpsi(
     output.ckpt.remove()
     reporter.progress(1.0, "psi")
     return stats
+
+
+def _job_input(data: Path, work: Path) -> Path:
+    """The input as libpsi should open it: a link inside the job's own folder.
+
+    libpsi writes its temporary files beside its input (``<input>.temp.csv``): given
+    the registered file itself, that is inside a data root, where two jobs on the
+    same dataset would overwrite each other's (and a read-only data root fails).
+    Through a link in the job folder, they land in the job folder.
+    """
+    link = work / f"input{data.suffix or '.csv'}"
+    link.unlink(missing_ok=True)
+    for stale in work.glob(f"{link.name}.*"):
+        stale.unlink(missing_ok=True)  # an interrupted run's temporary files
+    try:
+        link.symlink_to(data.resolve())
+    except OSError:
+        shutil.copyfile(data, link)  # no symlinks on this filesystem: a private copy
+    return link
 
 
 def _finalise(table: Any, raw: Path, dest: Path) -> None:
