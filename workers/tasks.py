@@ -24,7 +24,8 @@ def deliver_outbox(*, partner_id: str) -> int:
 
 @shared_task(name="workers.tasks.deliver_due_outbox", ignore_result=True)
 def deliver_due_outbox() -> int:
-    """Beat: pick up messages whose backoff has elapsed (pushes happen on commit)."""
+    """Beat: pick up messages whose backoff has elapsed (pushes happen on commit), and probe
+    partners that were unreachable."""
     from apps.peer.models import OutboxMessage, OutboxStatus
 
     partners = set(
@@ -34,7 +35,21 @@ def deliver_due_outbox() -> int:
     )
     for pid in partners:
         deliver_outbox.delay(partner_id=str(pid))
+    # Partners whose messages wait after an outage are probed on every beat, however long
+    # the backoff has grown: a partner that is back gets them within seconds.
+    from apps.peer.reachability import partners_to_probe
+
+    for pid in partners_to_probe() - partners:
+        probe_partner.delay(partner_id=str(pid))
     return len(partners)
+
+
+@shared_task(name="workers.tasks.probe_partner", ignore_result=True)
+def probe_partner(*, partner_id: str) -> bool:
+    """Heartbeat a partner our messages wait for; if it answers, deliver them now."""
+    from apps.peer.reachability import probe
+
+    return probe(partner_id)
 
 
 @shared_task(name="workers.tasks.launch_job", bind=True, ignore_result=True, acks_late=True, max_retries=5)

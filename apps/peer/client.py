@@ -65,6 +65,17 @@ def deliver(partner: Any, envelope: peer_pb2.Envelope, *, timeout: float = CALL_
     return stub_for(partner).Deliver(envelope, timeout=timeout)
 
 
+def forget(partner: Any) -> None:
+    """Drop the cached channel to a partner that was unreachable.
+
+    Such a channel waits out gRPC's reconnect backoff and fails every call at once
+    meanwhile; a fresh one dials now, so a partner that is back is reached at once.
+    """
+    with _lock:
+        for stale in [k for k in _channels if k[0] == partner.endpoint]:
+            _channels.pop(stale).close()
+
+
 def close_all() -> None:
     with _lock:
         for channel in _channels.values():

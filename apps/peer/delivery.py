@@ -13,7 +13,10 @@
   (with jitter); the beat task (`deliver_due_outbox`) re-pushes partners with
   due messages. If the partner is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED)
   the drain stops and every pending message waits as long as the failed one,
-  so a partner that is down is probed at the backoff rate, not once per ticket.
+  so a partner that is down is not called once per ticket. However long that
+  backoff has grown, the beat probes such a partner every few seconds and a
+  heartbeat from it (a peer service announces itself when it starts) makes its
+  messages due at once (`apps.peer.reachability`).
 - The receiver dedupes on the message id, so a message whose acknowledgement
   was lost is re-sent and acknowledged as DUPLICATE without being re-applied.
 - A message the receiver refuses as invalid is marked refused and skipped: it
@@ -50,6 +53,7 @@ BATCH = 200
 REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 # The partner cannot be reached at all: every lane would fail the same way.
 UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+UNREACHABLE_PREFIXES = tuple(f"{code.name}:" for code in UNREACHABLE_CODES)  # how their errors are recorded
 # "Already applied": the receiver has it.
 DELIVERED_CODES = {grpc.StatusCode.ALREADY_EXISTS}
 
@@ -129,7 +133,7 @@ def _drain(partner_id: Any, lease: _Lease) -> tuple[int, int, bool] | None:
     partner = Partner.objects.select_related("workspace").filter(pk=partner_id).first()
     if partner is None or partner.status != PartnerStatus.CONNECTED or not partner.endpoint:
         return None
-    delivered, last_seq = 0, 0
+    delivered, last_seq, sent_any = 0, 0, False
     blocked: set[uuid.UUID | None] = set()  # lanes (ticket ids) waiting behind an undelivered message
     while True:
         batch = list(
@@ -147,7 +151,12 @@ def _drain(partner_id: Any, lease: _Lease) -> tuple[int, int, bool] | None:
             if message.next_attempt_at > timezone.now():
                 blocked.add(lane)
                 continue
+            if not sent_any and message.last_error.startswith(UNREACHABLE_PREFIXES):
+                # The last pass could not reach the partner: dial afresh rather than fail at once
+                # on a channel still waiting out its reconnect backoff.
+                client.forget(partner)
             outcome = _send(partner, message)
+            sent_any = True
             if outcome == "unreachable":
                 return delivered, last_seq, True
             if outcome == "retry":
@@ -212,9 +221,15 @@ def _mark(message: OutboxMessage, status: str, error: str) -> None:
 # --- heartbeat ---------------------------------------------------------------------------
 
 
-def heartbeat(partner: Partner, *, timeout: float = 5.0) -> dict[str, Any]:
-    """Ping one partner; record last contact, round-trip time, its certificate expiry and clock skew."""
+def heartbeat(partner: Partner, *, timeout: float = 5.0, fresh: bool = False) -> dict[str, Any]:
+    """Ping one partner; record last contact, round-trip time, its certificate expiry and clock skew.
+
+    `fresh` dials a new channel (for a partner that was unreachable). The partner takes any
+    heartbeat as a sign we are up, and retries what it holds for us at once.
+    """
     envelope = build(partner, HEARTBEAT, {"installation": settings.FEDSITE_INSTALLATION_NAME})
+    if fresh:
+        client.forget(partner)
     start, sent_ms = time.monotonic(), now_ms()
     try:
         ack = client.deliver(partner, envelope, timeout=timeout)

@@ -179,6 +179,11 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
             last_contact_at=now, cert_expires_at=cert.not_valid_after_utc, clock_skew_s=round(skew, 3)
         )
         ack.result = peer_pb2.Ack.HEARTBEAT
+        # The partner is up (a peer service announces itself this way when it starts):
+        # what we hold back for it after an outage goes now, not when the backoff ends.
+        from apps.peer.reachability import retry_now
+
+        retry_now(partner.pk)
         return ack
     seen = InboxMessage.objects.filter(pk=env.message_id).first()
     if seen is not None:

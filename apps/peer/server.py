@@ -146,6 +146,17 @@ def create_server(address: str, *, max_workers: int = 16) -> tuple[grpc.Server, 
     return server, port, trust, health_servicer
 
 
+def _announce() -> None:
+    from apps.peer.reachability import announce_started
+
+    try:
+        n = announce_started()
+    except Exception:  # noqa: BLE001 - the service runs on; partners' probes find it anyway
+        log.exception("could not announce the peer service to partners")
+        return
+    log.info("announced to %d partner(s)", n)
+
+
 def serve(address: str, *, ready: Any = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (in-flight calls get SHUTDOWN_GRACE_S)."""
     server, port, trust, health_servicer = create_server(address)
@@ -159,6 +170,8 @@ def serve(address: str, *, ready: Any = None) -> None:
     log.info("peer service listening on %s (port %s)", address, port)
     if ready is not None:
         ready(port)
+    # "I'm back": partners retry what they hold for us at once, not when their backoff ends.
+    threading.Thread(target=_announce, name="peer-announce", daemon=True).start()
 
     def _shutdown(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping the peer service (grace %.0f s)", signum, SHUTDOWN_GRACE_S)

@@ -20,6 +20,7 @@ from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.partners.services import set_partner_status, set_policies
 from apps.peer.models import Invitation
+from apps.peer.reachability import delivery_state
 from apps.workspaces.choices import Role
 
 
@@ -112,12 +113,14 @@ def accept(request):
 @workspace_page
 def partner_detail(request, pk):
     partner = get_in_workspace(request, Partner, pk)
+    delivery = delivery_state(partner)
     return page(
         request,
         "dashboard/partners/detail.html",
         "partners",
         partner=partner,
-        health=partner_health(partner),
+        health=partner_health(partner, delivery),
+        delivery=delivery,
         policy_form=PolicyForm(partner=partner),
         grants=DatasetGrant.objects.filter(partner=partner).select_related("dataset"),
         shared_with_us=RemoteDataset.objects.filter(partner=partner, revoked=False),

@@ -15,6 +15,7 @@ from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.datasets.models import Dataset, RemoteDataset
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
+from apps.peer.reachability import undelivered
 from apps.tickets.choices import JobKind, TicketStatus
 from apps.tickets.models import Ticket
 from apps.tickets.services import approve_ticket, propose_ticket, reject_ticket, withdraw_ticket
@@ -104,6 +105,7 @@ def ticket_detail(request, pk):
         "dashboard/tickets/detail.html",
         "tickets",
         ticket=ticket,
+        undelivered=undelivered(ticket.workspace_id, ticket.pk),
         events=ticket.events.all(),
         jobs=ticket.jobs.order_by("-attempt"),
         models=ticket.model_versions.all(),

@@ -1,17 +1,32 @@
+import datetime as dt
+
 from rest_framework import serializers
 
+from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.peer.models import Invitation, InvitationStatus
+from apps.peer.reachability import DeliveryState, delivery_state
 
 
 class PartnerSerializer(serializers.ModelSerializer):
     pending_messages = serializers.SerializerMethodField(help_text="messages waiting to be delivered to this partner")
+    failing_messages = serializers.SerializerMethodField(
+        help_text="of the pending messages, how many were tried and did not get through"
+    )
+    undelivered_since = serializers.SerializerMethodField(
+        help_text="when the oldest message not yet delivered to this partner was written (null: none waits)"
+    )
+    last_delivered_at = serializers.SerializerMethodField(help_text="when a message of ours last reached this partner")
+    reachable = serializers.SerializerMethodField(
+        help_text="our messages and heartbeats get through to this partner (false: see last_error)"
+    )
 
     class Meta:
         model = Partner
         fields = [
             "id", "name", "status", "remote_installation", "remote_workspace_id", "remote_workspace_slug", "endpoint",
-            "ca_fingerprint", "policies", "last_contact_at", "last_rtt_ms", "cert_expires_at", "clock_skew_s", "last_error", "pending_messages", "created_at",
+            "ca_fingerprint", "policies", "last_contact_at", "last_rtt_ms", "cert_expires_at", "clock_skew_s", "last_error", "pending_messages",
+            "failing_messages", "undelivered_since", "last_delivered_at", "reachable", "created_at",
         ]  # fmt: skip
         read_only_fields = [f for f in fields if f != "policies"]
 
@@ -22,6 +37,24 @@ class PartnerSerializer(serializers.ModelSerializer):
         from apps.peer.models import OutboxStatus
 
         return obj.outbox.filter(status=OutboxStatus.PENDING).count()
+
+    def _delivery(self, obj: Partner) -> DeliveryState:
+        cache = self.context.setdefault("_delivery", {})
+        if obj.pk not in cache:
+            cache[obj.pk] = delivery_state(obj)
+        return cache[obj.pk]
+
+    def get_failing_messages(self, obj: Partner) -> int:
+        return self._delivery(obj).failing
+
+    def get_undelivered_since(self, obj: Partner) -> dt.datetime | None:
+        return self._delivery(obj).waiting_since
+
+    def get_last_delivered_at(self, obj: Partner) -> dt.datetime | None:
+        return self._delivery(obj).last_delivered_at
+
+    def get_reachable(self, obj: Partner) -> bool:
+        return obj.status == PartnerStatus.CONNECTED and self._delivery(obj).reaches
 
 
 class PartnerPolicySerializer(serializers.Serializer):

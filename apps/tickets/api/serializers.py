@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.peer.reachability import undelivered
 from apps.tickets.choices import JobKind
 from apps.tickets.models import Ticket, TicketEvent
 
@@ -14,14 +15,21 @@ class TicketSerializer(serializers.ModelSerializer):
     partner = serializers.UUIDField(source="partner_id", read_only=True)
     local_dataset = serializers.UUIDField(source="local_dataset_id", read_only=True, allow_null=True)
     events = TicketEventSerializer(many=True, read_only=True)
+    undelivered_messages = serializers.SerializerMethodField(
+        help_text="messages about this ticket the partner has not received yet (0: it has everything)"
+    )
 
     class Meta:
         model = Ticket
         fields = [
             "id", "name", "kind", "role", "is_proposer", "partner", "local_dataset", "remote_dataset_id", "remote_dataset_name",
             "params", "status", "comment", "decision_comment", "expires_at", "created_at", "updated_at", "decided_at", "events",
+            "undelivered_messages",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def get_undelivered_messages(self, obj: Ticket) -> int:
+        return undelivered(obj.workspace_id, obj.pk).count
 
 
 class TicketCreateSerializer(serializers.Serializer):

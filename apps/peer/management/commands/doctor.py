@@ -1,4 +1,5 @@
-"""manage.py doctor: this installation's identity, and every partner's connectivity, certificate and clock."""
+"""manage.py doctor: this installation's identity and own peer service, and every partner's connectivity,
+certificate, clock and undelivered messages."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from django.utils import timezone
 from apps.audit.models import AuditEvent
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
+from apps.peer import identity
 from apps.peer.delivery import heartbeat
 from apps.peer.identity import RENEW_BEFORE, ensure_identity
 from apps.peer.models import OutboxMessage, OutboxStatus
 
 
 class Command(BaseCommand):
-    help = "Check the installation certificate and, for every partner, connectivity, certificates and clock skew."
+    help = (
+        "Check the installation certificate and its own peer service, and, for every partner, connectivity, "
+        "certificates, clock skew and messages waiting to be delivered."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--workspace", help="only this workspace's partners (slug)")
@@ -35,6 +40,33 @@ class Command(BaseCommand):
         left = expires - dt.datetime.now(dt.UTC)
         detail = f"valid until {expires:%Y-%m-%d %H:%M} UTC ({left.days} days left)"
         self._line(False if left.total_seconds() <= 0 else None if left < RENEW_BEFORE else True, what, detail)
+
+    def _own_peer_service(self, ident) -> None:
+        """Dial this installation's peer service where partners dial it, and ask its health service."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from apps.peer.client import secure_channel
+        from apps.peer.server import SERVICE_NAME
+
+        endpoint = settings.FEDSITE_PEER_ENDPOINT
+        key_pem, cert_pem = identity.read_key_and_cert()
+        channel = secure_channel(endpoint, ident.ca_pem, key_pem, cert_pem)
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5, wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            detail = f"not answering at {endpoint} ({exc.code().name}: {(exc.details() or '')[:120]})"
+            self._line(False, "peer service", f"{detail}; is `manage.py run_peer` running?")
+            return
+        finally:
+            channel.close()
+        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+            self._line(True, "peer service", f"serving at {endpoint}")
+        else:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            self._line(False, "peer service", f"{status} at {endpoint}")
 
     def _tls_refusals(self) -> None:
         """Certificates the peer service refused in the TLS handshake lately (no workspace: who called is unknown)."""
@@ -58,6 +90,7 @@ class Command(BaseCommand):
         self.stdout.write(f"  peer endpoint {settings.FEDSITE_PEER_ENDPOINT} (listen {settings.FEDSITE_PEER_LISTEN})")
         self.stdout.write(f"  CA fingerprint {ident.ca_fingerprint}")
         self._expiry("our cert", ident.cert_not_after)
+        self._own_peer_service(ident)
         partners = Partner.objects.select_related("workspace").order_by("workspace__slug", "name")
         if opts["workspace"]:
             partners = partners.filter(workspace__slug=opts["workspace"])
