@@ -111,7 +111,10 @@ def retry_now(partner_id: Any) -> int:
         from workers.tasks import deliver_outbox
 
         log.info("partner %s is back: %d waiting message(s) due now", partner_id, moved)
-        deliver_outbox.delay(partner_id=str(partner_id))
+        try:
+            deliver_outbox.delay(partner_id=str(partner_id))
+        except Exception:  # noqa: BLE001 - broker down: they are due now, so the next beat sends them
+            log.warning("could not push delivery to partner %s; the beat will", partner_id, exc_info=True)
     return moved
 
 

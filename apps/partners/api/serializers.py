@@ -39,10 +39,11 @@ class PartnerSerializer(serializers.ModelSerializer):
         return obj.outbox.filter(status=OutboxStatus.PENDING).count()
 
     def _delivery(self, obj: Partner) -> DeliveryState:
-        cache = self.context.setdefault("_delivery", {})
-        if obj.pk not in cache:
-            cache[obj.pk] = delivery_state(obj)
-        return cache[obj.pk]
+        state = getattr(obj, "_delivery_state", None)
+        if state is None:
+            state = delivery_state(obj)
+            obj._delivery_state = state  # type: ignore[attr-defined]  # asked once per partner, not per field
+        return state
 
     def get_failing_messages(self, obj: Partner) -> int:
         return self._delivery(obj).failing
