@@ -82,9 +82,10 @@ def wait_status(api: ApiClient, path: str, statuses: set[str], timeout: float = 
 
 def installation(name: str, tmp: Path, tag: str, args: argparse.Namespace, redis_db: int) -> Installation:
     data = tmp / name / "data"
-    data.mkdir(parents=True)
-    (data / "features.csv").write_text("user_id,age\n" + "".join(f"u{i},{i % 70}\n" for i in range(100)))
-    (data / "labels.csv").write_text("user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 200, 2)))
+    folder = data / {"alpha": "acme", "beta": "globex"}[name]  # the workspace's own data folder
+    folder.mkdir(parents=True)
+    (folder / "features.csv").write_text("user_id,age\n" + "".join(f"u{i},{i % 70}\n" for i in range(100)))
+    (folder / "labels.csv").write_text("user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 200, 2)))
     db = f"fedsite_bench_{name}_{tag}"
     jobs = args.jobs
     return Installation(

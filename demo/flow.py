@@ -106,12 +106,11 @@ def running_pair(
 
 
 def prepare(alpha: Installation, beta: Installation, *, rows: int = 60_000, seed: int = 20201) -> dict[str, Path]:
-    """Migrate, seed users and write each side's demo file into its own data root."""
+    """Migrate, seed users and write each side's demo file into its workspace's own data folder."""
     files = generate(alpha.var_dir / "gen", rows_per_side=rows, seed=seed)
     for inst, key in ((alpha, "leader"), (beta, "follower")):
         inst.setup(workspace=inst.name, users=USERS[inst.name])
-        (inst.var_dir / "data").mkdir(parents=True, exist_ok=True)
-        target = inst.var_dir / "data" / files[key].name
+        target = inst.data_folder(inst.name) / files[key].name
         files[key].replace(target)
         files[key] = target
     return files

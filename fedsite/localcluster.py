@@ -78,6 +78,13 @@ class Installation:
     def peer_endpoint(self) -> str:
         return f"127.0.0.1:{self.peer_port}"
 
+    def data_folder(self, workspace: str) -> Path:
+        """The workspace's own folder under the first data root (the only place its datasets may come from)."""
+        root = self.data_roots[0] if self.data_roots else self.var_dir / "data"
+        folder = root / workspace
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def env(self) -> dict[str, str]:
         env = {
             k: v

@@ -10,7 +10,8 @@ A config is JSON. Fields shared by every command::
       "peer_address": "127.0.0.1:7001",        # follower: the leader runtime's address
       "peer_server_name": "fedsite-runtime",   # name checked in the leader's certificate
       "tls": {"cert_file": …, "key_file": …, "peer_ca_file": …} | null,
-      "data": {"path": …, "id_column": "id", "label_column": "label" | null},
+      "data": {"path": …, "id_column": "id", "label_column": "label" | null,
+               "folders": ["/srv/data/acme", …]},   # optional: the path must really lie in one
       "output_dir": "var/jobs/<uuid>/alpha",
       "steps": ["psi", "train"],               # what `python -m runtime run` does
       "psi": {...}, "train": {...}, "score": {...},   # per-command parameters
@@ -62,6 +63,7 @@ class DataConfig:
     path: str
     id_column: str
     label_column: str | None = None
+    folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,17 @@ def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return _require(obj, key, kind, where)
 
 
+def _check_inside(path: str, folders: tuple[str, ...]) -> None:
+    """The workspace's data path must really lie in one of its folders (symlinks followed)."""
+    try:
+        real = Path(path).resolve()
+        inside = any(real == f or f in real.parents for f in (Path(folder).resolve() for folder in folders))
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"data.path: cannot resolve {path} ({exc})") from None
+    if not inside:
+        raise ConfigError(f"data.path: {path} is outside this workspace's data folders ({', '.join(folders)})")
+
+
 def parse_config(raw: dict[str, Any]) -> JobConfig:
     """Validate a config dict; raise ConfigError naming the first bad field."""
     if not isinstance(raw, dict):
@@ -128,11 +141,17 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
     if role not in ROLES:
         raise ConfigError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
     d = _require(raw, "data", dict, "")
+    folders = _optional(d, "folders", list, "data.", [])
+    if not all(isinstance(f, str) and f for f in folders):
+        raise ConfigError("data.folders: must be a list of folder paths")
     data = DataConfig(
         path=_require(d, "path", str, "data."),
         id_column=_require(d, "id_column", str, "data."),
         label_column=_optional(d, "label_column", str, "data."),
+        folders=tuple(folders),
     )
+    if data.folders:
+        _check_inside(data.path, data.folders)
     output_dir = _require(raw, "output_dir", str, "")
     tls_raw = raw.get("tls")
     tls = None

@@ -60,8 +60,9 @@ def api(users):
 
 @pytest.fixture
 def data_root(settings, tmp_path) -> Path:
-    """A fresh data root the dataset registration accepts."""
+    """Acme's own folder (`<root>/acme/`) under a fresh data root; globex has its folder beside it."""
     root = tmp_path / "data"
-    root.mkdir()
+    for slug in ("acme", "globex"):
+        (root / slug).mkdir(parents=True)
     settings.FEDSITE_DATA_ROOTS = [root.resolve()]
-    return root.resolve()
+    return (root / "acme").resolve()

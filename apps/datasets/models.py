@@ -7,7 +7,7 @@ from apps.datasets.choices import DatasetFormat, Visibility
 
 
 class Dataset(models.Model):
-    """A local table under the data roots, inspected at registration."""
+    """A local table in its workspace's data folders, inspected at registration."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="datasets")

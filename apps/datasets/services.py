@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 
 from apps.audit.services import record
 from apps.core.errors import ServiceError
 from apps.datasets.choices import Visibility
+from apps.datasets.folders import resolve_in_workspace
 from apps.datasets.inspect import DataFileError, Progress, inspect_file
 from apps.datasets.models import Dataset, DatasetGrant
 from apps.partners.models import Partner
 from apps.workspaces.models import Workspace
-
-
-def resolve_data_path(uri: str) -> Path:
-    """Resolve a path or file:// URI and insist it lies under a configured data root."""
-    raw = uri.strip()
-    if raw.startswith("file://"):
-        raw = raw[len("file://") :]
-    if not raw:
-        raise DataFileError("uri is empty", field="uri")
-    if "\x00" in raw:
-        raise DataFileError("uri contains a NUL byte", field="uri")
-    roots: list[Path] = list(settings.FEDSITE_DATA_ROOTS)
-    candidate = Path(raw)
-    if not candidate.is_absolute():
-        candidate = roots[0] / candidate
-    resolved = candidate.resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise DataFileError(f"{raw} is outside the data roots ({', '.join(str(r) for r in roots)})", field="uri")
-    if not resolved.exists():
-        raise DataFileError(f"{raw} does not exist", field="uri")
-    if not resolved.is_file():
-        raise DataFileError(f"{raw} is not a file", field="uri")
-    return resolved
 
 
 def register_dataset(
@@ -63,7 +39,7 @@ def register_dataset(
         raise ServiceError(f"a dataset named {name!r} already exists", field="name")
     if not id_column:
         raise ServiceError("id_column is required", field="id_column")
-    path = resolve_data_path(uri)
+    path = resolve_in_workspace(workspace, uri)
     # Long I/O outside transaction.atomic(): a 5 GB file must not hold a DB transaction open.
     info = inspect_file(path, id_column, label_column or None, progress)
     with transaction.atomic():
@@ -150,4 +126,4 @@ def _announce(dataset: Dataset, partner: Partner, view: dict[str, Any]) -> None:
     enqueue(partner, "dataset.shared", view)
 
 
-__all__ = ["DataFileError", "grant_dataset", "register_dataset", "resolve_data_path", "revoke_grant", "shared_view"]
+__all__ = ["DataFileError", "grant_dataset", "register_dataset", "resolve_in_workspace", "revoke_grant", "shared_view"]

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.errors import IllegalTransition, ServiceError
+from apps.datasets.folders import lies_in_workspace, workspace_folders
 from apps.jobs.choices import ACTIVE, JobStatus
 from apps.jobs.launchers.base import (
     FAILED,
@@ -139,6 +140,13 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
     dataset = ticket.local_dataset
     if dataset is None:
         raise LaunchError("the ticket names no dataset on this side")
+    folders = workspace_folders(job.workspace)
+    if not lies_in_workspace(job.workspace, dataset.uri):
+        # Registered before workspaces had folders, or a symlink changed since: never read it.
+        raise LaunchError(
+            f"dataset {dataset.name}: {dataset.uri} is not inside this workspace's data folders "
+            f"({', '.join(str(f) for f in folders)}); the operator moves it with manage.py migrate_data_folders"
+        )
     steps = STEPS_BY_KIND.get(ticket.kind)
     if not steps:
         raise LaunchError(f"no runtime steps for job kind {ticket.kind!r}")
@@ -155,6 +163,8 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
             "path": dataset.uri,
             "id_column": dataset.id_column,
             "label_column": (dataset.label_column or None) if leader else None,
+            # The runtime refuses a path that leads out of these (checked again where it runs).
+            "folders": [str(f) for f in folders],
         },
         "steps": steps,
         "psi": dict(params.get("psi") or {}),

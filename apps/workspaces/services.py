@@ -8,6 +8,7 @@ from django.db import transaction
 
 from apps.audit.services import record
 from apps.core.errors import Forbidden, ServiceError
+from apps.datasets.folders import ensure_workspace_folders
 from apps.workspaces.choices import Role, role_at_least
 from apps.workspaces.models import Membership, Workspace, slug_validator
 
@@ -25,6 +26,7 @@ def create_workspace(*, slug: str, name: str, owner: AbstractBaseUser, source: s
     workspace = Workspace.objects.create(slug=slug, name=name)
     Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
     record(workspace, "workspace.created", workspace, actor=owner, source=source, data={"slug": slug})
+    transaction.on_commit(lambda: ensure_workspace_folders(workspace))
     return workspace
 
 

@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
         # Runtime ports of our own, away from `make demo` and the other live tests on this machine.
         runtime_ports=("28000-28499", "28500-28999"),
     ) as (alpha, beta, files):
-        (beta.var_dir / "data" / "features_with_duplicates.csv").write_text("user_id,spend\nu1,3\nu2,4\nu1,5\n")
+        (beta.data_folder("beta") / "features_with_duplicates.csv").write_text("user_id,spend\nu1,3\nu2,4\nu1,5\n")
         yield alpha, beta, files
 
 
@@ -96,7 +96,7 @@ def test_main_flow_in_the_browser(new_context, cluster):
     # -- Bruno registers a bad file (the error shows in the form), then the good one ---------
     bruno.goto("/w/beta/datasets/new")
     bruno.get_by_label("Name").fill("users_features")
-    bruno.get_by_label("File path").fill(str(beta.var_dir / "data" / "features_with_duplicates.csv"))
+    bruno.get_by_label("File path").fill(str(beta.data_folder("beta") / "features_with_duplicates.csv"))
     bruno.get_by_label("ID column").fill("user_id")
     bruno.get_by_role("button", name="Check and register").click()
     error = bruno.locator("#id_id_column_error")

@@ -46,7 +46,7 @@ def test_a_path_outside_the_data_roots_is_refused(world, browser_client, tmp_pat
     outside.write_text("user_id\nu1\n")
     r = browser_client("dave").post("/w/acme/datasets/new", {**GOOD, "uri": str(outside)})
     assert r.status_code == 400
-    assert "is outside the data roots" in r.content.decode()
+    assert "is outside this workspace" in r.content.decode()
 
 
 def test_missing_fields_are_named(world, browser_client):
@@ -69,9 +69,14 @@ def test_a_good_file_registers_and_shows_its_stats(world, browser_client, data_r
     assert "score" in body and "1.5" in body  # mean
 
 
-def test_the_form_suggests_files_under_the_data_roots(world, browser_client, data_root):
+def test_the_form_suggests_only_files_in_the_workspaces_folder(world, browser_client, data_root, tmp_path):
+    globex = data_root.parent / "globex"
+    (globex / "secret.csv").write_text("user_id\nu1\n")
+    (data_root / "peek.csv").symlink_to(globex / "secret.csv")  # a link out is not offered either
     body = browser_client("dave").get("/w/acme/datasets/new").content.decode()
     assert f'<option value="{data_root / "labels.csv"}">' in body
+    assert "secret.csv" not in body and "peek.csv" not in body
+    assert f"<code>{data_root}</code>" in body
 
 
 # -- tickets -----------------------------------------------------------------------

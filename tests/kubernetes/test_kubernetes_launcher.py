@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import uuid
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -27,7 +28,7 @@ def make_spec(role: str = "leader", tls_files: dict | None = None, timeout_s: in
         "version": 1,
         "job_id": job_id,
         "role": role,
-        "data": {"path": "/srv/data/users.csv", "id_column": "id", "label_column": "label"},
+        "data": {"path": "/srv/data/acme/users.csv", "id_column": "id", "label_column": "label"},
         "steps": ["psi", "train"],
         "psi": {},
         "train": {"epochs": 2},
@@ -60,6 +61,7 @@ def validate_strict(manifest: dict) -> None:
 @pytest.mark.parametrize("service_type", ["ClusterIP", "NodePort"])
 def test_every_manifest_validates_strictly(settings, tls_files, role, service_type, k8s_launcher):
     settings.FEDSITE_K8S_DATA_PVC = "fedsite-data"
+    settings.FEDSITE_DATA_ROOTS = [Path("/srv/data")]
     settings.FEDSITE_K8S_OUTPUT_PVC = "fedsite-jobs"
     settings.FEDSITE_K8S_IMAGE_PULL_SECRET = "pull"
     settings.FEDSITE_K8S_RUNTIME_SERVICE_ACCOUNT = "fedsite-runtime"
@@ -79,7 +81,9 @@ def test_every_manifest_validates_strictly(settings, tls_files, role, service_ty
     assert container["image"] == "fedsite-runtime:1.0"
     assert container["resources"]["limits"] and container["resources"]["requests"]
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
-    assert any(m["mountPath"] == "/srv/data" or m["name"] == "data" for m in container["volumeMounts"])
+    data_mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
+    # Only the workspace's own folder of the data claim reaches the pod, read-only.
+    assert data_mount == {"name": "data", "mountPath": "/srv/data/acme", "subPath": "acme", "readOnly": True}
     for child in manifests[1:]:
         assert child["metadata"]["ownerReferences"][0]["kind"] == "Job"
 

@@ -90,20 +90,26 @@ def gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def side(db, tmp_path):
-    """make(role, fake=…, kind=…) → an approved ticket on this side and its first job (pending)."""
+def side(db, tmp_path, settings):
+    """make(role, fake=…, kind=…) → an approved ticket on this side and its first job (pending).
+
+    The dataset's file lies in the workspace's own folder of a fresh data root.
+    """
+    settings.FEDSITE_DATA_ROOTS = [(tmp_path / "data").resolve()]
 
     def make(role: str = PartyRole.LEADER, *, fake: dict | None = None, kind: str = JobKind.PSI):
         ws = Workspace.objects.create(slug=f"ws-{uuid.uuid4().hex[:8]}", name="Acme")
         partner = Partner.objects.create(
             workspace=ws, name="beta", status=PartnerStatus.CONNECTED, endpoint="127.0.0.1:1"
         )
-        csv = tmp_path / f"{ws.slug}.csv"
+        folder = tmp_path / "data" / ws.slug
+        folder.mkdir(parents=True)
+        csv = folder / f"{ws.slug}.csv"
         csv.write_text("id,x,label\nu1,1,0\nu2,2,1\n")
         ds = Dataset.objects.create(
             workspace=ws,
             name="users",
-            uri=str(csv),
+            uri=str(csv.resolve()),
             format="csv",
             id_column="id",
             label_column="label" if role == PartyRole.LEADER else "",

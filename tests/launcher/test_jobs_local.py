@@ -64,7 +64,13 @@ def test_leader_picks_a_port_tells_the_partner_and_succeeds(side):
     assert info["listen_address"] == job.runtime_address
     config = json.loads(Path(job.handle["config"]).read_text())
     assert config["report"]["url"].endswith(f"/api/v1/runtime/jobs/{job.id}/report")
-    assert config["data"] == {"path": job.ticket.local_dataset.uri, "id_column": "id", "label_column": "label"}
+    folder = str(Path(job.ticket.local_dataset.uri).parent)
+    assert config["data"] == {
+        "path": job.ticket.local_dataset.uri,
+        "id_column": "id",
+        "label_column": "label",
+        "folders": [folder],  # the runtime refuses a path leading out of the workspace's folders
+    }
     assert config["steps"] == ["psi"]
     from apps.jobs.services import job_for_token
 
@@ -245,6 +251,20 @@ def test_launch_without_tls_material_fails_clearly(side, settings):
     job.refresh_from_db()
     assert job.status == "failed" and "TLS material" in job.error
     assert states(job)[-1]["status"] == "failed"
+
+
+def test_a_dataset_file_that_leads_out_of_its_workspace_folder_is_never_launched(side, tmp_path):
+    job = side(PartyRole.LEADER)
+    mine = Path(job.ticket.local_dataset.uri)
+    theirs = tmp_path / "data" / "globex" / "secret.csv"
+    theirs.parent.mkdir()
+    theirs.write_text("id,x,label\nz1,1,0\n")
+    mine.unlink()
+    mine.symlink_to(theirs)  # swapped for a link to another workspace's file after registration
+    assert launching.launch(str(job.id)) == "failed"
+    job.refresh_from_db()
+    assert job.status == "failed" and "is not inside this workspace's data folders" in job.error
+    assert "migrate_data_folders" in job.error and not job.handle.get("pid")
 
 
 def test_launch_with_the_installation_tls_files(side, settings, tmp_path):

@@ -32,11 +32,11 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("jobs2")
     tag = os.getpid()
     insts = {}
-    for name in ("jalpha", "jbeta"):
+    for name, slug in (("jalpha", "acme"), ("jbeta", "globex")):
         data = tmp / name / "data"
-        data.mkdir(parents=True)
-        (data / "labels.csv").write_text(LABELS)
-        (data / "features.csv").write_text(FEATURES)
+        (data / slug).mkdir(parents=True)  # the workspace's own folder
+        (data / slug / "labels.csv").write_text(LABELS)
+        (data / slug / "features.csv").write_text(FEATURES)
         insts[name] = Installation(
             name=f"{name}-{tag}",
             var_dir=tmp / name / "var",
@@ -78,7 +78,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
             "labels": labels,
             "features": features,
             "remote": remote,
-            "data": tmp / "jalpha" / "data",
+            "data": tmp / "jalpha" / "data" / "acme",
         }
     finally:
         for inst in insts.values():

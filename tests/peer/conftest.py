@@ -35,12 +35,13 @@ FEATURES = "user_id,age,spend\n" + "".join(f"u{i},{20 + i % 50},{i * 1.5}\n" for
 LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 400, 2))
 
 
-def _installation(name: str, tmp: Path, redis_db: int, tag: str) -> Installation:
+def _installation(name: str, tmp: Path, redis_db: int, tag: str, workspace: str) -> Installation:
     data = tmp / name / "data"
-    data.mkdir(parents=True)
-    (data / "features.csv").write_text(FEATURES)
-    (data / "labels.csv").write_text(LABELS)
-    (data / "other.csv").write_text(FEATURES)
+    folder = data / workspace  # the workspace's own folder: the only place its datasets come from
+    folder.mkdir(parents=True)
+    (folder / "features.csv").write_text(FEATURES)
+    (folder / "labels.csv").write_text(LABELS)
+    (folder / "other.csv").write_text(FEATURES)
     return Installation(
         name=f"{name}-{tag}",
         var_dir=tmp / name / "var",
@@ -57,8 +58,8 @@ def installations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     tmp = tmp_path_factory.mktemp("peer")
     tag = str(os.getpid())
     base = 2 + (os.getpid() % 7) * 2  # two Redis databases of our own, away from db 0
-    alpha = _installation("alpha", tmp, base, tag)
-    beta = _installation("beta", tmp, base + 1, tag)
+    alpha = _installation("alpha", tmp, base, tag, "acme")
+    beta = _installation("beta", tmp, base + 1, tag, "globex")
 
     def bring_up(inst: Installation, workspace: str, users: dict[str, tuple[str, str]]) -> None:
         inst.setup(workspace=workspace, users=users)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
@@ -14,29 +10,11 @@ from apps.core.errors import ServiceError
 from apps.dashboard.access import workspace_page
 from apps.dashboard.forms import DatasetForm, GrantForm
 from apps.dashboard.views.common import act, form_error, get_in_workspace, page
+from apps.datasets.folders import workspace_files, workspace_folders
 from apps.datasets.models import Dataset, DatasetGrant
 from apps.datasets.services import grant_dataset, register_dataset, revoke_grant
 from apps.partners.models import Partner
 from apps.workspaces.choices import Role
-
-DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".tsv", ".txt")
-MAX_SUGGESTIONS = 200
-
-
-def data_files() -> list[str]:
-    """Files under the data roots, offered as suggestions in the path field."""
-    found: list[str] = []
-    for root in settings.FEDSITE_DATA_ROOTS:
-        if not Path(root).is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.lower().endswith(DATA_SUFFIXES):
-                    found.append(str(Path(dirpath) / name))
-                    if len(found) >= MAX_SUGGESTIONS:
-                        return found
-    return found
 
 
 @workspace_page
@@ -66,8 +44,8 @@ def register(request):
         "dashboard/datasets/new.html",
         "datasets",
         form=form,
-        data_roots=settings.FEDSITE_DATA_ROOTS,
-        suggestions=data_files(),
+        data_folders=workspace_folders(request.workspace),
+        suggestions=workspace_files(request.workspace),
     )
     response.status_code = status
     return response

@@ -21,7 +21,10 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 class DatasetCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
-    uri = serializers.CharField(max_length=1024, help_text="path (or file:// URI) under a configured data root")
+    uri = serializers.CharField(
+        max_length=1024,
+        help_text="path (or file:// URI) in the workspace's data folder <root>/<slug>/; a relative path is looked up there",
+    )
     id_column = serializers.CharField(max_length=120)
     label_column = serializers.CharField(max_length=120, required=False, allow_blank=True, default="")
     description = serializers.CharField(required=False, allow_blank=True, default="")

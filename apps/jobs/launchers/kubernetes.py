@@ -231,9 +231,13 @@ class KubernetesLauncher(Launcher):
         data_pvc = _s("FEDSITE_K8S_DATA_PVC", "")
         if data_pvc:
             roots = list(getattr(settings, "FEDSITE_DATA_ROOTS", []) or ["/data"])
-            mount = str(_s("FEDSITE_K8S_DATA_MOUNT", "") or roots[0])
+            mount = str(_s("FEDSITE_K8S_DATA_MOUNT", "") or roots[0]).rstrip("/")
+            slug = spec.labels["workspace"]
             volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": data_pvc, "readOnly": True}})
-            container["volumeMounts"].append({"name": "data", "mountPath": mount, "readOnly": True})
+            # Only the workspace's own folder of the claim is in the pod: other tenants' files are not there at all.
+            container["volumeMounts"].append(
+                {"name": "data", "mountPath": f"{mount}/{slug}", "subPath": slug, "readOnly": True}
+            )
         pod_spec: dict[str, Any] = {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,

@@ -1,6 +1,6 @@
 """manage.py register_dataset SLUG NAME PATH --id-column ID [--label-column L] [--visibility V] [--user U]
 
-Registers a file under the data roots, as the API and the dashboard do, with a
+Registers a file in the workspace's own data folders (`<root>/<slug>/`), as the API and the dashboard do, with a
 progress bar: an operator's way to register files too large to wait for in a
 web request (the inspection reads every byte, a few MB per second).
 """
@@ -19,12 +19,15 @@ from apps.workspaces.models import Workspace
 
 
 class Command(BaseCommand):
-    help = "Register a CSV or Parquet file under the data roots as a dataset of a workspace, with a progress bar."
+    help = "Register a CSV or Parquet file in the workspace's data folders as a dataset of a workspace, with a progress bar."
 
     def add_arguments(self, parser):
         parser.add_argument("slug", help="the workspace")
         parser.add_argument("name", help="the dataset's name in the workspace")
-        parser.add_argument("path", help="the file, under one of FEDSITE_DATA_ROOTS")
+        parser.add_argument(
+            "path",
+            help="the file, in the workspace's folder <root>/<slug>/ of FEDSITE_DATA_ROOTS (relative: looked up there)",
+        )
         parser.add_argument("--id-column", required=True)
         parser.add_argument("--label-column", default="")
         parser.add_argument("--description", default="")
