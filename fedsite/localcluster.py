@@ -196,17 +196,65 @@ class Installation:
                 pass
             proc.wait(5)
 
-    def restart_process(self, role: str) -> None:
-        self.stop_process(role)
+    def restart_process(self, role: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one process (SIGTERM, or SIGKILL for a crash) and start it again."""
+        self.stop_process(role, sig)
         self.start((role,))
+
+    def is_running(self, role: str) -> bool:
+        proc = self.processes.get(role)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, *, hard: bool) -> None:
+        """Take the whole installation down at once, as an operator's stop or a crash would.
+
+        Soft: SIGTERM to web, peer service and worker together (a service manager's
+        stop; runtimes live on in their own sessions, as they do across a worker
+        restart). Hard: SIGKILL to all of them and to this installation's runtimes
+        (the machine lost power). `start()` brings it back on the same ports and data.
+        """
+        sig = signal.SIGKILL if hard else signal.SIGTERM
+        procs = [self.processes.pop(role) for role in list(self.processes)]
+        for proc in procs:  # signal all first, so no process outlives another by a grace period
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        if hard:
+            self.kill_runtimes()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+    def kill_runtimes(self) -> int:
+        """SIGKILL every runtime this installation's local launcher started; returns how many."""
+        # Runtimes run in their own sessions (a worker restart must not kill them).
+        from apps.jobs.launchers.local import kill_all
+
+        return kill_all(self.var_dir / "jobs")
 
     def stop(self) -> None:
         for role in list(self.processes):
             self.stop_process(role)
-        # Runtimes run in their own sessions (a worker restart must not kill them): stop them too.
-        from apps.jobs.launchers.local import kill_all
+        self.kill_runtimes()
 
-        kill_all(self.var_dir / "jobs")
+    def wait_peer_listening(self, timeout: float = 30) -> None:
+        """Wait until the peer service accepts connections (it has no readiness URL)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.peer_port)) == 0:
+                    return
+            if "peer" in self.processes:
+                self.check_alive()
+            time.sleep(0.05)
+        raise RuntimeError(f"peer service of {self.name} not listening; log:\n{self.log('peer')[-3000:]}")
 
     def check_alive(self) -> None:
         """Raise, naming the process and its log, if one of this installation's processes died."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +37,4 @@ class Side:
 
 
 def wait_peer_port(inst: Installation, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", inst.peer_port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"peer service of {inst.name} not listening; log:\n{inst.log('peer')[-3000:]}")
+    inst.wait_peer_listening(timeout)
