@@ -78,11 +78,12 @@ from fedsite.localcluster import (  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "faults.json"
 PG = os.environ.get("FEDSITE_BENCH_PG", "postgres://postgres@127.0.0.1:5432/postgres")
-# One Redis database serves both installations: each has its own Celery queue.
-REDIS = os.environ.get("FEDSITE_BENCH_REDIS", "redis://127.0.0.1:6379/7")
+# One Redis database serves both installations: each has its own Celery queue, named per run.
+REDIS = os.environ.get("FEDSITE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 DB_PREFIX = os.environ.get("FEDSITE_BENCH_DB_PREFIX", "fedsite_faults")
 RUNTIME_PORTS = os.environ.get("FEDSITE_BENCH_RUNTIME_PORTS", "47000-47999")
 TARGETS = {"trials": 1000, "lost": 0, "duplicated": 0, "diverged": 0, "stuck": 0, "recovery_p95_s": 5.0}
+HEADLINE = ("measured_at", "commit", "command", "trials", "lost", "duplicated", "diverged", "stuck", "recovery_p95_s")
 EQUIVALENT = {"proposed": "open", "pending": "open"}  # the two sides' names for an undecided ticket
 JOB_ACTIVE = ("pending", "starting", "running")
 JOB_TERMINAL = ("succeeded", "failed", "cancelled")
@@ -269,27 +270,29 @@ class Side:
         return self.api
 
 
-def reachable_postgres() -> bool:
+def reachable_postgres(pg: str) -> bool:
     try:
         import psycopg
 
-        head, _, _ = PG.rpartition("/")
+        head, _, _ = pg.rpartition("/")
         with psycopg.connect(f"{head}/postgres", connect_timeout=3):
             return True
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return False
 
 
-def reachable_redis() -> bool:
+def reachable_redis(url: str) -> bool:
     try:
         import redis
 
-        return bool(redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping())
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=3).ping())
     except Exception:  # noqa: BLE001 - any failure means "not available here"
         return False
 
 
-def make_installation(name: str, tmp: Path, database: str, broker: str, tag: str) -> Installation:
+def make_installation(
+    name: str, tmp: Path, database: str, broker: str, tag: str, args: argparse.Namespace
+) -> Installation:
     data = tmp / name / "data"
     data.mkdir(parents=True)
     # Overlapping id sets: PSI on 20,000 ids takes a few seconds, long enough to be killed mid-run.
@@ -303,10 +306,10 @@ def make_installation(name: str, tmp: Path, database: str, broker: str, tag: str
     return Installation(
         name=f"{name}-faults{tag}",
         var_dir=tmp / name / "var",
-        database_url=ensure_postgres_database(PG, f"{DB_PREFIX}_{name}", fresh=True)
+        database_url=ensure_postgres_database(args.pg, f"{args.db_prefix}_{name}", fresh=True)
         if database == "postgresql"
         else None,
-        broker_url=REDIS if broker == "redis" else None,
+        broker_url=args.redis if broker == "redis" else None,
         data_roots=[data],
         worker_concurrency=4,
         # "0" is not a port range: in phase 1 the launcher refuses, each job fails at once on both sides.
@@ -402,10 +405,12 @@ def visible(side: Side, ticket: str, timeout: float) -> bool:
     return False
 
 
-def run_trial(i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: float) -> None:
+def run_trial(
+    i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: float, scenarios: dict[str, int]
+) -> None:
     rng = random.Random(seed)
     proposer, receiver = sides if rng.random() < 0.5 else sides[::-1]
-    scenario = rng.choices(list(SCENARIOS), weights=list(SCENARIOS.values()))[0]
+    scenario = rng.choices(list(scenarios), weights=list(scenarios.values()))[0]
     ticket = propose(proposer, name=f"trial {i} {scenario}")
     tid = norm_id(ticket)
     with tally.lock:
@@ -458,8 +463,9 @@ class Chaos:
     """Kill and restart one side's peer service or worker, again and again, until stopped."""
 
     def __init__(self, sides: tuple[Side, Side], tally: Tally, rng: random.Random, gap: tuple[float, float],
-                 outage: tuple[float, float]) -> None:  # fmt: skip
+                 outage: tuple[float, float], max_kills: int | None = None) -> None:  # fmt: skip
         self.sides, self.tally, self.rng = sides, tally, rng
+        self.max_kills = max_kills
         self.gap, self.outage = gap, outage
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="chaos", daemon=True)
@@ -475,6 +481,8 @@ class Chaos:
     def _run(self) -> None:
         try:
             while not self.stopping.wait(self.rng.uniform(*self.gap)):
+                if self.max_kills is not None and len(self.tally.kills) >= self.max_kills:
+                    return
                 side = self.rng.choice(self.sides)
                 role = self.rng.choice(("peer", "worker"))
                 sig = self.rng.choice((signal.SIGKILL, signal.SIGTERM))
@@ -495,13 +503,15 @@ class Chaos:
 def trials_phase(sides: tuple[Side, Side], tally: Tally, args: argparse.Namespace, rng: random.Random,
                  progress: Callable[..., Any]) -> float:  # fmt: skip
     chaos = Chaos(sides, tally, random.Random(rng.random()), gap=(args.chaos_gap_min, args.chaos_gap_max),
-                  outage=(0.5, args.chaos_outage_max))  # fmt: skip
+                  outage=(0.5, args.chaos_outage_max), max_kills=args.max_process_kills)  # fmt: skip
     started = time.monotonic()
     chaos.start()
     seeds = [rng.randrange(2**32) for _ in range(args.trials)]
     try:
         with ThreadPoolExecutor(args.concurrency) as pool, progress(total=args.trials, desc="trials") as bar:
-            futures = [pool.submit(run_trial, i, s, sides, tally, args.wait_s) for i, s in enumerate(seeds)]
+            futures = [
+                pool.submit(run_trial, i, s, sides, tally, args.wait_s, args.scenarios) for i, s in enumerate(seeds)
+            ]
             for f in futures:
                 f.result()
                 bar.update(1)
@@ -780,20 +790,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the result written to `args.out`."""
     database = args.database
     if database == "auto":
-        database = "postgresql" if reachable_postgres() else "sqlite"
+        database = "postgresql" if reachable_postgres(args.pg) else "sqlite"
     broker = args.broker
     if broker == "auto":
-        broker = "redis" if reachable_redis() else "filesystem"
-    if broker == "redis":
-        import redis
-
-        redis.Redis.from_url(REDIS).flushdb()  # leftovers of an interrupted run would be replayed
+        broker = "redis" if reachable_redis(args.redis) else "filesystem"
     rng = random.Random(args.seed)
     progress = progress_factory(not args.no_progress)
     tag = str(os.getpid())
     tmp = Path(tempfile.mkdtemp(prefix="fedsite-faults-"))
-    a = Side("alpha", make_installation("alpha", tmp, database, broker, tag), "acme", None)  # type: ignore[arg-type]
-    b = Side("beta", make_installation("beta", tmp, database, broker, tag), "globex", None)  # type: ignore[arg-type]
+    a = Side("alpha", make_installation("alpha", tmp, database, broker, tag, args), "acme", None)  # type: ignore[arg-type]
+    b = Side("beta", make_installation("beta", tmp, database, broker, tag, args), "globex", None)  # type: ignore[arg-type]
     a.store, b.store = Store(a.inst), Store(b.inst)
     sides = (a, b)
     tally = Tally()
@@ -825,12 +831,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             s.store.close()
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda s: s.inst.stop(), sides))
+        if broker == "redis":
+            forget_queues(args.redis, [s.inst.name for s in sides])
         if database == "postgresql":
             for name in ("alpha", "beta"):
                 try:
-                    drop_postgres_database(PG, f"{DB_PREFIX}_{name}")
+                    drop_postgres_database(args.pg, f"{args.db_prefix}_{name}")
                 except Exception as exc:  # noqa: BLE001 - a leftover database is reported, not fatal
-                    print(f"could not drop {DB_PREFIX}_{name}: {exc}", file=sys.stderr)
+                    print(f"could not drop {args.db_prefix}_{name}: {exc}", file=sys.stderr)
         if args.keep:
             print(f"installations' var dirs (logs) kept under {tmp}")
         else:
@@ -861,7 +869,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "broker": broker,
         "quick": args.quick,
         "seed": args.seed,
-        "command": " ".join(["python", "bench/faults.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python", "bench/faults.py", *sys.argv[1:]]),
         "commit": git_head(),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -879,6 +887,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     return result
+
+
+def forget_queues(url: str, names: list[str]) -> None:
+    """Delete this run's queues from Redis (their names are this run's alone)."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        for name in names:
+            keys = list(client.scan_iter(match=f"*{name}*", count=1000))
+            if keys:
+                client.delete(*keys)
+    except Exception as exc:  # noqa: BLE001 - leftovers are harmless: no later run reads these queues
+        print(f"could not delete this run's Redis queues: {exc}", file=sys.stderr)
 
 
 def git_head() -> str:
@@ -922,7 +944,8 @@ def print_table(r: dict[str, Any]) -> None:
     )
 
 
-def main() -> int:
+def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespace:
+    """The benchmark's settings: the command line's, then `overrides` (tests call it that way)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 trials, 4 short outages, 4 kills")
     parser.add_argument("--trials", type=int, default=None)
@@ -947,16 +970,41 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--keep", action="store_true", help="keep the installations' var dirs (logs)")
-    args = parser.parse_args()
+    parser.add_argument("--pg", default=PG, help="a PostgreSQL URL; the bench creates and drops its own databases")
+    parser.add_argument("--redis", default=REDIS, help="the Redis database both installations' queues live in")
+    parser.add_argument("--db-prefix", default=DB_PREFIX, help="databases <prefix>_alpha and <prefix>_beta")
+    parser.add_argument("--max-process-kills", type=int, default=None, help="the chaos loop stops after this many")
+    parser.add_argument("--scenarios", type=lambda v: {name: SCENARIOS[name] for name in v.split(",")}, default=None,
+                        help=f"only these trial scenarios (default: all of {', '.join(SCENARIOS)})")  # fmt: skip
+    args = parser.parse_args(argv)
+    for key, value in overrides.items():
+        setattr(args, key, value)
     args.trials = args.trials if args.trials is not None else (100 if args.quick else 1000)
-    args.outages = args.outages or ([2.0, 5.0, 10.0, 20.0] if args.quick else [5.0, 15.0, 30.0, 60.0, 120.0, 180.0])
+    if args.outages is None:
+        args.outages = [2.0, 5.0, 10.0, 20.0] if args.quick else [5.0, 15.0, 30.0, 60.0, 120.0, 180.0]
+    if args.scenarios is None:
+        args.scenarios = dict(SCENARIOS)
     args.kills = args.kills if args.kills is not None else (4 if args.quick else 8)
     args.train_kills = args.train_kills if args.train_kills is not None else not args.quick
     args.settle = args.settle if args.settle is not None else (60.0 if args.quick else 180.0)
+    return args
+
+
+def main() -> int:
+    args = options()
     result = run(args)
     print_table(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads(out.read_text()) if out.exists() else {}
+    except ValueError:
+        previous = {}
+    # Earlier runs' headline figures stay beside the latest (e.g. before and after a fix).
+    history = list(previous.get("history") or [])
+    if previous.get("trials"):
+        history.append({k: previous.get(k) for k in HEADLINE})
+    result["history"] = history[-10:]
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {out}")
     return 0

@@ -18,6 +18,7 @@ INTRO = {
     "psi": "Private set intersection, items per second per side, both parties on this 2-core machine, beside Fedlearner's RSA approach (gmpy2 `powmod` with the full exponent, no CRT) measured in the same run.",
     "train": "Vertical split-NN training on a FATE-shaped dataset (leader 100k × 30 with labels, follower 100k × 300), beside centralized Keras training of the same network on the joined data in the same run.",
     "registration": "Dataset registration: inspecting a CSV (schema, statistics, id uniqueness, checksum), Arrow's streaming reader beside the row-by-row csv-module reader measured in the same run.",
+    "faults": "Fault benchmark: two installations negotiate tickets from both sides (propose, approve, reject, withdraw, and the races between them) through the REST API while a chaos loop kills and restarts either side's peer service and worker; then one side's peer service is down for 5 s to 3 min while the other proposes (recovery = its return to the last delivery); then whole installations are killed soft (SIGTERM) and hard (SIGKILL, runtimes too) mid-job. Counted at quiescence from both databases: tickets lost (one side only), duplicated (a repeated timeline step, audit event, inbox application or job), diverged (different status), jobs stuck (never end, end differently, or succeed without their result or both model halves). Targets: >= 1,000 trials with 0 lost, duplicated, diverged and stuck; recovery p95 < 5 s. `history` keeps earlier runs' headline figures (the first is the code before issue 17's fixes). The tickets behind every figure are under `details` in the JSON.",
     "peer_sync": "Time from an approval on beta to alpha's copy showing approved, with real workers and gRPC over mutual TLS on loopback. Fedlearner's console polls every 60 s.",
 }
 
@@ -58,8 +59,17 @@ def main() -> int:
         out += [f"Command: `{command or f'.venv/bin/python bench/{name}.py'}`", ""]
         out += ["| figure | value |", "|---|---|"]
         for key, value in flatten(data):
-            if key != "command":
+            if key.startswith("history"):
+                continue
+            if key != "command" and not key.startswith("details."):  # details: the tickets behind the figures
                 out.append(f"| `{key}` | {fmt(value)} |")
+        for i, run in enumerate(data.get("history") or [] if isinstance(data, dict) else []):
+            figures = ", ".join(
+                f"{k} {fmt(v)}" for k, v in run.items() if k not in ("measured_at", "commit", "command")
+            )
+            out.append(
+                f"| `history[{i}]` | {run.get('measured_at')} at {run.get('commit')}: {figures} (`{run.get('command')}`) |"
+            )
         out.append("")
     target = ROOT / "docs" / "benchmarks.md"
     target.parent.mkdir(exist_ok=True)
