@@ -61,7 +61,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,7 +401,7 @@ def visible(side: Side, ticket: str, timeout: float) -> bool:
         r = side.client().request("GET", side.path(f"tickets/{ticket}/"))
         if r.status_code == 200:
             return True
-        time.sleep(0.1)
+        time.sleep(0.25)
     return False
 
 
@@ -507,16 +507,18 @@ def trials_phase(sides: tuple[Side, Side], tally: Tally, args: argparse.Namespac
     started = time.monotonic()
     chaos.start()
     seeds = [rng.randrange(2**32) for _ in range(args.trials)]
+    pool = ThreadPoolExecutor(args.concurrency)
     try:
-        with ThreadPoolExecutor(args.concurrency) as pool, progress(total=args.trials, desc="trials") as bar:
+        with progress(total=args.trials, desc="trials") as bar:
             futures = [
                 pool.submit(run_trial, i, s, sides, tally, args.wait_s, args.scenarios) for i, s in enumerate(seeds)
             ]
-            for f in futures:
+            for f in as_completed(futures):
                 f.result()
                 bar.update(1)
                 bar.set_postfix(kills=len(tally.kills), refresh=False)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error or Ctrl-C, the trials not begun never begin
         chaos.stop()
     if chaos.error is not None:
         raise RuntimeError(f"the chaos loop failed: {chaos.error!r}")
@@ -720,26 +722,26 @@ def verdicts(snaps: dict[str, dict[str, Any]], tally: Tally, kill_runs: list[dic
     stuck_kills = []
     for run in kill_runs:
         tid = norm_id(run["ticket"])
-        ja = max(a["jobs"].get(tid, []), key=lambda j: j["attempt"], default=None)
-        jb = max(b["jobs"].get(tid, []), key=lambda j: j["attempt"], default=None)
+        last_a = max(a["jobs"].get(tid, []), key=lambda j: j["attempt"], default=None)
+        last_b = max(b["jobs"].get(tid, []), key=lambda j: j["attempt"], default=None)
         why = []
-        if ja is None or jb is None:
+        if last_a is None or last_b is None:
             why.append("a side has no job")
         else:
-            if ja["status"] not in JOB_TERMINAL or jb["status"] not in JOB_TERMINAL:
-                why.append(f"did not end (alpha {ja['status']}, beta {jb['status']})")
-            elif ja["status"] != jb["status"]:
-                why.append(f"ended differently (alpha {ja['status']}, beta {jb['status']})")
-            elif ja["status"] == "succeeded":
+            if last_a["status"] not in JOB_TERMINAL or last_b["status"] not in JOB_TERMINAL:
+                why.append(f"did not end (alpha {last_a['status']}, beta {last_b['status']})")
+            elif last_a["status"] != last_b["status"]:
+                why.append(f"ended differently (alpha {last_a['status']}, beta {last_b['status']})")
+            elif last_a["status"] == "succeeded":
                 step = "train" if run["kind"] == "psi_vertical_nn" else "psi"
-                for name, j in (("alpha", ja), ("beta", jb)):
+                for name, j in (("alpha", last_a), ("beta", last_b)):
                     if step not in j["result_steps"]:
                         why.append(f"{name} succeeded without its {step} result")
                 if step == "train":
                     ma, mb = a["models"].get(tid, []), b["models"].get(tid, [])
                     if not ma or not mb or set(ma) != set(mb):
                         why.append(f"model halves: alpha {len(ma)}, beta {len(mb)}, same id: {set(ma) == set(mb)}")
-        run["final"] = {"alpha": ja and ja["status"], "beta": jb and jb["status"]}
+        run["final"] = {"alpha": last_a and last_a["status"], "beta": last_b and last_b["status"]}
         if why:
             stuck_kills.append({**run, "why": why})
     return {
@@ -949,7 +951,7 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 trials, 4 short outages, 4 kills")
     parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--concurrency", type=int, default=4, help="trials at once")
+    parser.add_argument("--concurrency", type=int, default=8, help="trials at once")
     parser.add_argument("--outages", type=lambda s: [float(x) for x in s.split(",")], default=None,
                         help="peer-service outage lengths in s, comma-separated")  # fmt: skip
     parser.add_argument("--per-outage", type=int, default=3, help="tickets proposed during each outage")
@@ -959,10 +961,11 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
     parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto")
     parser.add_argument("--broker", choices=("auto", "redis", "filesystem"), default="auto")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--chaos-gap-min", type=float, default=1.0)
-    parser.add_argument("--chaos-gap-max", type=float, default=4.0)
+    parser.add_argument("--chaos-gap-min", type=float, default=3.0)
+    parser.add_argument("--chaos-gap-max", type=float, default=10.0)
     parser.add_argument("--chaos-outage-max", type=float, default=5.0)
-    parser.add_argument("--wait-s", type=float, default=30.0, help="how long a trial waits for its proposal to arrive")
+    parser.add_argument("--wait-s", type=float, default=75.0,
+                        help="how long a trial waits for its proposal to arrive")  # fmt: skip
     parser.add_argument("--recovery-timeout", type=float, default=330.0)
     parser.add_argument("--job-timeout", type=float, default=120.0, help="how long a killed job may take to end")
     parser.add_argument("--settle", type=float, default=None, help="longest wait for quiescence at the end (s)")
@@ -992,6 +995,8 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
 
 def main() -> int:
     args = options()
+    # `kill` stops the run as Ctrl-C does: the installations are stopped and their databases dropped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = run(args)
     print_table(result)
     out = Path(args.out)
