@@ -83,6 +83,7 @@ REDIS = os.environ.get("FEDSITE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 DB_PREFIX = os.environ.get("FEDSITE_BENCH_DB_PREFIX", "fedsite_faults")
 RUNTIME_PORTS = os.environ.get("FEDSITE_BENCH_RUNTIME_PORTS", "47000-47999")
 TARGETS = {"trials": 1000, "lost": 0, "duplicated": 0, "diverged": 0, "stuck": 0, "recovery_p95_s": 5.0}
+WORKSPACES = {"alpha": "acme", "beta": "globex"}
 HEADLINE = ("measured_at", "commit", "command", "trials", "lost", "duplicated", "diverged", "stuck", "recovery_p95_s")
 EQUIVALENT = {"proposed": "open", "pending": "open"}  # the two sides' names for an undecided ticket
 JOB_ACTIVE = ("pending", "starting", "running")
@@ -294,13 +295,14 @@ def make_installation(
     name: str, tmp: Path, database: str, broker: str, tag: str, args: argparse.Namespace
 ) -> Installation:
     data = tmp / name / "data"
-    data.mkdir(parents=True)
+    folder = data / WORKSPACES[name]  # the workspace's own data folder, where its datasets must live
+    folder.mkdir(parents=True)
     # Overlapping id sets: PSI on 20,000 ids takes a few seconds, long enough to be killed mid-run.
     start = 0 if name == "alpha" else 5_000
     rows = "".join(f"u{i},{i % 50},{i % 2}\n" for i in range(start, start + 20_000))
-    (data / "table.csv").write_text("user_id,age,clicked\n" + rows)
+    (folder / "table.csv").write_text("user_id,age,clicked\n" + rows)
     # Small label-free features for the training kills (PSI, then a vertical NN of two epochs).
-    (data / "features.csv").write_text(
+    (folder / "features.csv").write_text(
         "user_id,age,spend\n" + "".join(f"u{i},{i % 50},{i * 1.5}\n" for i in range(start, start + 400))
     )
     return Installation(
@@ -800,8 +802,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = progress_factory(not args.no_progress)
     tag = str(os.getpid())
     tmp = Path(tempfile.mkdtemp(prefix="fedsite-faults-"))
-    a = Side("alpha", make_installation("alpha", tmp, database, broker, tag, args), "acme", None)  # type: ignore[arg-type]
-    b = Side("beta", make_installation("beta", tmp, database, broker, tag, args), "globex", None)  # type: ignore[arg-type]
+    a = Side("alpha", make_installation("alpha", tmp, database, broker, tag, args), WORKSPACES["alpha"], None)  # type: ignore[arg-type]
+    b = Side("beta", make_installation("beta", tmp, database, broker, tag, args), WORKSPACES["beta"], None)  # type: ignore[arg-type]
     a.store, b.store = Store(a.inst), Store(b.inst)
     sides = (a, b)
     tally = Tally()
