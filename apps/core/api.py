@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.http import Http404
 from rest_framework import exceptions, permissions, viewsets
+from rest_framework.filters import OrderingFilter
 
+from apps.core.filters import TenantFilterBackend
 from apps.workspaces.choices import Role, role_at_least
 from apps.workspaces.models import Membership, Workspace
 
@@ -17,6 +19,7 @@ class TenantViewSet(viewsets.GenericViewSet):
     viewer and other writes need member unless said otherwise.
     """
 
+    filter_backends = [TenantFilterBackend, OrderingFilter]
     read_role: str = Role.VIEWER
     write_role: str = Role.MEMBER
     action_roles: dict[str, str] = {}
