@@ -82,6 +82,25 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def cache_from_url(url: str) -> dict[str, object]:
+    """Django CACHES['default'] from `redis://host:6379/1`, `file:///path/to/dir` or `locmem://`."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(url).scheme
+    if scheme in ("redis", "rediss"):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "fedsite"}
+    # Failure counters must not be culled to make room (the default culls at 300 entries).
+    options = {"MAX_ENTRIES": 100_000}
+    if scheme == "file":
+        path = url[len("file://") :]
+        if not path.startswith("/"):
+            raise ImproperlyConfigured(f"CACHE_URL={url!r}: expected file:///absolute/path")
+        return {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": path, "OPTIONS": options}
+    if scheme == "locmem":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fedsite", "OPTIONS": options}
+    raise ImproperlyConfigured(f"CACHE_URL={url!r}: unsupported scheme {scheme!r} (redis://, file:/// or locmem://)")
+
+
 def database_from_url(url: str, base_dir: Path) -> dict[str, object]:
     """Django DATABASES['default'] from `postgres://user:pass@host:port/name` or `sqlite:///path`."""
     from urllib.parse import unquote, urlparse

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from fedsite.env import (
+    cache_from_url,
     database_from_url,
     env_bool,
     env_choice,
@@ -138,10 +139,17 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
+# --- Cache: failed sign-ins and tokens are counted here (apps.core.throttle), shared by every web process ---
+CACHES = {"default": cache_from_url(env_str("CACHE_URL", "") or f"file://{VAR_DIR / 'cache'}")}
+FEDSITE_AUTH_FAILURE_WINDOW_S = env_int("FEDSITE_AUTH_FAILURE_WINDOW_S", 300, minimum=1)
+FEDSITE_LOGIN_FAILURE_LIMIT = env_int("FEDSITE_LOGIN_FAILURE_LIMIT", 10, minimum=1)  # per address (x5 per username)
+FEDSITE_TOKEN_FAILURE_LIMIT = env_int("FEDSITE_TOKEN_FAILURE_LIMIT", 30, minimum=1)  # per address
+FEDSITE_TRUSTED_PROXIES = env_int("FEDSITE_TRUSTED_PROXIES", 0, minimum=0)  # proxies adding X-Forwarded-For
+
 # --- REST API ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "apps.core.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("FEDSITE_VAR_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test"))
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
 os.environ.setdefault("FEDSITE_ENV", "test")
+os.environ.setdefault("CACHE_URL", "locmem://")  # cleared before each test (tests/conftest.py)
 
 from fedsite.settings import *  # noqa: E402,F403
 

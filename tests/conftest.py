@@ -26,6 +26,14 @@ PERSONAS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Failure counters (apps.core.throttle) start at zero in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def workspaces(db):
     acme = Workspace.objects.create(slug="acme", name="Acme Ads")
