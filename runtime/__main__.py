@@ -1,4 +1,4 @@
-"""Command line: ``python -m runtime {psi,train,score,run} --config job.json``.
+"""Command line: ``python -m runtime {psi,train,tree,score,run} --config job.json``.
 
 The same program runs as a local subprocess or inside a Kubernetes pod. It exits
 0 on success, 2 on a bad config or bad data (the message names the problem), and
@@ -21,6 +21,7 @@ from runtime.report import Reporter
 STEP_MODULES = {
     "psi": "runtime.psi.step",
     "train": "runtime.train.step",
+    "tree": "runtime.tree.step",
     "score": "runtime.train.score",
 }
 

@@ -124,7 +124,7 @@ class LeaderLink(_Link):
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4), options=[*RECONNECT_OPTIONS, NO_PORT_SHARING]
         )
-        pb_grpc.add_SplitNNServicer_to_server(_Servicer(self), self.server)
+        self._register(self.server)
         try:
             self.port = add_port(self.server, cfg)
         except RuntimeError as exc:
@@ -132,6 +132,13 @@ class LeaderLink(_Link):
         if not self.port:
             raise ConfigError(f"listen_address: cannot listen on {cfg.listen_address} (in use?)")
         self.server.start()
+
+    def _register(self, server: grpc.Server) -> None:
+        """Add this protocol's servicer (a sibling protocol overrides this and `_failure`)."""
+        pb_grpc.add_SplitNNServicer_to_server(_Servicer(self), server)
+
+    def _failure(self, exc: BaseException) -> Any:
+        return pb.LeaderMessage(failure=failure_of(exc))
 
     def accept(self, timeout: float) -> None:
         if not self._connected.wait(timeout):
@@ -163,7 +170,7 @@ class LeaderLink(_Link):
 
     def fail(self, exc: BaseException) -> None:
         if not self.peer_failed and self._connected.is_set():
-            self.send(pb.LeaderMessage(failure=failure_of(exc)))
+            self.send(self._failure(exc))
         self.close(grace_s=3.0)
 
 
@@ -192,9 +199,15 @@ class FollowerLink(_Link):
                 f"cannot reach the leader runtime at {cfg.peer_address} within {timeout:.0f} s "
                 "(not listening, or the TLS handshake failed: check the pinned certificates)"
             ) from None
-        stub = pb_grpc.SplitNNStub(self.channel)
-        self.call = stub.Exchange(self._requests())
+        self.call = self._open_call(self.channel)
         threading.Thread(target=self._pump, args=(self.call,), name="follower-recv", daemon=True).start()
+
+    def _open_call(self, channel: grpc.Channel) -> Any:
+        """Open this protocol's stream (a sibling protocol overrides this and `_failure`)."""
+        return pb_grpc.SplitNNStub(channel).Exchange(self._requests())
+
+    def _failure(self, exc: BaseException) -> Any:
+        return pb.FollowerMessage(failure=failure_of(exc))
 
     def _requests(self) -> Any:
         while True:
@@ -222,7 +235,7 @@ class FollowerLink(_Link):
             return
         self._closed = True
         if not self.peer_failed:
-            self.send(pb.FollowerMessage(failure=failure_of(exc)))
+            self.send(self._failure(exc))
         self._out.put(_END)
         self._wait_call(3.0)
         self.call.cancel()
