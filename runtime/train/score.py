@@ -39,6 +39,13 @@ def _int(raw: dict[str, Any], key: str, default: int) -> int:
 
 
 def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
+    from runtime.tree.score import tree_model_dir
+
+    tree_dir = tree_model_dir(cfg)
+    if tree_dir is not None:  # a tree model: SecureBoost's own scoring protocol
+        from runtime.tree.score import run as run_tree_score
+
+        return run_tree_score(cfg, reporter, tree_dir)
     sp = dict(cfg.score)
     model_dir = Path(sp.get("model_dir") or Path(cfg.output_dir) / "train" / "model")
     batch_size = _int(sp, "batch_size", 4096)

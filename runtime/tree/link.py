@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from fedsite_proto.runtime.v1 import tree_pb2 as pb
 from fedsite_proto.runtime.v1 import tree_pb2_grpc as pb_grpc
-
 from runtime.train.link import FollowerLink, LeaderLink, failure_of
 
 PROTOCOL_VERSION = 1

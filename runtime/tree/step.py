@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fedsite_proto.runtime.v1 import tree_pb2 as pb
 
+from fedsite_proto.runtime.v1 import tree_pb2 as pb
 from runtime.config import JobConfig
 from runtime.errors import ConfigError, DataError, PeerError
 from runtime.report import Reporter

@@ -1,0 +1,323 @@
+"""Vertical SecureBoost between a leader and a follower runtime over mutual TLS, with HEU.
+
+Most tests run both sides as threads of this process; the kill test runs real
+`python -m runtime tree` subprocesses and SIGKILLs the follower. Keys are 1024
+bits and the data small, so the whole module stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runtime.config import parse_config
+from runtime.errors import ConfigError, DataError, PeerError
+from tests.pki import make_party, tls_config
+from tests.runtime.test_train import Recorder, free_port, make_data
+
+pytestmark = pytest.mark.runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE = {"num_trees": 30, "max_depth": 3, "max_bin": 16, "learning_rate": 0.5, "early_stopping_rounds": 3}
+TREE.update(key_bits=1024, peer_timeout_s=60, connect_timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("pki")
+    return make_party(d, "alpha"), make_party(d, "beta")
+
+
+def configs(pki, workdir: Path, lp: Path, fp: Path, tree: dict | None = None, job: str = "job-t", **extra):
+    alpha, beta = pki
+    port = free_port()
+    common = {"job_id": job, "tree": dict(TREE if tree is None else tree), **extra}
+    leader = {
+        **common,
+        "tree": dict(common["tree"]),
+        "role": "leader",
+        "listen_address": f"127.0.0.1:{port}",
+        "tls": tls_config(alpha, beta),
+        "data": {"path": str(lp), "id_column": "id", "label_column": "label"},
+        "output_dir": str(workdir / "alpha"),
+    }
+    follower = {
+        **common,
+        "tree": dict(common["tree"]),
+        "role": "follower",
+        "peer_address": f"127.0.0.1:{port}",
+        "tls": tls_config(beta, alpha),
+        "data": {"path": str(fp), "id_column": "id"},
+        "output_dir": str(workdir / "beta"),
+    }
+    return leader, follower
+
+
+def run_pair(leader: dict, follower: dict, command: str = "tree") -> tuple[Any, Any, Recorder, Recorder]:
+    from runtime.train import score
+    from runtime.tree import step
+
+    module = step if command == "tree" else score
+    out: dict[str, Any] = {}
+    reps = {"leader": Recorder(), "follower": Recorder()}
+
+    def go(name: str, raw: dict) -> None:
+        try:
+            out[name] = module.run(parse_config(raw), reps[name])
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out[name] = exc
+
+    threads = [threading.Thread(target=go, args=(k, v)) for k, v in (("leader", leader), ("follower", follower))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a side hung"
+    return out["leader"], out["follower"], reps["leader"], reps["follower"]
+
+
+def central(lp: Path, fp: Path, tree: dict) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The same boosting on the joined data in one place, with the same bins."""
+    from runtime.train.data import read_table, split_rows
+    from runtime.tree import core
+    from runtime.tree.binning import apply_bins, fit_bins
+    from runtime.tree.params import parse_tree_params
+
+    p = parse_tree_params(tree)
+    lt = read_table(str(lp), "id", "label", need_label=True)
+    ft = read_table(str(fp), "id", None, need_label=False)
+    tr, va = split_rows(len(lt.ids), p.validation_fraction, p.seed)
+    bl = apply_bins(lt.features, fit_bins(lt.features, tr, p.max_bin))
+    bf = apply_bins(ft.features, fit_bins(ft.features, tr, p.max_bin))
+    assert lt.labels is not None
+    ref = core.train_central(bl, bf, lt.labels.astype(np.float64), tr, va, p)
+    return ref, [str(c) for c in lt.features.columns], [str(c) for c in ft.features.columns]
+
+
+@pytest.fixture(scope="module")
+def trained(pki, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("trees")
+    lp, fp = make_data(work / "data", 800, seed=3)
+    leader, follower = configs(pki, work, lp, fp)
+    lres, fres, lrep, frep = run_pair(leader, follower)
+    return work, lp, fp, leader, follower, lres, fres, lrep, frep
+
+
+def test_federated_trees_equal_central_trees(trained) -> None:
+    work, lp, fp, leader, follower, lres, fres, lrep, frep = trained
+    assert not isinstance(lres, Exception), lres
+    assert not isinstance(fres, Exception), fres
+    ref, lnames, fnames = central(lp, fp, TREE)
+    lm = json.loads((work / "alpha" / "tree" / "model" / "model.json").read_text())
+    fm = json.loads((work / "beta" / "tree" / "model" / "model.json").read_text())
+    # early stopping kept the best iteration, on both sides, as the central run did
+    assert lres["stopped_early"] and lres["trees_built"] > lres["trees"]
+    assert lres["trees"] == fres["trees"] == len(lm["trees"]) == len(fm["trees"]) == len(ref["trees"])
+    assert lres["trees"] == ref["best_iteration"] + 1
+    owners = set()
+    for t, (rt, tree) in enumerate(zip(ref["trees"], lm["trees"], strict=True)):
+        fsplits = {s["node"]: s for s in fm["splits"] if s["tree"] == t}
+        assert {nd["id"] for nd in tree["nodes"]} == set(rt["nodes"])
+        for nd in tree["nodes"]:
+            cn = rt["nodes"][nd["id"]]
+            if "leaf" in nd:
+                assert cn.leaf and nd["leaf"] == pytest.approx(cn.value, abs=1e-12)
+                continue
+            owners.add(nd["split"])
+            assert nd["gain"] == pytest.approx(cn.gain, rel=1e-9)
+            if nd["split"] == "leader":
+                assert "feature" in nd and (cn.owner, lnames[cn.feature], cn.bin) == (
+                    "leader",
+                    nd["feature"],
+                    nd["bin"],
+                )
+                assert nd["id"] not in fsplits
+            else:
+                f, k = rt["follower_splits"][nd["id"]]
+                assert "feature" not in nd and "bin" not in nd  # the leader never learns the follower's split
+                assert (fnames[f], k) == (fsplits[nd["id"]]["feature"], fsplits[nd["id"]]["bin"])
+        assert set(fsplits) == set(rt["follower_splits"])
+    assert owners == {"leader", "follower"}
+    best = ref["history"][ref["best_iteration"]]
+    assert lres["metrics"]["validation"]["auc"] == pytest.approx(best["validation"]["auc"])
+    assert lres["metrics"]["validation"]["auc"] > 0.75
+
+
+def test_halves_are_readable_json_with_importance_and_checkpoints(trained) -> None:
+    work, lp, fp, leader, follower, lres, fres, lrep, frep = trained
+    lm = json.loads((work / "alpha" / "tree" / "model" / "model.json").read_text())
+    fm = json.loads((work / "beta" / "tree" / "model" / "model.json").read_text())
+    assert lm["format"] == fm["format"] == "fedsite-tree/1" and lm["job_id"] == fm["job_id"] == "job-t"
+    assert set(lm["feature_importance"]) <= {"l0", "l1", "l2", "lcat"}
+    assert set(fm["feature_importance"]) <= {"f0", "f1", "f2", "f3", "fcat"}
+    assert all(
+        v["splits"] >= 1 and v["gain"] > 0 for v in {**lm["feature_importance"], **fm["feature_importance"]}.values()
+    )
+    assert sum(v["splits"] for v in fm["feature_importance"].values()) == len(fm["splits"])
+    assert all(s["threshold"].startswith(("<=", "in {")) for s in fm["splits"])
+    # nothing of the follower's bins is in the leader's half, and no leaf weight in the follower's
+    assert "f0" not in json.dumps(lm) and "leaf" not in json.dumps(fm)
+    built = lres["trees_built"]
+    for side in ("alpha", "beta"):
+        names = sorted(p.name for p in (work / side / "tree" / "checkpoint").glob("*.json"))
+        assert names == sorted([f"tree-{built - 1}.json", f"tree-{built}.json"])
+    # per-tree metrics reached both installations (shared by default)
+    for rep in (lrep, frep):
+        aucs = [e for e in rep.events if e["type"] == "metric" and e["name"] == "auc" and e["split"] == "validation"]
+        assert [e["step"] for e in aucs] == list(range(1, built + 1))
+        assert {"loss", "ks"} <= {e["name"] for e in rep.events if e["type"] == "metric"}
+
+
+def test_score_with_both_halves(trained, pki, tmp_path: Path) -> None:
+    work, lp, fp, leader, follower, lres, fres, *_ = trained
+    lcfg, fcfg = configs(pki, tmp_path, lp, fp)
+    for cfg, side in ((lcfg, "alpha"), (fcfg, "beta")):
+        cfg["score"] = {"model_dir": str(work / side / "tree" / "model")}
+    ls, fs, lrep, _ = run_pair(lcfg, fcfg, "score")
+    assert not isinstance(ls, Exception), ls
+    assert not isinstance(fs, Exception), fs
+    scores = pd.read_csv(ls["scores_path"])
+    assert len(scores) == 800 and scores["score"].between(0, 1).all()
+    # the validation rows' scores give exactly the validation AUC training reported
+    from runtime.train.data import split_rows
+    from runtime.train.metrics import binary_metrics
+
+    _, va = split_rows(800, 0.2, 42)
+    y = pd.read_csv(lp)["label"].to_numpy()
+    assert binary_metrics(y[va], scores["score"].to_numpy()[va])["auc"] == pytest.approx(
+        lres["metrics"]["validation"]["auc"]
+    )
+    assert ls["metrics"]["auc"] > 0.75
+
+
+def _fails_both(lres: Any, fres: Any, kind: type, leader_text: str, follower_text: str) -> None:
+    assert isinstance(lres, kind), lres
+    assert isinstance(fres, kind | PeerError), fres
+    assert leader_text in str(lres), lres
+    assert follower_text in str(fres), fres
+
+
+def test_wrong_key_fails_both_sides(pki, tmp_path: Path) -> None:
+    lp, fp = make_data(tmp_path / "data", 200, seed=4)
+    leader, follower = configs(pki, tmp_path, lp, fp, tree={**TREE, "num_trees": 2})
+    follower["tree"]["fault"] = "wrong_key"
+    lres, fres, lrep, frep = run_pair(leader, follower)
+    _fails_both(lres, fres, PeerError, "wrong key", "the partner (leader) failed: wrong key")
+
+
+def test_tampered_ciphertext_count_fails_both_sides(pki, tmp_path: Path) -> None:
+    lp, fp = make_data(tmp_path / "data", 200, seed=5)
+    leader, follower = configs(pki, tmp_path, lp, fp, tree={**TREE, "num_trees": 2})
+    leader["tree"]["fault"] = "tamper_count"
+    lres, fres, *_ = run_pair(leader, follower)
+    _fails_both(lres, fres, PeerError, "the partner (follower) failed", "ciphertexts where the message announces")
+
+
+def test_misaligned_rows_fail_both_sides(pki, tmp_path: Path) -> None:
+    lp, _ = make_data(tmp_path / "a", 200, seed=6)
+    _, fp = make_data(tmp_path / "b", 200, seed=6, prefix="x")
+    leader, follower = configs(pki, tmp_path, lp, fp)
+    lres, fres, *_ = run_pair(leader, follower)
+    for res in (lres, fres):
+        assert isinstance(res, DataError) and "misaligned data" in str(res), res
+
+
+def test_different_parameters_and_bad_values_are_named(pki, tmp_path: Path) -> None:
+    lp, fp = make_data(tmp_path / "data", 100, seed=7)
+    leader, follower = configs(pki, tmp_path, lp, fp)
+    follower["tree"]["max_depth"] = 4
+    lres, fres, *_ = run_pair(leader, follower)
+    for res in (lres, fres):
+        assert isinstance(res, ConfigError), res
+        assert "max_depth: 3 here, 4 there" in str(res) or "max_depth: 4 here, 3 there" in str(res), res
+    from runtime.tree.params import parse_tree_params
+
+    with pytest.raises(ConfigError, match="tree.he_scheme: must be one of ou, paillier"):
+        parse_tree_params({"he_scheme": "rsa"})
+    with pytest.raises(ConfigError, match="tree.max_bin: must be from 2 to 127"):
+        parse_tree_params({"max_bin": 300})
+
+
+def test_paillier_and_regression(pki, tmp_path: Path) -> None:
+    lp, fp = make_data(tmp_path / "data", 200, seed=8)
+    df = pd.read_csv(lp)
+    df["label"] = df["l0"] * 3 + pd.read_csv(fp)["f0"]  # a continuous target that needs both sides
+    df.to_csv(lp, index=False)
+    tree = {
+        **TREE,
+        "num_trees": 3,
+        "objective": "reg:squarederror",
+        "he_scheme": "paillier",
+        "early_stopping_rounds": 0,
+    }
+    leader, follower = configs(pki, tmp_path, lp, fp, tree=tree)
+    lres, fres, *_ = run_pair(leader, follower)
+    assert not isinstance(lres, Exception), lres
+    assert not isinstance(fres, Exception), fres
+    hist = [h["train"]["rmse"] for h in lres["history"]]
+    assert hist == sorted(hist, reverse=True) and hist[-1] < hist[0]
+    assert lres["feature_importance"] and fres["feature_importance"]
+
+
+def _spawn(raw: dict, path: Path) -> tuple[subprocess.Popen, Path]:
+    path.write_text(json.dumps(raw))
+    log = path.with_suffix(".log")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "tree", "--config", str(path)],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    return proc, log
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {log}")
+
+
+def test_killed_follower_fails_the_leader_and_the_job_resumes(pki, tmp_path: Path) -> None:
+    lp, fp = make_data(tmp_path / "data", 300, seed=9)
+    tree = {**TREE, "num_trees": 40, "early_stopping_rounds": 0, "learning_rate": 0.05}
+    leader, follower = configs(pki, tmp_path, lp, fp, tree=tree)
+    lproc, llog = _spawn(leader, tmp_path / "leader.json")
+    fproc, flog = _spawn(follower, tmp_path / "follower.json")
+    try:
+        _wait_for(flog, "tree: 2/40", fproc)
+        fproc.send_signal(signal.SIGKILL)
+        fproc.wait(10)
+        assert lproc.wait(60) == 1
+        text = llog.read_text()
+        assert "follower runtime" in text and ("lost the connection" in text or "closed the connection" in text), text[
+            -2000:
+        ]
+    finally:
+        for p in (lproc, fproc):
+            if p.poll() is None:
+                p.kill()
+    # run again: both sides resume from their last common checkpoint
+    leader, follower = configs(pki, tmp_path, lp, fp, tree=tree)
+    lres, fres, *_ = run_pair(leader, follower)
+    assert not isinstance(lres, Exception), lres
+    assert lres["resumed_from"] >= 2 and fres["resumed_from"] == lres["resumed_from"]
+    assert lres["trees"] == fres["trees"] == 40 and len(lres["history"]) == 40
