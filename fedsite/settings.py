@@ -144,6 +144,8 @@ CACHES = {"default": cache_from_url(env_str("CACHE_URL", "") or f"file://{VAR_DI
 FEDSITE_AUTH_FAILURE_WINDOW_S = env_int("FEDSITE_AUTH_FAILURE_WINDOW_S", 300, minimum=1)
 FEDSITE_LOGIN_FAILURE_LIMIT = env_int("FEDSITE_LOGIN_FAILURE_LIMIT", 10, minimum=1)  # per address (x5 per username)
 FEDSITE_TOKEN_FAILURE_LIMIT = env_int("FEDSITE_TOKEN_FAILURE_LIMIT", 30, minimum=1)  # per address
+# Users may create workspaces (a taken slug is then "not available", throttled); false: only the operator.
+FEDSITE_SELF_SERVICE_WORKSPACES = env_bool("FEDSITE_SELF_SERVICE_WORKSPACES", True)
 FEDSITE_TRUSTED_PROXIES = env_int("FEDSITE_TRUSTED_PROXIES", 0, minimum=0)  # proxies adding X-Forwarded-For
 
 # --- REST API ---

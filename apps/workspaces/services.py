@@ -2,27 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from apps.audit.services import record
 from apps.core.errors import Forbidden, ServiceError
+from apps.core.throttle import minutes, name_throttle
 from apps.datasets.folders import ensure_workspace_folders
 from apps.workspaces.choices import Role, role_at_least
 from apps.workspaces.models import Membership, Workspace, slug_validator
+
+
+class TooManyRefusals(ServiceError):
+    """Too many names refused to one user in the window: asking about names is throttled."""
+
+    status_code = 429
+    code = "throttled"
+
+
+def _ask_about_names(user: AbstractBaseUser | None, refused: Callable[[], str | None], *, field: str) -> None:
+    """Run a name check for `user`; count it if refused (message returned), refuse past the limit.
+
+    The operator (command line: None, or staff) is not counted: it may see every workspace anyway.
+    """
+    counted = user is not None and not getattr(user, "is_staff", False)
+    throttle = name_throttle()
+    ident = ("user", str(getattr(user, "pk", "")))
+    if counted and (wait := throttle.retry_after(ident)):
+        raise TooManyRefusals(f"too many refused names; try again in {minutes(wait)}")
+    message = refused()
+    if message is not None:
+        if counted:
+            throttle.fail(ident)
+        raise ServiceError(message, field=field)
+
+
+def _slug_taken(existing: Workspace, owner: AbstractBaseUser, source: str) -> str:
+    """Say that a slug is taken without telling someone who may not see that workspace that it exists.
+
+    The operator (command line, staff) and the workspace's own members are told plainly; anyone else
+    hears the same "not available" as for any name they may not have (one bit a slug namespace cannot
+    avoid, and the API throttles how often it is asked).
+    """
+    if source == "cli" or getattr(owner, "is_staff", False):
+        return f"a workspace with slug {existing.slug!r} already exists"
+    if Membership.objects.filter(workspace=existing, user=owner).exists():
+        return f"a workspace with slug {existing.slug!r} already exists (you are a member)"
+    return f"slug {existing.slug!r} is not available: choose another"
 
 
 @transaction.atomic
 def create_workspace(*, slug: str, name: str, owner: AbstractBaseUser, source: str = "system") -> Workspace:
     from django.core.exceptions import ValidationError
 
+    if source != "cli" and not getattr(owner, "is_staff", False) and not settings.FEDSITE_SELF_SERVICE_WORKSPACES:
+        # Decided before the slug is looked at: the answer says nothing of which slugs exist.
+        raise Forbidden("workspaces are created by the installation's operator here (manage.py create_workspace)")
     try:
         slug_validator(slug)
     except ValidationError:
         raise ServiceError("slug must be 3–50 lowercase letters, digits or dashes", field="slug") from None
-    if Workspace.objects.filter(slug=slug).exists():
-        raise ServiceError(f"a workspace with slug {slug!r} already exists", field="slug")
+
+    def refused() -> str | None:
+        existing = Workspace.objects.filter(slug=slug).first()
+        return None if existing is None else _slug_taken(existing, owner, source)
+
+    _ask_about_names(None if source == "cli" else owner, refused, field="slug")
     workspace = Workspace.objects.create(slug=slug, name=name)
     Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
     record(workspace, "workspace.created", workspace, actor=owner, source=source, data={"slug": slug})
@@ -70,6 +119,23 @@ def _check_role(role: str) -> None:
         raise ServiceError(f"unknown role {role!r}: choose one of {', '.join(Role.values)}", field="role")
 
 
+def _addable_user(username: str, acting_user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    """The account an owner or admin may add by name, else None — the same for "no such account".
+
+    Accounts are installation-wide, but another tenant's people are that tenant's business: an
+    account that belongs only to workspaces the actor is not in is answered as unknown, so adding
+    members never tells whether a name is someone's elsewhere. The operator (command line, staff)
+    may add anyone.
+    """
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None or acting_user is None or getattr(acting_user, "is_staff", False):
+        return user
+    theirs = Membership.objects.filter(user=user).values_list("workspace_id", flat=True)
+    if not theirs.exists() or Membership.objects.filter(user=acting_user, workspace_id__in=theirs).exists():
+        return user
+    return None
+
+
 @transaction.atomic
 def add_member(
     workspace: Workspace, *, username: str, role: str, acting_user: AbstractBaseUser | None, source: str = "api"
@@ -81,9 +147,20 @@ def add_member(
     _check_role(role)
     _lock_members(workspace)
     actor_role = _check_manager(workspace, acting_user)
-    user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        raise ServiceError(f"no user named {username!r}", field="username")
+    found: list[AbstractBaseUser] = []
+
+    def refused() -> str | None:
+        user = _addable_user(username, acting_user)
+        if user is None:
+            return (
+                f"no user named {username!r} that you can add: someone with no workspace yet, or in one of "
+                "yours (the installation's operator adds anyone else: manage.py add_member)"
+            )
+        found.append(user)
+        return None
+
+    _ask_about_names(acting_user, refused, field="username")
+    user = found[0]
     membership = Membership.objects.filter(workspace=workspace, user=user).first()
     if membership is None:
         if actor_role == Role.ADMIN and role == Role.OWNER:

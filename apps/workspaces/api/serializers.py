@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from apps.workspaces.choices import Role
-from apps.workspaces.models import Membership, Workspace
+from apps.workspaces.models import Membership, Workspace, slug_validator
 
 
 class WorkspaceSerializer(serializers.ModelSerializer):
@@ -11,6 +11,8 @@ class WorkspaceSerializer(serializers.ModelSerializer):
         model = Workspace
         fields = ["id", "slug", "name", "created_at", "role"]
         read_only_fields = ["id", "created_at", "role"]
+        # No uniqueness check here: create_workspace says a slug is taken without revealing by whom.
+        extra_kwargs = {"slug": {"validators": [slug_validator]}}
 
     def get_role(self, obj: Workspace) -> str:
         user = self.context["request"].user
