@@ -195,6 +195,14 @@ def _accept(workspace: Workspace, code: str, *, name: str, acting_user: Any, sou
     remote_ws = uuid.UUID(body["workspace_id"])
     if remote_ws == workspace.id:
         raise ServiceError("a workspace cannot partner with itself", field="code")
+    if hmac.compare_digest(body["ca_fingerprint"], identity.ensure_identity().ca_fingerprint):
+        # Its proposals and jobs would need two installations (two peer services, a runtime on each side).
+        raise ServiceError(
+            f"this invitation comes from workspace {body.get('workspace_slug') or '?'} of this same installation: "
+            "two workspaces of one installation cannot be partners; partner with a workspace on another "
+            "installation (or share the data within one workspace)",
+            field="code",
+        )
     if Partner.objects.filter(workspace=workspace, remote_workspace_id=remote_ws).exists():
         raise ServiceError(f"{body.get('workspace_slug')} is already a partner", field="code")
     name = (name or "").strip()
@@ -352,6 +360,12 @@ def _check_invitation(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) ->
     if abs(now_ms() - req.timestamp_ms) / 1000 > settings.FEDSITE_CLOCK_SKEW_S:
         raise PeerRejected(
             Code.UNAUTHENTICATED, "handshake timestamp outside the allowed clock skew", reason="clock_skew"
+        )
+    if hmac.compare_digest(identity.fingerprint(req.ca_pem), ident.ca_fingerprint):
+        raise PeerRejected(
+            Code.FAILED_PRECONDITION,
+            "two workspaces of one installation cannot be partners",
+            reason="same_installation",
         )
     if Partner.objects.filter(workspace=invitation.workspace, remote_workspace_id=req.workspace_id).exists():
         raise PeerRejected(Code.ALREADY_EXISTS, "already partners", reason="already_partners")
