@@ -93,14 +93,18 @@ class OutboxMessageSummary:
 
 
 def _waiting_for_partner(partner_id: Any = None) -> QuerySet[OutboxMessage]:
-    """Pending messages held back (not due yet) because the partner could not be reached."""
-    q = OutboxMessage.objects.filter(status=OutboxStatus.PENDING, next_attempt_at__gt=timezone.now())
+    """Pending messages held back (not due yet) because the partner could not be reached.
+
+    Those that failed to connect, and those never tried that the failed one's backoff
+    holds back (delivery makes every pending message wait as long). A message the partner
+    answered with an error of its own keeps its backoff.
+    """
     from apps.peer.delivery import UNREACHABLE_PREFIXES
 
-    unreachable = Q()
+    held = Q(last_error="")
     for prefix in UNREACHABLE_PREFIXES:
-        unreachable |= Q(last_error__startswith=prefix)
-    q = q.filter(unreachable)
+        held |= Q(last_error__startswith=prefix)
+    q = OutboxMessage.objects.filter(status=OutboxStatus.PENDING, next_attempt_at__gt=timezone.now()).filter(held)
     return q.filter(partner_id=partner_id) if partner_id is not None else q
 
 
