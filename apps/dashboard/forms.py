@@ -7,7 +7,16 @@ from django import forms
 from apps.datasets.choices import Visibility
 from apps.partners.choices import Policy
 from apps.tickets.choices import JobKind
-from apps.tickets.params import ACTIVATIONS, OPTIMIZERS, PSI_PROTOCOLS, TRAIN_DEFAULTS
+from apps.tickets.params import (
+    ACTIVATIONS,
+    HE_SCHEMES,
+    KEY_BITS,
+    OPTIMIZERS,
+    PSI_PROTOCOLS,
+    TRAIN_DEFAULTS,
+    TREE_DEFAULTS,
+    TREE_OBJECTIVES,
+)
 
 
 class AcceptForm(forms.Form):
@@ -116,6 +125,36 @@ class TicketForm(forms.Form):
 
     TRAIN_FIELDS = [f"train_{k}" for k in TRAIN_DEFAULTS]
 
+    tree_num_trees = forms.IntegerField(label="Trees", initial=TREE_DEFAULTS["num_trees"])
+    tree_max_depth = forms.IntegerField(label="Max depth", initial=TREE_DEFAULTS["max_depth"])
+    tree_learning_rate = forms.FloatField(label="Learning rate", initial=TREE_DEFAULTS["learning_rate"])
+    tree_max_bin = forms.IntegerField(label="Bins per feature", initial=TREE_DEFAULTS["max_bin"])
+    tree_min_child_weight = forms.FloatField(label="Min child weight", initial=TREE_DEFAULTS["min_child_weight"])
+    tree_reg_lambda = forms.FloatField(label="L2 regularisation (lambda)", initial=TREE_DEFAULTS["reg_lambda"])
+    tree_gamma = forms.FloatField(label="Min split gain (gamma)", initial=TREE_DEFAULTS["gamma"])
+    tree_subsample = forms.FloatField(label="Row subsample", initial=TREE_DEFAULTS["subsample"])
+    tree_colsample_bytree = forms.FloatField(label="Column subsample", initial=TREE_DEFAULTS["colsample_bytree"])
+    tree_validation_fraction = forms.FloatField(
+        label="Validation fraction", initial=TREE_DEFAULTS["validation_fraction"]
+    )
+    tree_early_stopping_rounds = forms.IntegerField(
+        label="Early-stopping rounds", initial=TREE_DEFAULTS["early_stopping_rounds"], help_text="Trees; 0 = off"
+    )
+    tree_seed = forms.IntegerField(label="Seed", initial=TREE_DEFAULTS["seed"])
+    tree_objective = forms.ChoiceField(
+        label="Objective", choices=[(o, o) for o in TREE_OBJECTIVES], initial=TREE_DEFAULTS["objective"]
+    )
+    tree_he_scheme = forms.ChoiceField(
+        label="Encryption",
+        choices=[(s, {"ou": "Okamoto-Uchiyama", "paillier": "Paillier"}.get(s, s)) for s in HE_SCHEMES],
+        initial=TREE_DEFAULTS["he_scheme"],
+    )
+    tree_key_bits = forms.TypedChoiceField(
+        label="Key bits", choices=[(b, str(b)) for b in KEY_BITS], coerce=int, initial=TREE_DEFAULTS["key_bits"]
+    )
+
+    TREE_FIELDS = [f"tree_{k}" for k in TREE_DEFAULTS]
+
     def __init__(self, *args, partners=(), local_datasets=(), remote_datasets=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["partner"].choices = [("", "Choose a partner…")] + [(str(p.pk), p.name) for p in partners]
@@ -125,6 +164,9 @@ class TicketForm(forms.Form):
         self.fields["remote_dataset"].choices = [("", "Choose the partner's dataset…")] + [
             (str(d.pk), f"{d.partner.name}: {d.name}{' (labels)' if d.has_label else ''}") for d in remote_datasets
         ]
+        # Tree parameters are optional here: a blank one takes the ticket default.
+        for name in self.TREE_FIELDS:
+            self.fields[name].required = False
         # Let the page's script show only the chosen partner's datasets.
         self.remote_partner = {str(d.pk): str(d.partner_id) for d in remote_datasets}
 
@@ -147,6 +189,10 @@ class TicketForm(forms.Form):
             "share_metrics": bool(d.get("share_metrics")),
             "psi": {"protocol": d["psi_protocol"]},
             "train": {key: d[f"train_{key}"] for key in TRAIN_DEFAULTS},
+            "tree": {
+                key: TREE_DEFAULTS[key] if d.get(f"tree_{key}") in (None, "") else d[f"tree_{key}"]
+                for key in TREE_DEFAULTS
+            },
         }
 
     @staticmethod
@@ -156,6 +202,8 @@ class TicketForm(forms.Form):
             return None
         if service_field.startswith("params.train."):
             return "train_" + service_field.removeprefix("params.train.").split("[")[0]
+        if service_field.startswith("params.tree."):
+            return "tree_" + service_field.removeprefix("params.tree.")
         if service_field.startswith("params.psi"):
             return "psi_protocol"
         return {"params": None}.get(service_field, service_field)

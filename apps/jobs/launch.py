@@ -46,6 +46,8 @@ STEPS_BY_KIND: dict[str, list[str]] = {
     JobKind.PSI: ["psi"],
     JobKind.PSI_VERTICAL_NN: ["psi", "train"],
     JobKind.VERTICAL_NN: ["train"],
+    JobKind.PSI_VERTICAL_TREE: ["psi", "tree"],
+    JobKind.VERTICAL_TREE: ["tree"],
 }
 
 # A claim ("launching") older than this without a handle means the worker died mid-launch.
@@ -169,6 +171,9 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         "steps": steps,
         "psi": dict(params.get("psi") or {}),
         "train": dict(params.get("train") or {}),
+        "tree": {**(params.get("tree") or {}), "share_metrics": bool(params.get("share_metrics", True))}
+        if params.get("tree")
+        else {},
         "report": {"url": report_url(job), "token": issue_runtime_token(job)},
         "timeout_s": timeout_s,
     }

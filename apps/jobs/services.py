@@ -118,7 +118,7 @@ def set_job_status(
     transition(job, JOB_MACHINE, status, extra=extra)
     record(job.workspace, f"job.{status}", job, actor=actor, source=source, data={"from": before, "error": error[:500]})
     _follow_ticket(job, status, error)
-    if status == J.SUCCEEDED and (job.result or {}).get("train"):
+    if status == J.SUCCEEDED and ((job.result or {}).get("train") or (job.result or {}).get("tree")):
         from apps.registry.services import register_from_job
 
         register_from_job(job)

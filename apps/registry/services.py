@@ -51,10 +51,12 @@ def register_model_version(job: Any, *, artifact_uri: str, metrics: dict[str, An
 
 def register_from_job(job: Any) -> ModelVersion | None:
     """Register this side's half from a succeeded training job's result (idempotent)."""
-    train = (job.result or {}).get("train") or {}
+    result = job.result or {}
+    train = result.get("tree") or result.get("train") or {}
     if not train.get("model_dir"):
         return None
-    metrics = {k: v for k, v in train.items() if k in ("metrics", "epochs", "rows", "history", "best_epoch")}
+    keys = ("metrics", "epochs", "rows", "history", "best_epoch", "trees", "best_iteration", "feature_importance")
+    metrics = {k: v for k, v in train.items() if k in keys}
     return register_model_version(job, artifact_uri=str(train["model_dir"]), metrics=metrics)
 
 

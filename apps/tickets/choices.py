@@ -9,6 +9,13 @@ class JobKind(models.TextChoices):
     PSI = "psi", "PSI join"
     PSI_VERTICAL_NN = "psi_vertical_nn", "PSI join, then vertical NN training"
     VERTICAL_NN = "vertical_nn", "Vertical NN training on aligned data"
+    PSI_VERTICAL_TREE = "psi_vertical_tree", "PSI join, then vertical boosted trees (SecureBoost)"
+    VERTICAL_TREE = "vertical_tree", "Vertical boosted trees (SecureBoost) on aligned data"
+
+
+TREE_KINDS = (JobKind.PSI_VERTICAL_TREE, JobKind.VERTICAL_TREE)
+TRAINING_KINDS = (JobKind.PSI_VERTICAL_NN, JobKind.VERTICAL_NN, *TREE_KINDS)
+PSI_KINDS = (JobKind.PSI, JobKind.PSI_VERTICAL_NN, JobKind.PSI_VERTICAL_TREE)
 
 
 class PartyRole(models.TextChoices):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.core.errors import ServiceError
-from apps.tickets.choices import JobKind
+from apps.tickets.choices import PSI_KINDS, TREE_KINDS, JobKind
 
 PSI_PROTOCOLS = ("auto", "ecdh", "rsa", "rr22", "kkrt")
 PSI_DEFAULTS: dict[str, Any] = {"protocol": "auto"}
@@ -23,6 +23,26 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gradient_noise_stddev": 0.0,
 }
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu")
+TREE_DEFAULTS: dict[str, Any] = {
+    "num_trees": 100,
+    "max_depth": 5,
+    "learning_rate": 0.1,
+    "max_bin": 32,
+    "min_child_weight": 1.0,
+    "reg_lambda": 1.0,
+    "gamma": 0.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "validation_fraction": 0.2,
+    "early_stopping_rounds": 10,
+    "seed": 42,
+    "objective": "binary:logistic",
+    "he_scheme": "ou",
+    "key_bits": 2048,
+}
+TREE_OBJECTIVES = ("binary:logistic", "reg:squarederror")
+HE_SCHEMES = ("ou", "paillier")
+KEY_BITS = (1024, 2048, 3072, 4096)
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 
 
@@ -50,7 +70,7 @@ def validate_params(kind: str, params: Any) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise ServiceError("must be an object", field="params")
-    unknown = set(params) - {"psi", "train", "share_metrics"}
+    unknown = set(params) - {"psi", "train", "tree", "share_metrics"}
     if unknown:
         raise ServiceError(f"unknown keys: {', '.join(sorted(unknown))}", field="params")
     out: dict[str, Any] = {"share_metrics": bool(params.get("share_metrics", True))}
@@ -65,8 +85,10 @@ def validate_params(kind: str, params: Any) -> dict[str, Any]:
         raise ServiceError(f"unknown keys: {', '.join(sorted(extra))}", field="params.psi")
     if "batch_size" in psi:
         _int("params.psi.batch_size", psi["batch_size"], 1_000, 10_000_000)
-    if kind in (JobKind.PSI, JobKind.PSI_VERTICAL_NN):
+    if kind in PSI_KINDS:
         out["psi"] = psi
+    if kind in TREE_KINDS:
+        out["tree"] = validate_tree_params(params.get("tree"))
     if kind in (JobKind.PSI_VERTICAL_NN, JobKind.VERTICAL_NN):
         train_in = params.get("train") or {}
         if not isinstance(train_in, dict):
@@ -90,3 +112,34 @@ def validate_params(kind: str, params: Any) -> dict[str, Any]:
         t["gradient_noise_stddev"] = _float("params.train.gradient_noise_stddev", t["gradient_noise_stddev"], 0.0, 10.0)
         out["train"] = t
     return out
+
+
+def validate_tree_params(tree_in: Any) -> dict[str, Any]:
+    """The `tree` group of a SecureBoost ticket, defaults merged (runtime/tree/params.py reads the same names)."""
+    tree_in = tree_in or {}
+    if not isinstance(tree_in, dict):
+        raise ServiceError("must be an object", field="params.tree")
+    extra = set(tree_in) - set(TREE_DEFAULTS)
+    if extra:
+        raise ServiceError(f"unknown keys: {', '.join(sorted(extra))}", field="params.tree")
+    t = {**TREE_DEFAULTS, **tree_in}
+    w = "params.tree."
+    _int(w + "num_trees", t["num_trees"], 1, 10_000)
+    _int(w + "max_depth", t["max_depth"], 1, 10)
+    t["learning_rate"] = _float(w + "learning_rate", t["learning_rate"], 1e-6, 10.0)
+    _int(w + "max_bin", t["max_bin"], 2, 127)
+    t["min_child_weight"] = _float(w + "min_child_weight", t["min_child_weight"], 0.0, 1e9)
+    t["reg_lambda"] = _float(w + "reg_lambda", t["reg_lambda"], 0.0, 1e9)
+    t["gamma"] = _float(w + "gamma", t["gamma"], 0.0, 1e9)
+    t["subsample"] = _float(w + "subsample", t["subsample"], 0.01, 1.0)
+    t["colsample_bytree"] = _float(w + "colsample_bytree", t["colsample_bytree"], 0.01, 1.0)
+    t["validation_fraction"] = _float(w + "validation_fraction", t["validation_fraction"], 0.0, 0.5)
+    _int(w + "early_stopping_rounds", t["early_stopping_rounds"], 0, 10_000)
+    _int(w + "seed", t["seed"], 0, 2**31 - 1)
+    if t["objective"] not in TREE_OBJECTIVES:
+        raise ServiceError(f"must be one of {', '.join(TREE_OBJECTIVES)}", field=w + "objective")
+    if t["he_scheme"] not in HE_SCHEMES:
+        raise ServiceError(f"must be one of {', '.join(HE_SCHEMES)}", field=w + "he_scheme")
+    if t["key_bits"] not in KEY_BITS or isinstance(t["key_bits"], bool):
+        raise ServiceError(f"must be one of {', '.join(map(str, KEY_BITS))}", field=w + "key_bits")
+    return t

@@ -37,6 +37,7 @@
     var mapNode = document.getElementById("remote-partner");
     var owner = mapNode ? JSON.parse(mapNode.textContent) : {};
     var training = (ticketForm.getAttribute("data-training-kinds") || "").split(",");
+    var trees = (ticketForm.getAttribute("data-tree-kinds") || "").split(",");
     var syncDatasets = function () {
       Array.prototype.forEach.call(remote.options, function (opt) {
         if (!opt.value) return;
@@ -48,8 +49,10 @@
     };
     var syncKind = function () {
       var trains = training.indexOf(kind.value) >= 0;
-      var psi = kind.value !== "vertical_nn";
+      var psi = kind.value.indexOf("vertical_") !== 0;
       ticketForm.querySelector("[data-train-params]").hidden = !trains;
+      var treeParams = ticketForm.querySelector("[data-tree-params]");
+      if (treeParams) treeParams.hidden = trees.indexOf(kind.value) < 0;
       ticketForm.querySelector("[data-psi-params]").hidden = !psi;
     };
     partner.addEventListener("change", syncDatasets);

@@ -155,3 +155,23 @@ def test_no_connected_partner_says_what_to_do(world, browser_client):
     world["partner"].save()
     body = browser_client("erin").get("/w/acme/tickets/new").content.decode()
     assert "No connected partner" in body and "Invite one" in body
+
+
+def test_a_boosted_tree_proposal_takes_its_parameters_and_defaults(world, browser_client):
+    body = browser_client("dave").get("/w/acme/tickets/new").content.decode()
+    assert 'name="tree_num_trees" value="100"' in body and 'value="psi_vertical_tree"' in body
+    over = {"kind": "vertical_tree", "tree_max_depth": "3", "tree_he_scheme": "paillier", "tree_key_bits": "1024"}
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world, **over))
+    assert r.status_code == 302
+    ticket = Ticket.objects.exclude(pk__in=[world["sent"].pk, world["received"].pk]).get()
+    assert ticket.kind == "vertical_tree" and "psi" not in ticket.params and "train" not in ticket.params
+    tree = ticket.params["tree"]
+    assert (tree["max_depth"], tree["he_scheme"], tree["key_bits"]) == (3, "paillier", 1024)
+    assert (tree["num_trees"], tree["max_bin"], tree["early_stopping_rounds"]) == (100, 32, 10)
+
+
+def test_a_bad_tree_parameter_is_shown_next_to_its_field(world, browser_client):
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world, kind="vertical_tree", tree_max_bin="500"))
+    assert r.status_code == 400
+    body = r.content.decode()
+    assert 'id="id_tree_max_bin_error"' in body and "must be an integer from 2 to 127" in body

@@ -236,3 +236,56 @@ def test_runtime_reports_need_the_job_token(api, setup, client):
     assert r.status_code == 202, r.content
     job.refresh_from_db()
     assert (job.status, job.error) == ("failed", "error: data.path: no such file x.csv")
+
+
+def test_a_tree_ticket_gets_the_tree_defaults_and_the_partner_receives_its_kind(api, setup):
+    r = propose(api, setup, kind=JobKind.PSI_VERTICAL_TREE, params={"tree": {"max_depth": 3, "he_scheme": "paillier"}})
+    assert r.status_code == 201, r.content
+    params = r.json()["params"]
+    assert params["psi"]["protocol"] == "auto" and "train" not in params
+    assert params["tree"] == {
+        "num_trees": 100,
+        "max_depth": 3,
+        "learning_rate": 0.1,
+        "max_bin": 32,
+        "min_child_weight": 1.0,
+        "reg_lambda": 1.0,
+        "gamma": 0.0,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "validation_fraction": 0.2,
+        "early_stopping_rounds": 10,
+        "seed": 42,
+        "objective": "binary:logistic",
+        "he_scheme": "paillier",
+        "key_bits": 2048,
+    }
+    message = OutboxMessage.objects.get(kind="ticket.proposed")
+    assert message.payload["kind"] == JobKind.PSI_VERTICAL_TREE
+    assert message.payload["params"]["tree"]["max_depth"] == 3
+
+
+def test_a_received_tree_proposal_is_applied(setup):
+    DatasetGrant.objects.create(dataset=setup["features"], partner=setup["partner"])
+    payload = proposal_payload(setup, setup["features"].id, kind=JobKind.VERTICAL_TREE)
+    ticket = receive_proposal(setup["acme"], setup["partner"], payload)
+    assert ticket.kind == JobKind.VERTICAL_TREE and ticket.role == PartyRole.FOLLOWER
+    assert ticket.params["tree"]["num_trees"] == 100 and ticket.status == TicketStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        ({"tree": {"max_depth": 0}}, "params.tree.max_depth", "from 1 to 10"),
+        ({"tree": {"he_scheme": "rsa"}}, "params.tree.he_scheme", "ou, paillier"),
+        ({"tree": {"key_bits": 512}}, "params.tree.key_bits", "1024, 2048"),
+        ({"tree": {"objective": "multi:softmax"}}, "params.tree.objective", "binary:logistic"),
+        ({"tree": {"subsample": 0}}, "params.tree.subsample", "from 0.01 to 1.0"),
+        ({"tree": {"depth": 3}}, "params.tree", "unknown keys: depth"),
+    ],
+)
+def test_bad_tree_params_are_named_and_nothing_is_created(api, setup, params, field, message):
+    r = propose(api, setup, kind=JobKind.VERTICAL_TREE, params=params)
+    assert r.status_code == 400
+    assert message in r.json()[field][0]
+    assert not Ticket.objects.exists()

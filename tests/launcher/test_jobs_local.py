@@ -331,3 +331,24 @@ def test_a_follower_that_never_hears_from_the_leader_fails(side, settings):
     launching.reconcile()
     job.refresh_from_db()
     assert job.status == "failed" and "did not start within 60 s" in job.error
+
+
+def test_a_tree_ticket_runs_the_tree_step_and_registers_its_half(side, launcher):
+    from apps.registry.services import model_version_id, register_from_job
+    from apps.tickets.choices import JobKind
+
+    job = side(PartyRole.LEADER, kind=JobKind.PSI_VERTICAL_TREE)
+    job.ticket.params = {"psi": {"protocol": "auto"}, "tree": {"max_depth": 3, "num_trees": 7}, "share_metrics": False}
+    job.ticket.save()
+    config = launching.build_spec(job, launcher, 17001).config
+    assert config["steps"] == ["psi", "tree"]
+    assert config["tree"] == {"max_depth": 3, "num_trees": 7, "share_metrics": False}
+    # the runtime accepts exactly this config
+    from runtime.config import parse_config
+
+    assert parse_config({**config, "output_dir": "x"}).tree["num_trees"] == 7
+    job.result = {"tree": {"model_dir": "/jobs/x/tree/model", "trees": 5, "metrics": {"validation": {"auc": 0.8}}}}
+    job.save()
+    mv = register_from_job(job)
+    assert mv is not None and mv.id == model_version_id(job.id) and mv.artifact_uri == "/jobs/x/tree/model"
+    assert mv.metrics["trees"] == 5 and mv.metrics["metrics"]["validation"]["auc"] == 0.8

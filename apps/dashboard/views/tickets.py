@@ -86,6 +86,7 @@ def propose(request):
         has_local=local.exists(),
         has_remote=remote.exists(),
         training_kinds=[JobKind.PSI_VERTICAL_NN.value, JobKind.VERTICAL_NN.value],
+        tree_kinds=[JobKind.PSI_VERTICAL_TREE.value, JobKind.VERTICAL_TREE.value],
     )
     response.status_code = status
     return response
