@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -27,6 +28,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 _lock = threading.Lock()
 _channels: dict[tuple[str, str, str], grpc.Channel] = {}
+_retired: list[tuple[float, grpc.Channel]] = []  # dropped by forget(), closed once no call can be on them
+RETIRED_CLOSE_AFTER_S = 60.0
 
 
 def secure_channel(endpoint: str, ca_pem: str | bytes, key_pem: bytes, cert_pem: bytes) -> grpc.Channel:
@@ -70,14 +73,20 @@ def forget(partner: Any) -> None:
 
     Such a channel waits out gRPC's reconnect backoff and fails every call at once
     meanwhile; a fresh one dials now, so a partner that is back is reached at once.
+    The old channel is closed a minute later, not now: another thread may have a call
+    on it (closing would cancel that call), and calls last at most CALL_TIMEOUT_S.
     """
+    now = time.monotonic()
     with _lock:
         for stale in [k for k in _channels if k[0] == partner.endpoint]:
-            _channels.pop(stale).close()
+            _retired.append((now, _channels.pop(stale)))
+        while _retired and now - _retired[0][0] > RETIRED_CLOSE_AFTER_S:
+            _retired.pop(0)[1].close()
 
 
 def close_all() -> None:
     with _lock:
-        for channel in _channels.values():
+        for channel in [*_channels.values(), *(c for _, c in _retired)]:
             channel.close()
         _channels.clear()
+        _retired.clear()

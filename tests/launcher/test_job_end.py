@@ -94,3 +94,17 @@ def test_a_side_whose_web_was_down_at_the_end_still_registers_its_model_half(sid
     assert job.status == "succeeded" and job.result["train"] == TRAIN_RESULT
     mv = ModelVersion.objects.get(job=job)
     assert mv.id == model_version_id(job.id) and mv.artifact_uri == TRAIN_RESULT["model_dir"]
+
+
+def test_the_kubernetes_launcher_reads_the_result_where_the_workers_mount_the_outputs(settings, tmp_path):
+    from apps.jobs.launchers.kubernetes import KubernetesLauncher
+
+    handle = {"backend": "kubernetes", "job_id": "7b0c", "side": "follower", "name": "fedsite-7b0c-follower"}
+    launcher = KubernetesLauncher(api_client=object())
+    settings.FEDSITE_K8S_OUTPUT_PVC = "fedsite-jobs"
+    settings.FEDSITE_K8S_OUTPUT_MOUNT = ""
+    assert launcher.read_result(handle) == {}  # the workers do not see the outputs: nothing to read
+    settings.FEDSITE_K8S_OUTPUT_MOUNT = str(tmp_path)
+    (tmp_path / "7b0c" / "follower").mkdir(parents=True)
+    (tmp_path / "7b0c" / "follower" / "result.json").write_text(json.dumps({"train": TRAIN_RESULT}))
+    assert launcher.read_result(handle) == {"train": TRAIN_RESULT}

@@ -42,3 +42,30 @@ def test_it_refuses_a_port_a_port_sharing_grpc_server_holds(var_dir):
             create_server(f"127.0.0.1:{port}", max_workers=2)
     finally:
         other.stop(0).wait()
+
+
+def test_a_fresh_channel_for_a_returning_partner_leaves_calls_on_the_old_one_alone(var_dir):
+    from types import SimpleNamespace
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from apps.peer import client, identity
+
+    server, port, _trust, health = create_server("127.0.0.1:0", max_workers=2)
+    server.start()
+    health.set("", health_pb2.HealthCheckResponse.SERVING)
+    partner = SimpleNamespace(endpoint=f"127.0.0.1:{port}", ca_pem=identity.ensure_identity().ca_pem)
+    try:
+        client.stub_for(partner)
+        old_channel = next(c for k, c in client._channels.items() if k[0] == partner.endpoint)
+        # when delivery drops the channel of a partner that was unreachable
+        client.forget(partner)
+        client.stub_for(partner)
+        fresh = next(c for k, c in client._channels.items() if k[0] == partner.endpoint)
+        # then the next call dials a new channel, and a call still using the old one is not cancelled
+        assert fresh is not old_channel
+        answer = health_pb2_grpc.HealthStub(old_channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        client.close_all()
+        server.stop(0).wait()
