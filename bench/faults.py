@@ -325,6 +325,13 @@ def bring_up(side: Side, users: dict[str, tuple[str, str]], owner: str) -> None:
     side.inst.wait_ready(120)
     side.inst.wait_peer_listening(60)
     side.api = side.inst.client(owner)
+    # Trials share the client from several threads; a keep-alive connection the server just closed
+    # must not end a trial, so reads are retried (decisions are not: their answer is the measure).
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=3, backoff_factor=0.2, allowed_methods={"GET"}, status_forcelist=())
+    side.api.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
 
 
 def partner_up(a: Side, b: Side) -> None:
@@ -361,6 +368,7 @@ class Tally:
     scenarios: Counter = field(default_factory=Counter)
     answers: Counter = field(default_factory=Counter)  # "approve 200", "withdraw 409" …
     server_errors: list[str] = field(default_factory=list)
+    trial_errors: list[str] = field(default_factory=list)  # the bench's own client failed (not a verdict)
     undelivered_in_time: int = 0
     kills: list[dict[str, Any]] = field(default_factory=list)
     ticket_phase: dict[str, str] = field(default_factory=dict)  # normalized ticket id -> phase
@@ -410,6 +418,15 @@ def visible(side: Side, ticket: str, timeout: float) -> bool:
 def run_trial(
     i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: float, scenarios: dict[str, int]
 ) -> None:
+    """One trial; a client-side failure (connection reset, timeout) is counted, not fatal."""
+    try:
+        _trial(i, seed, sides, tally, wait_s, scenarios)
+    except Exception as exc:  # noqa: BLE001 - counted and shown in the details
+        with tally.lock:
+            tally.trial_errors.append(f"trial {i}: {exc!r}"[:300])
+
+
+def _trial(i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: float, scenarios: dict[str, int]) -> None:
     rng = random.Random(seed)
     proposer, receiver = sides if rng.random() < 0.5 else sides[::-1]
     scenario = rng.choices(list(scenarios), weights=list(scenarios.values()))[0]
@@ -864,6 +881,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "jobs_for_unapproved_tickets": len(found["jobs_for_unapproved_tickets"]),
         "refused_messages": sum(len(v) for v in found["refused_messages"].values()),
         "server_errors": len(tally.server_errors),
+        "trial_errors": len(tally.trial_errors),
         "recovery_max_s": round(max(rec), 3) if rec else None,
         "targets": {
             k: (f">= {v:,}" if k == "trials" else f"< {v:g}" if k == "recovery_p95_s" else v)
@@ -883,6 +901,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "answers": dict(sorted(tally.answers.items())),
             "undelivered_within_wait": tally.undelivered_in_time,
             "server_errors": tally.server_errors[:20],
+            "trial_errors": tally.trial_errors[:20],
             "kills": dict(Counter(f"{k['side']} {k['role']} {k['signal']}" for k in tally.kills)),
             "recoveries": recoveries,
             "installation_kill_runs": kill_runs,
@@ -943,7 +962,8 @@ def print_table(r: dict[str, Any]) -> None:
     d = r["details"]
     print(
         f"also: {r['jobs_diverged']} job attempts diverged, {r['jobs_for_unapproved_tickets']} ticket sides with jobs "
-        f"but not approved, {r['refused_messages']} refused peer messages, {r['server_errors']} 5xx answers; "
+        f"but not approved, {r['refused_messages']} refused peer messages, {r['server_errors']} 5xx answers, "
+        f"{r['trial_errors']} trials cut short by a client error; "
         f"recoveries (s): {', '.join(str(x['recovery_s']) for x in d['recoveries'])}"
     )
 
