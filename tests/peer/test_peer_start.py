@@ -69,3 +69,27 @@ def test_a_fresh_channel_for_a_returning_partner_leaves_calls_on_the_old_one_alo
     finally:
         client.close_all()
         server.stop(0).wait()
+
+
+def test_doctor_checks_this_installations_own_peer_service(var_dir, settings):
+    from io import StringIO
+
+    from grpc_health.v1 import health_pb2
+
+    from apps.peer.server import SERVICE_NAME
+
+    server, port, _trust, health = create_server("127.0.0.1:0", max_workers=2)
+    server.start()
+    health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    settings.FEDSITE_PEER_ENDPOINT = settings.FEDSITE_PEER_LISTEN = f"127.0.0.1:{port}"
+    try:
+        out = StringIO()
+        call_command("doctor", stdout=out)
+        assert f"peer service  serving at 127.0.0.1:{port}" in out.getvalue()
+    finally:
+        server.stop(0).wait()
+    # its peer service is gone: the doctor fails and says so
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 problem"):
+        call_command("doctor", stdout=out)
+    assert f"not answering at 127.0.0.1:{port}" in out.getvalue() and "run_peer" in out.getvalue()
