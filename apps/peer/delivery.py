@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = float(getattr(settings, "FEDSITE_PEER_BACKOFF_MAX_S", 300))
-LEASE_S = 60
+# A worker killed mid-delivery holds its partner's outbox this long. Renewed every LEASE_S / 3
+# after a send, and one send lasts at most client.CALL_TIMEOUT_S (10 s): 20 s < 30 s.
+LEASE_S = 30
 BATCH = 200
 # Answers meaning "this message will never be accepted": stop retrying it.
 REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
