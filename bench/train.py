@@ -8,11 +8,24 @@ optimizer and epochs) is trained centrally by Keras ``fit`` on the joined data.
 
     .venv/bin/python bench/train.py            # 10 epochs
     .venv/bin/python bench/train.py --quick    # 3 epochs, same shape
+    .venv/bin/python bench/train.py --small    # the ticket's default parameters on small imbalanced data
 
 Prints a table and writes bench/results/train.json. Epoch time is the median over
 epochs of one epoch's wall time (training pass plus validation pass and metrics),
 for both; samples/s is training rows / that epoch time. AUC is on the held-out
 validation rows after the last epoch.
+
+``--small`` is what a new user's first model looks like: a few thousand rows, 5 %
+positives, numeric and categorical features split 1:2 between the sides (seeded
+synthetic data: a mostly linear signal, skewed and count columns, categories of
+4 to 40 levels, 2 % missing values, one mild cross-party interaction). It trains
+with the ticket's default parameters (``apps/tickets/params.py``, what the API
+applies to a ticket that names none) through two runtime processes over mutual
+TLS, scores a held-out set the training never saw with the federated ``score``
+command, and fits, in the same run, a logistic regression on the joined data and
+one on the leader's features alone (L2, C = 1: scikit-learn's defaults, solved
+exactly by Newton's method) on the same preprocessed columns. It writes the
+``small`` key of bench/results/train.json (the other keys are kept).
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TARGETS = {"auc_gap": 0.005, "throughput_ratio": 0.8, "epoch_s": 2.4}
+SMALL_TARGET_GAP = 0.01  # federated test AUC at most this much below centralized logistic regression
 
 
 def make_data(directory: Path, rows: int, fl: int, ff: int, seed: int) -> tuple[Path, Path]:
@@ -64,13 +78,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def federated(work: Path, lp: Path, fp: Path, train: dict) -> dict:
+def pair_configs(work: Path, lp: Path, fp: Path, job_id: str, **blocks: dict) -> dict[str, dict]:
+    """Leader and follower configs over mutual TLS on a free loopback port."""
     from tests.pki import make_party, tls_config
 
     alpha, beta = make_party(work / "pki", "alpha"), make_party(work / "pki", "beta")
     port = free_port()
-    common = {"job_id": "bench-train", "train": train}
-    cfgs = {
+    common = {"job_id": job_id, **blocks}
+    return {
         "leader": {
             **common,
             "role": "leader",
@@ -88,16 +103,20 @@ def federated(work: Path, lp: Path, fp: Path, train: dict) -> dict:
             "output_dir": str(work / "beta"),
         },
     }
+
+
+def run_runtimes(work: Path, cfgs: dict[str, dict], command: str) -> float:
+    """Both sides as `python -m runtime <command>` processes; returns the wall time."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     procs = {}
     t0 = time.perf_counter()
     for role, cfg in cfgs.items():
-        path = work / f"{role}.json"
+        path = work / f"{command}-{role}.json"
         path.write_text(json.dumps(cfg))
-        log = open(work / f"{role}.log", "wb")  # noqa: SIM115 - closed below
+        log = open(work / f"{command}-{role}.log", "wb")  # noqa: SIM115 - closed below
         procs[role] = (
             subprocess.Popen(
-                [sys.executable, "-m", "runtime", "train", "--config", str(path)],
+                [sys.executable, "-m", "runtime", command, "--config", str(path)],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -109,9 +128,13 @@ def federated(work: Path, lp: Path, fp: Path, train: dict) -> dict:
         code = proc.wait()
         log.close()
         if code != 0:
-            tail = (work / f"{role}.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"federated {role} failed ({code}):\n{tail}")
-    wall = time.perf_counter() - t0
+            tail = (work / f"{command}-{role}.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"federated {command} ({role}) failed ({code}):\n{tail}")
+    return time.perf_counter() - t0
+
+
+def federated(work: Path, lp: Path, fp: Path, train: dict) -> dict:
+    wall = run_runtimes(work, pair_configs(work, lp, fp, "bench-train", train=train), "train")
     res = json.loads((work / "alpha" / "train" / "result.json").read_text())
     return {
         "auc": res["metrics"]["validation"]["auc"],
@@ -179,6 +202,199 @@ def centralized(lp: Path, fp: Path, train: dict) -> dict:
     }
 
 
+# -- --small: the ticket's defaults on small imbalanced data ------------------------------------
+def make_small_frames(rows: int, seed: int, positive_rate: float = 0.05) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leader 4 numbers + 2 categories + label, follower 8 numbers + 4 categories (features 1:2)."""
+    rng = np.random.default_rng(seed)
+    ln = rng.normal(size=(rows, 4))
+    ln[:, 3] = np.exp(0.8 * ln[:, 3])  # skewed, like an amount
+    fn = rng.normal(size=(rows, 8))
+    fn[:, 6] = np.exp(0.8 * fn[:, 6])
+    fn[:, 7] = rng.poisson(2.0, size=rows)  # a count
+    levels = {
+        "l_channel": (["web", "app", "branch", "phone"], [0.5, 0.3, 0.15, 0.05], 0.5),
+        "l_region": ([f"r{i:02d}" for i in range(20)], None, 0.3),
+        "f_tier": (["A", "B", "C"], [0.6, 0.3, 0.1], 0.5),
+        "f_segment": ([f"s{i:02d}" for i in range(40)], None, 0.3),
+        "f_flag": (["y", "n"], [0.2, 0.8], 0.0),
+        "f_kind": ([f"k{i}" for i in range(8)], None, 0.4),
+    }
+    cats = {name: rng.choice(values, size=rows, p=p) for name, (values, p, _s) in levels.items()}
+    z = (
+        0.45 * ln[:, 0]
+        - 0.35 * ln[:, 1]
+        + 0.25 * np.log(ln[:, 3])
+        + 0.4 * fn[:, 0]
+        + 0.3 * fn[:, 1]
+        - 0.3 * fn[:, 2]
+        + 0.2 * fn[:, 3]
+        + 0.25 * np.log(fn[:, 6])
+        + 0.1 * fn[:, 7]
+        + 0.4 * (cats["f_flag"] == "y")
+        + 0.3 * np.tanh(ln[:, 2] * fn[:, 4])  # a mild cross-party interaction
+    )
+    for name, (values, _p, scale) in levels.items():
+        if scale:
+            effect = dict(zip(values, rng.normal(0, scale, len(values)), strict=True))
+            z = z + np.array([effect[v] for v in cats[name]])
+    lo, hi = -12.0, 6.0  # intercept for the wanted share of positives
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.mean(1 / (1 + np.exp(-(z + mid)))) < positive_rate else (lo, mid)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(z + mid)))).astype(np.int8)
+    for a in (ln, fn):
+        a[rng.random(a.shape) < 0.02] = np.nan  # a few missing values
+    ids = [f"c{i:06d}" for i in range(rows)]
+    leader = pd.DataFrame({"id": ids, **{f"l_num{i}": ln[:, i] for i in range(4)}})
+    follower = pd.DataFrame({"id": ids, **{f"f_num{i}": fn[:, i] for i in range(8)}})
+    for name, column in cats.items():
+        (leader if name.startswith("l_") else follower)[name] = column
+    leader["y"] = y
+    return leader, follower
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> np.ndarray:
+    """L2-penalised logistic regression (intercept unpenalised) by Newton's method; weights then intercept."""
+    xb = np.concatenate([x.astype(np.float64), np.ones((len(x), 1))], axis=1)
+    penalty = np.r_[np.full(x.shape[1], 1.0 / c), 0.0]
+    w = np.zeros(xb.shape[1])
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(xb @ w)))
+        grad = xb.T @ (p - y) + penalty * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(penalty)
+        step = np.linalg.solve(hess + 1e-9 * np.eye(len(w)), grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return w
+
+
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(x.astype(np.float64) @ w[:-1] + w[-1])))
+
+
+def ticket_default_train_params() -> dict:
+    """What the API stores for a vertical NN ticket that names no training parameters."""
+    from apps.tickets.params import validate_params
+
+    return validate_params("vertical_nn", {})["train"]
+
+
+def small(args: argparse.Namespace) -> dict:
+    from runtime.train.data import Preprocessor
+    from runtime.train.metrics import binary_metrics
+
+    train = ticket_default_train_params()
+    leader, follower = make_small_frames(args.small_rows + args.small_test_rows, seed=args.small_seed)
+    rows = args.small_rows
+    with tempfile.TemporaryDirectory(prefix="fedsite-bench-small-") as tmp:
+        work = Path(tmp)
+        paths = {}
+        for name, frame in (("leader", leader), ("follower", follower)):
+            paths[name] = work / f"{name}.csv"
+            paths[f"{name}_test"] = work / f"{name}_test.csv"
+            frame.iloc[:rows].to_csv(paths[name], index=False)
+            frame.iloc[rows:].to_csv(paths[f"{name}_test"], index=False)
+        y = leader["y"].to_numpy(np.float64)
+        y_train, y_test = y[:rows], y[rows:]
+        print(
+            f"small data: {rows} training rows ({y_train.mean():.1%} positive), {args.small_test_rows} held-out rows; "
+            f"leader {leader.shape[1] - 2} features + label, follower {follower.shape[1] - 1} features",
+            flush=True,
+        )
+        print(f"ticket defaults: {json.dumps(train, sort_keys=True)}", flush=True)
+        cfgs = pair_configs(work, paths["leader"], paths["follower"], "bench-small", train=train)
+        train_wall = run_runtimes(work, cfgs, "train")
+        res = json.loads((work / "alpha" / "train" / "result.json").read_text())
+        # Federated scoring of the held-out rows with both exported halves (a new job on a new port).
+        for side, cfg in cfgs.items():
+            cfg["job_id"] = "bench-small-score"
+            cfg["score"] = {"data_path": str(paths[f"{side}_test"])}
+        port = free_port()
+        cfgs["leader"]["listen_address"] = cfgs["follower"]["peer_address"] = f"127.0.0.1:{port}"
+        score_wall = run_runtimes(work, cfgs, "score")
+        scores = pd.read_csv(work / "alpha" / "score" / "scores.csv")
+        if scores["id"].tolist() != leader["id"].iloc[rows:].tolist():
+            raise SystemExit("the federated scores are not in the held-out set's order")
+        fed_test = binary_metrics(y_test, scores["score"].to_numpy())
+    # The logistic regressions see the same preprocessed columns (standardised numbers, one-hot
+    # categories, learned on the training rows) and every training row, validation rows included.
+    features = {
+        name: frame.drop(columns=[c for c in ("id", "y") if c in frame.columns])
+        for name, frame in (("leader", leader), ("follower", follower))
+    }
+    fit_rows = np.arange(rows)
+    x = {
+        name: Preprocessor.fit(f, fit_rows, int(train.get("max_categories", 64))).transform(f)
+        for name, f in features.items()
+    }
+    joined = np.concatenate([x["leader"], x["follower"]], axis=1)
+    w_joined = fit_logistic(joined[:rows], y_train)
+    w_leader = fit_logistic(x["leader"][:rows], y_train)
+    lr_test = binary_metrics(y_test, predict_logistic(w_joined, joined[rows:]))
+    leader_test = binary_metrics(y_test, predict_logistic(w_leader, x["leader"][rows:]))
+    gap = lr_test["auc"] - fed_test["auc"]
+    return {
+        "rows": rows,
+        "test_rows": args.small_test_rows,
+        "positive_rate": float(y_train.mean()),
+        "seed": args.small_seed,
+        "params": train,
+        "federated": {
+            "auc": fed_test["auc"],
+            "ks": fed_test["ks"],
+            "validation_auc": res["metrics"]["validation"].get("auc"),
+            "best_epoch": res["best_epoch"],
+            "epochs_run": res["epochs"],
+            "stopped_early": res["stopped_early"],
+            "train_rows": res["train_rows"],
+            "early_stopping_rows": res["early_stopping_rows"],
+            "validation_rows": res["validation_rows"],
+            "train_wall_s": train_wall,
+            "score_wall_s": score_wall,
+        },
+        "centralized_lr": {"auc": lr_test["auc"], "ks": lr_test["ks"]},
+        "leader_only": {"model": "logistic regression on the leader's features", "auc": leader_test["auc"]},
+        "gap_to_centralized_lr": gap,
+        "target_gap": SMALL_TARGET_GAP,
+        "checks": {"federated_within_0.01_of_centralized_lr": gap <= SMALL_TARGET_GAP},
+    }
+
+
+def print_small(r: dict) -> None:
+    fed = r["federated"]
+    rows = [
+        ("held-out AUC", "federated (defaults)", "centralized LR", "leader-only LR", "target"),
+        (
+            f"{r['test_rows']} rows",
+            f"{fed['auc']:.4f}",
+            f"{r['centralized_lr']['auc']:.4f}",
+            f"{r['leader_only']['auc']:.4f}",
+            f"gap <= {SMALL_TARGET_GAP} (gap {r['gap_to_centralized_lr']:+.4f})",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(
+        f"federated: kept epoch {fed['best_epoch']} of {fed['epochs_run']} (early stopping on "
+        f"{fed['early_stopping_rows']} rows), validation AUC {fed['validation_auc']:.4f} on {fed['validation_rows']} rows, "
+        f"{fed['train_wall_s']:.1f} s training + {fed['score_wall_s']:.1f} s scoring with process start"
+    )
+    print("checks: " + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in r["checks"].items()))
+
+
+def write_results(out: Path, update: dict) -> None:
+    """Merge `update` into the results file: each mode rewrites only its own keys."""
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data.update(update)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpf = out.with_suffix(".json.tmp")
+    tmpf.write_text(json.dumps(data, indent=2) + "\n")
+    tmpf.replace(out)
+    print(f"wrote {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 epochs instead of 10 (same data shape)")
@@ -189,7 +405,16 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--data-dir", default=None, help="keep the generated CSVs here and reuse them on the next run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
+    ap.add_argument("--small", action="store_true", help="the ticket's default parameters on small imbalanced data")
+    ap.add_argument("--small-rows", type=int, default=5000, help="training rows of --small")
+    ap.add_argument("--small-test-rows", type=int, default=20000, help="held-out rows of --small")
+    ap.add_argument("--small-seed", type=int, default=1)
     args = ap.parse_args()
+    if args.small:
+        small_result = small(args)
+        print_small(small_result)
+        write_results(Path(args.out), {"small": small_result})
+        return 0
     epochs = args.epochs or (3 if args.quick else 10)
     train = {
         "epochs": epochs,
@@ -255,12 +480,7 @@ def main() -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print("checks: " + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in checks.items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = out.with_suffix(".json.tmp")
-    tmpf.write_text(json.dumps(result, indent=2) + "\n")
-    tmpf.replace(out)
-    print(f"wrote {out}")
+    write_results(Path(args.out), result)
     return 0
 
 

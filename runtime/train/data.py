@@ -107,6 +107,29 @@ def split_rows(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def split_for_training(
+    n: int, validation_fraction: float, early_stopping_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, early stopping, validation) row indices, the same on both sides.
+
+    The validation rows are those of :func:`split_rows`; the early-stopping rows
+    are carved from its training part (``early_stopping_fraction`` of all rows),
+    so the epoch early stopping keeps is chosen on rows that neither trained the
+    model nor produce the validation metrics reported for it.
+    """
+    train, val = split_rows(n, validation_fraction, seed)
+    n_es = int(round(n * early_stopping_fraction))
+    if early_stopping_fraction > 0 and n_es == 0 and len(train) > 1:
+        n_es = 1
+    if len(train) - n_es < 1:
+        raise DataError(
+            f"data: {n} rows leave nothing to train on with validation_fraction {validation_fraction} "
+            f"and early_stopping_fraction {early_stopping_fraction}"
+        )
+    perm = np.random.default_rng([seed, 9]).permutation(len(train))
+    return np.sort(train[perm[n_es:]]), np.sort(train[perm[:n_es]]), val
+
+
 def epoch_order(train_idx: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return train_idx[np.random.default_rng([seed, 11, epoch]).permutation(len(train_idx))]
 

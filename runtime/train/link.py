@@ -24,7 +24,7 @@ from runtime.config import JobConfig
 from runtime.errors import ConfigError, DataError, PeerError, RuntimeJobError
 from runtime.tls import NO_PORT_SHARING, add_port, open_channel
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: EpochEnd.best_epoch, early-stopping activations
 _END = object()
 RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),

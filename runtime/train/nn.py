@@ -43,10 +43,25 @@ def _seed(seed: int, *parts: str | int) -> int:
     return zlib.crc32(json.dumps([seed, *parts]).encode()) & 0x7FFFFFFF
 
 
-def build_mlp(input_dim: int, layers: tuple[int, ...], activation: str, seed: int, name: str, *, logit: bool = False):
-    """Dense layers with seeded initialisers; `logit` adds a final linear unit."""
+def build_mlp(
+    input_dim: int,
+    layers: tuple[int, ...],
+    activation: str,
+    seed: int,
+    name: str,
+    *,
+    logit: bool = False,
+    l2: float = 0.0,
+):
+    """Dense layers with seeded initialisers; `logit` adds a final linear unit.
+
+    `l2` attaches Keras' L2 kernel regulariser (``l2 * sum(kernel**2)`` added to the
+    loss by ``fit``): the centralized reference uses it; the split halves add the
+    same penalty to their own gradients by hand (see :class:`Half`).
+    """
     import keras
 
+    reg = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=(input_dim,), name=f"{name}_in")
     h = inputs
     for i, width in enumerate(layers):
@@ -54,11 +69,15 @@ def build_mlp(input_dim: int, layers: tuple[int, ...], activation: str, seed: in
             width,
             activation=activation,
             kernel_initializer=keras.initializers.GlorotUniform(seed=_seed(seed, name, i)),
+            kernel_regularizer=reg,
             name=f"{name}_{i}",
         )(h)
     if logit:
         h = keras.layers.Dense(
-            1, kernel_initializer=keras.initializers.GlorotUniform(seed=_seed(seed, name, "out")), name=f"{name}_out"
+            1,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=_seed(seed, name, "out")),
+            kernel_regularizer=reg,
+            name=f"{name}_out",
         )(h)
     return keras.Model(inputs, h, name=name)
 
@@ -77,8 +96,17 @@ def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, f
     """The whole network on joined data ``[leader features | follower features]``, same initial weights."""
     import keras
 
-    lb = build_mlp(leader_dim, leader.bottom_layers, leader.activation, leader.seed, "leader_bottom")
-    fb = build_mlp(follower_dim, follower.bottom_layers, follower.activation, follower.seed, "follower_bottom")
+    lb = build_mlp(
+        leader_dim, leader.bottom_layers, leader.activation, leader.seed, "leader_bottom", l2=leader.l2_regularization
+    )
+    fb = build_mlp(
+        follower_dim,
+        follower.bottom_layers,
+        follower.activation,
+        follower.seed,
+        "follower_bottom",
+        l2=follower.l2_regularization,
+    )
     top = build_mlp(
         leader.bottom_layers[-1] + follower.bottom_layers[-1],
         leader.top_layers,
@@ -86,6 +114,7 @@ def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, f
         leader.seed,
         "top",
         logit=True,
+        l2=leader.l2_regularization,
     )
     x = keras.Input(shape=(leader_dim + follower_dim,))
     xl = keras.layers.Lambda(lambda t: t[:, :leader_dim])(x)
@@ -120,6 +149,10 @@ class Half:
         a_spec = tf.TensorSpec([None, peer_dim or self.out_dim], tf.float32)
         y_spec = tf.TensorSpec([None], tf.float32)
         bottom, top, opt, variables = self.bottom, self.top, self.optimizer, self.variables
+        # L2 on this side's kernels (not biases), as Keras' kernel regulariser would add it to the
+        # loss of the whole network; each side penalises only its own weights, so training stays exact.
+        l2 = float(params.l2_regularization)
+        own_kernels = [layer.kernel for m in self.models for layer in m.layers if hasattr(layer, "kernel")]
 
         if role == "leader":
 
@@ -130,7 +163,8 @@ class Half:
                     tape.watch(a_peer)
                     logits = top(tf.concat([bottom(x, training=True), a_peer], axis=1), training=True)[:, 0]
                     loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
-                grads = tape.gradient(loss, [*variables, a_peer])
+                    total = loss + l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in own_kernels]) if l2 else loss
+                grads = tape.gradient(total, [*variables, a_peer])
                 return grads[-1], loss, tf.sigmoid(logits), grads[:-1]
 
             @tf.function
@@ -149,11 +183,20 @@ class Half:
             def forward(x):
                 return bottom(x, training=True)
 
+            kernel_ids = {id(k) for k in own_kernels}
+
+            def with_l2(grads):
+                if not l2:
+                    return grads
+                return [
+                    gr + 2.0 * l2 * v if id(v) in kernel_ids else gr for gr, v in zip(grads, variables, strict=True)
+                ]
+
             @tf.function(input_signature=[x_spec, g_spec])
             def backward(x, g):
                 with tf.GradientTape() as tape:
                     a = bottom(x, training=True)
-                opt.apply(tape.gradient(a, variables, output_gradients=g), variables)
+                opt.apply(with_l2(tape.gradient(a, variables, output_gradients=g)), variables)
 
             # Training steps that keep the forward pass's intermediate values (`stash`) between
             # calls, so applying batch k's gradient needs no second forward pass of batch k.
@@ -196,12 +239,12 @@ class Half:
             @tf.function(input_signature=[x_spec, stash_spec, g_spec, x_spec])
             def backward_forward(x, zs, g, x_next):
                 """Apply batch k's gradient, then compute batch k+1's activations with the new weights."""
-                opt.apply(grads_from_stash(x, zs, g), variables)
+                opt.apply(with_l2(grads_from_stash(x, zs, g)), variables)
                 return fwd_stash(x_next)
 
             @tf.function(input_signature=[x_spec, stash_spec, g_spec])
             def backward_stash(x, zs, g):
-                opt.apply(grads_from_stash(x, zs, g), variables)
+                opt.apply(with_l2(grads_from_stash(x, zs, g)), variables)
 
             self.forward, self.backward = forward, backward
             self.forward_stash, self.backward_forward, self.backward_stash = (
@@ -331,14 +374,17 @@ class Checkpoints:
                     continue
         return sorted(out)
 
-    def save(self, epoch: int, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+    def save(self, epoch: int, arrays: dict[str, np.ndarray], state: dict[str, Any], *, best: int = 0) -> None:
+        """Write epoch `epoch`; keep the last `keep` epochs and the `best` one (early stopping restores it)."""
+
         def fill(tmp: Path) -> None:
             np.savez(tmp / "weights.npz", **{k.replace("/", "__"): v for k, v in arrays.items()})
             (tmp / "state.json").write_text(json.dumps(state))
 
         write_dir_atomically(self.root / f"epoch-{epoch:04d}", fill)
         for old in self.epochs()[: -self.keep]:
-            shutil.rmtree(self.root / f"epoch-{old:04d}", ignore_errors=True)
+            if old != best:
+                shutil.rmtree(self.root / f"epoch-{old:04d}", ignore_errors=True)
 
     def load(self, epoch: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         d = self.root / f"epoch-{epoch:04d}"

@@ -1,4 +1,10 @@
-"""The ``train`` block of a job config, validated, with defaults."""
+"""The ``train`` block of a job config, validated, with defaults.
+
+The defaults equal the ticket defaults of the control plane (apps/tickets/params.py;
+a test keeps them equal). They were chosen on small imbalanced tabular data (a few
+thousand rows, 5 % positives, numeric and categorical features split 1:2 between
+the sides), see docs/training.md and ``bench/train.py --small``.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,33 @@ from runtime.errors import ConfigError
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "leaky_relu")
 
+# Tuned values (the rest of the defaults are plain choices); see the module docstring.
+DEFAULTS: dict[str, Any] = {
+    "bottom_layers": (32,),
+    "top_layers": (8,),
+    "learning_rate": 0.003,
+    "l2_regularization": 0.003,
+    "batch_size": 64,
+    "epochs": 100,
+    "validation_fraction": 0.1,
+    "early_stopping_patience": 5,
+    "early_stopping_fraction": 0.1,
+}
+
 
 @dataclass(frozen=True)
 class TrainParams:
-    bottom_layers: tuple[int, ...] = (64, 32)
-    top_layers: tuple[int, ...] = (16,)
+    bottom_layers: tuple[int, ...] = DEFAULTS["bottom_layers"]
+    top_layers: tuple[int, ...] = DEFAULTS["top_layers"]
     activation: str = "relu"
     optimizer: str = "adam"
-    learning_rate: float = 0.001
-    batch_size: int = 512
-    epochs: int = 10
-    validation_fraction: float = 0.2
-    early_stopping_patience: int = 0  # 0: off
+    learning_rate: float = DEFAULTS["learning_rate"]
+    l2_regularization: float = DEFAULTS["l2_regularization"]
+    batch_size: int = DEFAULTS["batch_size"]
+    epochs: int = DEFAULTS["epochs"]
+    validation_fraction: float = DEFAULTS["validation_fraction"]
+    early_stopping_patience: int = DEFAULTS["early_stopping_patience"]  # 0: off
+    early_stopping_fraction: float = DEFAULTS["early_stopping_fraction"]
     seed: int = 42
     log_every_steps: int = 50
     check_alignment_every: int = 10
@@ -43,6 +64,7 @@ class TrainParams:
             "epochs",
             "validation_fraction",
             "early_stopping_patience",
+            "early_stopping_fraction",
             "seed",
             "check_alignment_every",
             "share_metrics",
@@ -103,16 +125,18 @@ def parse_train_params(raw: dict[str, Any] | None) -> TrainParams:
     data_path = raw.get("data_path")
     if data_path is not None and not isinstance(data_path, str):
         raise ConfigError("train.data_path: must be a string")
-    return TrainParams(
-        bottom_layers=_layers(raw, "bottom_layers", (64, 32), False),
-        top_layers=_layers(raw, "top_layers", (16,), True),
+    params = TrainParams(
+        bottom_layers=_layers(raw, "bottom_layers", DEFAULTS["bottom_layers"], False),
+        top_layers=_layers(raw, "top_layers", DEFAULTS["top_layers"], True),
         activation=activation,
         optimizer=optimizer,
-        learning_rate=_float(raw, "learning_rate", 0.001, 0.0, 10.0, open_lo=True),
-        batch_size=_int(raw, "batch_size", 512, 1, 1 << 20),
-        epochs=_int(raw, "epochs", 10, 1, 100000),
-        validation_fraction=_float(raw, "validation_fraction", 0.2, 0.0, 0.9),
-        early_stopping_patience=_int(raw, "early_stopping_patience", 0, 0),
+        learning_rate=_float(raw, "learning_rate", DEFAULTS["learning_rate"], 0.0, 10.0, open_lo=True),
+        l2_regularization=_float(raw, "l2_regularization", DEFAULTS["l2_regularization"], 0.0, 10.0),
+        batch_size=_int(raw, "batch_size", DEFAULTS["batch_size"], 1, 1 << 20),
+        epochs=_int(raw, "epochs", DEFAULTS["epochs"], 1, 100000),
+        validation_fraction=_float(raw, "validation_fraction", DEFAULTS["validation_fraction"], 0.0, 0.9),
+        early_stopping_patience=_int(raw, "early_stopping_patience", DEFAULTS["early_stopping_patience"], 0),
+        early_stopping_fraction=_float(raw, "early_stopping_fraction", DEFAULTS["early_stopping_fraction"], 0.0, 0.9),
         seed=_int(raw, "seed", 42, 0, 2**31 - 1),
         log_every_steps=_int(raw, "log_every_steps", 50, 1),
         check_alignment_every=_int(raw, "check_alignment_every", 10, 1),
@@ -125,3 +149,9 @@ def parse_train_params(raw: dict[str, Any] | None) -> TrainParams:
         peer_timeout_s=_float(raw, "peer_timeout_s", 300.0, 0.0, open_lo=True),
         connect_timeout_s=_float(raw, "connect_timeout_s", 600.0, 0.0, open_lo=True),
     )
+    if params.early_stopping_patience and params.validation_fraction + params.early_stopping_fraction >= 0.95:
+        raise ConfigError(
+            "train.early_stopping_fraction: together with validation_fraction it must leave at least 5 % of the rows "
+            f"to train on, got {params.early_stopping_fraction} + {params.validation_fraction}"
+        )
+    return params

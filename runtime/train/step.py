@@ -36,7 +36,7 @@ from runtime.train.data import (
     epoch_order,
     ids_digest,
     read_table,
-    split_rows,
+    split_for_training,
 )
 from runtime.train.link import PROTOCOL_VERSION, FollowerLink, LeaderLink, from_tensor, to_tensor
 from runtime.train.metrics import binary_metrics
@@ -51,6 +51,7 @@ class Prepared:
     x: np.ndarray
     y: np.ndarray | None
     train_idx: np.ndarray
+    es_idx: np.ndarray  # early-stopping rows (empty when early stopping is off)
     val_idx: np.ndarray
     pre: Preprocessor
     digest: bytes
@@ -61,13 +62,28 @@ def prepare(cfg: JobConfig, params: TrainParams, reporter: Reporter) -> Prepared
     reporter.log(f"train: reading {path}")
     table = read_table(path, cfg.data.id_column, cfg.data.label_column, need_label=cfg.is_leader)
     n = len(table.ids)
-    train_idx, val_idx = split_rows(n, params.validation_fraction, params.seed)
+    train_idx, es_idx, val_idx = split_for_training(n, params.validation_fraction, es_fraction(params), params.seed)
     pre = Preprocessor.fit(table.features, train_idx, params.max_categories)
     x = pre.transform(table.features)
     reporter.log(
-        f"train: {n} rows ({len(train_idx)} train, {len(val_idx)} validation), {table.features.shape[1]} columns -> {x.shape[1]} inputs"
+        f"train: {n} rows ({len(train_idx)} train, {len(es_idx)} early stopping, {len(val_idx)} validation), "
+        f"{table.features.shape[1]} columns -> {x.shape[1]} inputs"
     )
-    return Prepared(table, x, table.labels, train_idx, val_idx, pre, ids_digest(table.ids))
+    return Prepared(table, x, table.labels, train_idx, es_idx, val_idx, pre, ids_digest(table.ids))
+
+
+def es_fraction(params: TrainParams) -> float:
+    """Rows carved from the training part for early stopping (none when it is off)."""
+    return params.early_stopping_fraction if params.early_stopping_patience else 0.0
+
+
+def kept_metrics(history: list[dict[str, Any]], best_epoch: int) -> dict[str, Any]:
+    """The metrics of the epoch whose weights were exported."""
+    kept = next((h for h in history if h.get("epoch") == best_epoch), history[-1] if history else {})
+    out = {"train": kept.get("train", {}), "validation": kept.get("validation", {})}
+    if kept.get("early_stopping"):
+        out["early_stopping"] = kept["early_stopping"]
+    return out
 
 
 def make_hello(
@@ -182,6 +198,22 @@ def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
     return _follower(cfg, params, prep, reporter)
 
 
+def restore_best(
+    half: Any, ckpts: Any, state: dict[str, Any], best_arrays: dict[str, np.ndarray] | None, reporter: Reporter
+) -> None:
+    """Put the kept epoch's weights back before export (both sides run this for the same epoch)."""
+    best, last = state.get("best_epoch") or state["epoch"], state["epoch"]
+    state["best_epoch"] = best
+    if not best or best == last:
+        return
+    if best_arrays is None:  # resumed after the best epoch: its checkpoint was kept for this
+        if best not in ckpts.epochs():
+            raise PeerError(f"early stopping keeps epoch {best} but this side has no checkpoint for it")
+        best_arrays, _ = ckpts.load(best)
+    half.load_arrays(best_arrays)
+    reporter.log(f"train: keeping the weights of epoch {best} (early stopping's best), not of the last epoch {last}")
+
+
 # -- leader ----------------------------------------------------------------------
 def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Reporter) -> dict[str, Any]:
     from runtime.train.nn import Checkpoints, Half
@@ -203,7 +235,16 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
         start = max(common, default=0)
         link.send(pb.LeaderMessage(welcome=pb.Welcome(start_epoch=start, share_metrics=params.share_metrics)))
         half = Half("leader", prep.x.shape[1], params, peer_dim=theirs.activation_dim)
-        state: dict[str, Any] = {"epoch": 0, "stopped": False, "best": None, "wait": 0, "history": [], "step": 0}
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "stopped": False,
+            "best": None,
+            "best_epoch": 0,
+            "wait": 0,
+            "history": [],
+            "step": 0,
+        }
+        best_arrays: dict[str, np.ndarray] | None = None
         if start:
             arrays, state = ckpts.load(start)
             half.load_arrays(arrays)
@@ -212,10 +253,11 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
         assert y is not None
         ids = prep.table.ids
         every = params.check_alignment_every
-        n_train, val_idx = len(prep.train_idx), prep.val_idx
+        n_train, val_idx, es_idx = len(prep.train_idx), prep.val_idx, prep.es_idx
         val_batches = batches(val_idx, params.batch_size)
+        es_batches = batches(es_idx, params.batch_size)
         n_batches = math.ceil(n_train / params.batch_size)
-        total = params.epochs * (n_batches + len(val_batches))
+        total = params.epochs * (n_batches + len(val_batches) + len(es_batches))
         step = state["step"]
         for epoch in range(start, params.epochs):
             if state["stopped"]:
@@ -257,33 +299,54 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
                 if step % params.log_every_steps == 0:
                     reporter.metric("loss", loss_sum / loss_n, step=step, epoch=epoch + 1, split="train")
                     loss_sum, loss_n = 0.0, 0
-                reporter.progress((epoch * (n_batches + len(val_batches)) + b + 1) / total, STAGE)
+                reporter.progress((epoch * (n_batches + len(val_batches) + len(es_batches)) + b + 1) / total, STAGE)
             train_s = time.perf_counter() - t0
-            vpreds = np.empty(len(val_idx), np.float32)
-            pos = 0
-            for b, idx in enumerate(val_batches):
-                act = expect(
-                    link.recv(timeout, f"validation activations of epoch {epoch + 1} batch {b}"), "activations"
-                )
-                _check_batch(act, epoch, b, "validation", ids, idx, every)
-                vpreds[pos : pos + len(idx)] = half.predict(x[idx], from_tensor(act.value)).numpy()
-                pos += len(idx)
+
+            def predict_split(split: str, split_batches: list[np.ndarray], rows: int, epoch: int = epoch) -> np.ndarray:
+                out = np.empty(rows, np.float32)
+                at = 0
+                for b, idx in enumerate(split_batches):
+                    act = expect(
+                        link.recv(timeout, f"{split} activations of epoch {epoch + 1} batch {b}"), "activations"
+                    )
+                    _check_batch(act, epoch, b, split, ids, idx, every)
+                    out[at : at + len(idx)] = half.predict(x[idx], from_tensor(act.value)).numpy()
+                    at += len(idx)
+                return out
+
+            vpreds = predict_split("validation", val_batches, len(val_idx))
+            epreds = predict_split("early_stopping", es_batches, len(es_idx))
             metrics = {
                 "train": binary_metrics(y[order], preds),
                 "validation": binary_metrics(y[val_idx], vpreds) if len(val_idx) else {},
             }
-            monitor = metrics["validation"].get("loss", metrics["train"]["loss"])
-            if state["best"] is None or monitor < state["best"]:
-                state["best"], state["wait"] = monitor, 0
+            if len(es_idx):
+                metrics["early_stopping"] = binary_metrics(y[es_idx], epreds)
+            stop = False
+            if params.early_stopping_patience:
+                # The early-stopping rows when there are any (never the reported validation rows then).
+                monitored = metrics.get("early_stopping") or metrics["validation"] or metrics["train"]
+                monitor = monitored["loss"]
+                if state["best"] is None or monitor < state["best"]:
+                    state["best"], state["wait"], state["best_epoch"] = monitor, 0, epoch + 1
+                else:
+                    state["wait"] += 1
+                stop = state["wait"] >= params.early_stopping_patience
             else:
-                state["wait"] += 1
-            stop = bool(params.early_stopping_patience and state["wait"] >= params.early_stopping_patience)
+                state["best_epoch"] = epoch + 1  # without early stopping the last epoch is kept
+            if state["best_epoch"] == epoch + 1:
+                best_arrays = half.state_arrays()
             epoch_s = time.perf_counter() - t0
             flat = {f"{split}.{k}": v for split, m in metrics.items() for k, v in m.items()}
             flat.update({"epoch_s": epoch_s, "train_s": train_s})
             link.send(
                 pb.LeaderMessage(
-                    epoch_end=pb.EpochEnd(epoch=epoch, stop=stop, metrics=flat if params.share_metrics else {})
+                    epoch_end=pb.EpochEnd(
+                        epoch=epoch,
+                        stop=stop,
+                        metrics=flat if params.share_metrics else {},
+                        best_epoch=state["best_epoch"],
+                    )
                 )
             )
             for split, m in metrics.items():
@@ -302,24 +365,26 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
                 )
             )
             state.update(epoch=epoch + 1, stopped=stop, step=step)
-            ckpts.save(epoch + 1, half.state_arrays(), state)
+            ckpts.save(epoch + 1, half.state_arrays(), state, best=state["best_epoch"])
             reporter.log(
                 f"train: epoch {epoch + 1}/{params.epochs} {epoch_s:.2f} s, loss {metrics['train']['loss']:.4f}, "
                 f"validation auc {metrics['validation'].get('auc', float('nan')):.4f}{', early stop' if stop else ''}"
             )
+        restore_best(half, ckpts, state, best_arrays, reporter)
         model_dir = out / "model"
         export_half(half, prep, cfg, params, model_dir)
         expect(link.recv(timeout, "the follower's export"), "done")
-        last = state["history"][-1] if state["history"] else {}
         result = {
             "role": "leader",
             "job_id": cfg.job_id,
-            "metrics": {"train": last.get("train", {}), "validation": last.get("validation", {})},
+            "metrics": kept_metrics(state["history"], state["best_epoch"]),
+            "best_epoch": state["best_epoch"],
             "history": state["history"],
             "model_dir": str(model_dir),
             "epochs": state["epoch"],
             "rows": len(prep.table.ids),
             "train_rows": n_train,
+            "early_stopping_rows": len(es_idx),
             "validation_rows": len(val_idx),
             "resumed_from": start,
             "stopped_early": state["stopped"],
@@ -330,9 +395,7 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
         from runtime.train.nn import write_file_atomically
 
         write_file_atomically(out / "result.json", json.dumps(result, indent=2))
-        done_metrics = {
-            f"{s}.{k}": v for s in ("train", "validation") for k, v in result["metrics"][s].items() if v is not None
-        }
+        done_metrics = {f"{s}.{k}": v for s, m in result["metrics"].items() for k, v in m.items() if v is not None}
         link.send(
             pb.LeaderMessage(
                 done=pb.Done(rows=len(prep.table.ids), metrics=done_metrics if params.share_metrics else {})
@@ -376,7 +439,8 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
         check_hello(mine, theirs)
         welcome = expect(link.recv(timeout, "the leader's welcome"), "welcome")
         start = welcome.start_epoch
-        state: dict[str, Any] = {"epoch": 0, "stopped": False, "history": []}
+        state: dict[str, Any] = {"epoch": 0, "stopped": False, "best_epoch": 0, "history": []}
+        best_arrays: dict[str, np.ndarray] | None = None
         if start:
             if start not in ckpts.epochs():
                 raise PeerError(f"the leader resumes after epoch {start} but this side has no checkpoint for it")
@@ -385,9 +449,10 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
             reporter.log(f"train: resuming after epoch {start} from the checkpoints of both sides")
         x, ids, every = prep.x, prep.table.ids, params.check_alignment_every
         val_batches = batches(prep.val_idx, params.batch_size)
+        es_batches = batches(prep.es_idx, params.batch_size)
         n_train = len(prep.train_idx)
         n_batches = math.ceil(n_train / params.batch_size)
-        total = params.epochs * (n_batches + len(val_batches))
+        total = params.epochs * (n_batches + len(val_batches) + len(es_batches))
         step = 0
 
         def send_act(epoch: int, b: int, split: str, idx: np.ndarray, a: Any) -> None:
@@ -431,40 +496,52 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
                     if step % params.log_every_steps == 0:
                         reporter.metric("loss", loss_sum / loss_n, step=step, epoch=epoch + 1, split="train")
                         loss_sum, loss_n = 0.0, 0
-                reporter.progress((epoch * (n_batches + len(val_batches)) + b + 1) / total, STAGE)
+                reporter.progress((epoch * (n_batches + len(val_batches) + len(es_batches)) + b + 1) / total, STAGE)
             for b, idx in enumerate(val_batches):
                 send_act(epoch, b, "validation", idx, half.forward(x[idx]))
+            for b, idx in enumerate(es_batches):
+                send_act(epoch, b, "early_stopping", idx, half.forward(x[idx]))
             end = expect(link.recv(timeout, f"the end of epoch {epoch + 1}"), "epoch_end")
             if end.epoch != epoch:
                 raise PeerError(f"protocol error: the leader ended epoch {end.epoch + 1}, expected {epoch + 1}")
             epoch_s = time.perf_counter() - t0
             metrics: dict[str, dict[str, float]] = {"train": {}, "validation": {}}
+            if len(prep.es_idx):
+                metrics["early_stopping"] = {}
             for key, v in end.metrics.items():
                 split, _, name = key.partition(".")
                 if split in metrics and name:
                     metrics[split][name] = v
                     reporter.metric(name, v, step=step, epoch=epoch + 1, split=split)
             state["history"].append(clean({"epoch": epoch + 1, **metrics, "epoch_s": epoch_s, "train_rows": n_train}))
-            state.update(epoch=epoch + 1, stopped=end.stop)
-            ckpts.save(epoch + 1, half.state_arrays(), state)
+            if not 1 <= end.best_epoch <= epoch + 1:
+                raise PeerError(
+                    f"protocol error: the leader names epoch {end.best_epoch} the best after epoch {epoch + 1}"
+                )
+            if end.best_epoch == epoch + 1:
+                best_arrays = half.state_arrays()
+            state.update(epoch=epoch + 1, stopped=end.stop, best_epoch=end.best_epoch)
+            ckpts.save(epoch + 1, half.state_arrays(), state, best=end.best_epoch)
             reporter.log(
                 f"train: epoch {epoch + 1}/{params.epochs} {epoch_s:.2f} s{', early stop' if end.stop else ''}"
             )
+        restore_best(half, ckpts, state, best_arrays, reporter)
         model_dir = out / "model"
         export_half(half, prep, cfg, params, model_dir)
         link.send(pb.FollowerMessage(done=pb.Done(rows=len(ids))))
         expect(link.recv(timeout, "the leader's export"), "done")
-        last = state["history"][-1] if state["history"] else {}
         result = clean(
             {
                 "role": "follower",
                 "job_id": cfg.job_id,
-                "metrics": {"train": last.get("train", {}), "validation": last.get("validation", {})},
+                "metrics": kept_metrics(state["history"], state["best_epoch"]),
+                "best_epoch": state["best_epoch"],
                 "history": state["history"],
                 "model_dir": str(model_dir),
                 "epochs": state["epoch"],
                 "rows": len(ids),
                 "train_rows": n_train,
+                "early_stopping_rows": len(prep.es_idx),
                 "validation_rows": len(prep.val_idx),
                 "resumed_from": start,
                 "stopped_early": state["stopped"],

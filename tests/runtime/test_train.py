@@ -148,15 +148,16 @@ def centralized_auc(leader_csv: Path, follower_csv: Path, train: dict) -> float:
     """The same network (same initial weights) trained by Keras on the joined data."""
     import keras
 
-    from runtime.train.data import Preprocessor, read_table, split_rows
+    from runtime.train.data import Preprocessor, read_table, split_for_training
     from runtime.train.metrics import binary_metrics
     from runtime.train.nn import build_centralized
     from runtime.train.params import parse_train_params
+    from runtime.train.step import es_fraction
 
     p = parse_train_params(train)
     lt = read_table(str(leader_csv), "id", "label", need_label=True)
     ft = read_table(str(follower_csv), "id", None, need_label=False)
-    tr, va = split_rows(len(lt.ids), p.validation_fraction, p.seed)
+    tr, _es, va = split_for_training(len(lt.ids), p.validation_fraction, es_fraction(p), p.seed)
     xl = Preprocessor.fit(lt.features, tr, p.max_categories).transform(lt.features)
     xf = Preprocessor.fit(ft.features, tr, p.max_categories).transform(ft.features)
     x = np.concatenate([xl, xf], axis=1)
@@ -297,6 +298,69 @@ def test_bad_train_param_names_the_field(pki, tmp_path: Path) -> None:
         parse_train_params({"optimizer": "lbfgs"})
     with pytest.raises(ConfigError, match="train.bottom_layers"):
         parse_train_params({"bottom_layers": [0]})
+    with pytest.raises(ConfigError, match="train.early_stopping_fraction"):
+        parse_train_params({"validation_fraction": 0.5, "early_stopping_fraction": 0.5})
+
+
+def test_early_stopping_keeps_the_best_epoch_on_both_sides(pki, tmp_path: Path) -> None:
+    """A high learning rate overfits fast: the exported halves and the reported metrics are the best epoch's."""
+    lp, fp = make_data(tmp_path / "data", 1500, seed=6)
+    train = {
+        **TRAIN,
+        "epochs": 40,
+        "batch_size": 32,
+        "learning_rate": 0.03,
+        "bottom_layers": [64],
+        "top_layers": [32],
+        "l2_regularization": 0.0,
+        "early_stopping_patience": 2,
+        "early_stopping_fraction": 0.2,
+        "validation_fraction": 0.2,
+    }
+    leader, follower = configs(pki, tmp_path, lp, fp, train)
+    lres, fres, lrep, frep = run_pair(leader, follower)
+    assert not isinstance(lres, Exception), lres
+    assert not isinstance(fres, Exception), fres
+    # given it stopped early, the kept epoch is the one `patience` epochs before the last
+    assert lres["stopped_early"] and lres["epochs"] < 40
+    best = lres["best_epoch"]
+    assert best == lres["epochs"] - 2 and fres["best_epoch"] == best
+    history = {h["epoch"]: h for h in lres["history"]}
+    es_loss = {e: h["early_stopping"]["loss"] for e, h in history.items()}
+    assert min(es_loss, key=lambda e: es_loss[e]) == best
+    # the reported metrics are the kept epoch's, on both sides
+    assert lres["metrics"]["validation"] == history[best]["validation"]
+    assert lres["metrics"]["train"] == history[best]["train"]
+    assert fres["metrics"]["validation"]["auc"] == pytest.approx(history[best]["validation"]["auc"])
+    last_val_auc = history[lres["epochs"]]["validation"]["auc"]
+    assert last_val_auc != pytest.approx(history[best]["validation"]["auc"], abs=1e-4)
+    # three disjoint splits; early stopping never looked at the validation rows
+    assert lres["train_rows"] + lres["early_stopping_rows"] + lres["validation_rows"] == 1500
+    assert lres["early_stopping_rows"] == 300 and lres["validation_rows"] == 300
+    assert {e["split"] for e in lrep.events if e["type"] == "metric"} == {"train", "validation", "early_stopping"}
+    # the best epoch's checkpoint outlives the last-three pruning (a resume can still restore it)
+    for side in ("alpha", "beta"):
+        assert (tmp_path / side / "train" / "checkpoint" / f"epoch-{best:04d}").exists()
+    # when: both exported halves score the training table, then the validation rows score as reported
+    from runtime.train.data import split_for_training
+
+    _tr, _es, val = split_for_training(1500, 0.2, 0.2, 42)
+    score_leader = {**leader, "job_id": "score-es", "output_dir": str(tmp_path / "alpha-score")}
+    score_follower = {**follower, "job_id": "score-es", "output_dir": str(tmp_path / "beta-score")}
+    port = free_port()
+    score_leader["listen_address"] = score_follower["peer_address"] = f"127.0.0.1:{port}"
+    score_leader["score"] = {"model_dir": str(tmp_path / "alpha" / "train" / "model")}
+    score_follower["score"] = {"model_dir": str(tmp_path / "beta" / "train" / "model")}
+    sres, sfres, _, _ = run_pair(score_leader, score_follower, "score")
+    assert not isinstance(sres, Exception), sres
+    assert not isinstance(sfres, Exception), sfres
+    scores = pd.read_csv(tmp_path / "alpha-score" / "score" / "scores.csv")["score"].to_numpy()
+    labels = pd.read_csv(lp)["label"].to_numpy()
+    from runtime.train.metrics import binary_metrics
+
+    assert binary_metrics(labels[val], scores[val])["auc"] == pytest.approx(
+        history[best]["validation"]["auc"], abs=1e-6
+    )
 
 
 def test_resume_agrees_on_the_last_common_checkpoint(pki, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedsite_proto/runtime/v1/train.proto\x12\x18\x66\x65\x64site_proto.runtime.v1\"2\n\x06Tensor\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb9\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0c\n\x04rows\x18\x05 \x01(\x03\x12\x12\n\nids_digest\x18\x06 \x01(\x0c\x12\x15\n\rshared_params\x18\x07 \x01(\t\x12\x19\n\x11\x63heckpoint_epochs\x18\x08 \x03(\x05\x12\x16\n\x0e\x61\x63tivation_dim\x18\t \x01(\x05\"5\n\x07Welcome\x12\x13\n\x0bstart_epoch\x18\x01 \x01(\x05\x12\x15\n\rshare_metrics\x18\x02 \x01(\x08\"}\n\x0b\x41\x63tivations\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x03\x12\r\n\x05split\x18\x03 \x01(\t\x12/\n\x05value\x18\x04 \x01(\x0b\x32 .fedsite_proto.runtime.v1.Tensor\x12\x10\n\x08ids_hash\x18\x05 \x01(\x0c\"h\n\tGradients\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x03\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .fedsite_proto.runtime.v1.Tensor\x12\x0c\n\x04loss\x18\x04 \x01(\x02\"\x99\x01\n\x08\x45pochEnd\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12@\n\x07metrics\x18\x03 \x03(\x0b\x32/.fedsite_proto.runtime.v1.EpochEnd.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x82\x01\n\x04\x44one\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12<\n\x07metrics\x18\x02 \x03(\x0b\x32+.fedsite_proto.runtime.v1.Done.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xef\x01\n\x0f\x46ollowerMessage\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.fedsite_proto.runtime.v1.HelloH\x00\x12<\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32%.fedsite_proto.runtime.v1.ActivationsH\x00\x12.\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1e.fedsite_proto.runtime.v1.DoneH\x00\x12\x34\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32!.fedsite_proto.runtime.v1.FailureH\x00\x42\x06\n\x04\x62ody\"\xd8\x02\n\rLeaderMessage\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.fedsite_proto.runtime.v1.HelloH\x00\x12\x34\n\x07welcome\x18\x02 \x01(\x0b\x32!.fedsite_proto.runtime.v1.WelcomeH\x00\x12\x38\n\tgradients\x18\x03 \x01(\x0b\x32#.fedsite_proto.runtime.v1.GradientsH\x00\x12\x37\n\tepoch_end\x18\x04 \x01(\x0b\x32\".fedsite_proto.runtime.v1.EpochEndH\x00\x12.\n\x04\x64one\x18\x05 \x01(\x0b\x32\x1e.fedsite_proto.runtime.v1.DoneH\x00\x12\x34\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32!.fedsite_proto.runtime.v1.FailureH\x00\x42\x06\n\x04\x62ody2m\n\x07SplitNN\x12\x62\n\x08\x45xchange\x12).fedsite_proto.runtime.v1.FollowerMessage\x1a\'.fedsite_proto.runtime.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$fedsite_proto/runtime/v1/train.proto\x12\x18\x66\x65\x64site_proto.runtime.v1\"2\n\x06Tensor\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ols\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb9\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0c\n\x04rows\x18\x05 \x01(\x03\x12\x12\n\nids_digest\x18\x06 \x01(\x0c\x12\x15\n\rshared_params\x18\x07 \x01(\t\x12\x19\n\x11\x63heckpoint_epochs\x18\x08 \x03(\x05\x12\x16\n\x0e\x61\x63tivation_dim\x18\t \x01(\x05\"5\n\x07Welcome\x12\x13\n\x0bstart_epoch\x18\x01 \x01(\x05\x12\x15\n\rshare_metrics\x18\x02 \x01(\x08\"}\n\x0b\x41\x63tivations\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x03\x12\r\n\x05split\x18\x03 \x01(\t\x12/\n\x05value\x18\x04 \x01(\x0b\x32 .fedsite_proto.runtime.v1.Tensor\x12\x10\n\x08ids_hash\x18\x05 \x01(\x0c\"h\n\tGradients\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x03\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .fedsite_proto.runtime.v1.Tensor\x12\x0c\n\x04loss\x18\x04 \x01(\x02\"\xad\x01\n\x08\x45pochEnd\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12@\n\x07metrics\x18\x03 \x03(\x0b\x32/.fedsite_proto.runtime.v1.EpochEnd.MetricsEntry\x12\x12\n\nbest_epoch\x18\x04 \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x82\x01\n\x04\x44one\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12<\n\x07metrics\x18\x02 \x03(\x0b\x32+.fedsite_proto.runtime.v1.Done.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xef\x01\n\x0f\x46ollowerMessage\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.fedsite_proto.runtime.v1.HelloH\x00\x12<\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32%.fedsite_proto.runtime.v1.ActivationsH\x00\x12.\n\x04\x64one\x18\x03 \x01(\x0b\x32\x1e.fedsite_proto.runtime.v1.DoneH\x00\x12\x34\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32!.fedsite_proto.runtime.v1.FailureH\x00\x42\x06\n\x04\x62ody\"\xd8\x02\n\rLeaderMessage\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.fedsite_proto.runtime.v1.HelloH\x00\x12\x34\n\x07welcome\x18\x02 \x01(\x0b\x32!.fedsite_proto.runtime.v1.WelcomeH\x00\x12\x38\n\tgradients\x18\x03 \x01(\x0b\x32#.fedsite_proto.runtime.v1.GradientsH\x00\x12\x37\n\tepoch_end\x18\x04 \x01(\x0b\x32\".fedsite_proto.runtime.v1.EpochEndH\x00\x12.\n\x04\x64one\x18\x05 \x01(\x0b\x32\x1e.fedsite_proto.runtime.v1.DoneH\x00\x12\x34\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32!.fedsite_proto.runtime.v1.FailureH\x00\x42\x06\n\x04\x62ody2m\n\x07SplitNN\x12\x62\n\x08\x45xchange\x12).fedsite_proto.runtime.v1.FollowerMessage\x1a\'.fedsite_proto.runtime.v1.LeaderMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,19 +46,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRADIENTS']._serialized_start=488
   _globals['_GRADIENTS']._serialized_end=592
   _globals['_EPOCHEND']._serialized_start=595
-  _globals['_EPOCHEND']._serialized_end=748
-  _globals['_EPOCHEND_METRICSENTRY']._serialized_start=702
-  _globals['_EPOCHEND_METRICSENTRY']._serialized_end=748
-  _globals['_DONE']._serialized_start=751
-  _globals['_DONE']._serialized_end=881
-  _globals['_DONE_METRICSENTRY']._serialized_start=702
-  _globals['_DONE_METRICSENTRY']._serialized_end=748
-  _globals['_FAILURE']._serialized_start=883
-  _globals['_FAILURE']._serialized_end=923
-  _globals['_FOLLOWERMESSAGE']._serialized_start=926
-  _globals['_FOLLOWERMESSAGE']._serialized_end=1165
-  _globals['_LEADERMESSAGE']._serialized_start=1168
-  _globals['_LEADERMESSAGE']._serialized_end=1512
-  _globals['_SPLITNN']._serialized_start=1514
-  _globals['_SPLITNN']._serialized_end=1623
+  _globals['_EPOCHEND']._serialized_end=768
+  _globals['_EPOCHEND_METRICSENTRY']._serialized_start=722
+  _globals['_EPOCHEND_METRICSENTRY']._serialized_end=768
+  _globals['_DONE']._serialized_start=771
+  _globals['_DONE']._serialized_end=901
+  _globals['_DONE_METRICSENTRY']._serialized_start=722
+  _globals['_DONE_METRICSENTRY']._serialized_end=768
+  _globals['_FAILURE']._serialized_start=903
+  _globals['_FAILURE']._serialized_end=943
+  _globals['_FOLLOWERMESSAGE']._serialized_start=946
+  _globals['_FOLLOWERMESSAGE']._serialized_end=1185
+  _globals['_LEADERMESSAGE']._serialized_start=1188
+  _globals['_LEADERMESSAGE']._serialized_end=1532
+  _globals['_SPLITNN']._serialized_start=1534
+  _globals['_SPLITNN']._serialized_end=1643
 # @@protoc_insertion_point(module_scope)

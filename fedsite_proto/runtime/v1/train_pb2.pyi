@@ -73,7 +73,7 @@ class Gradients(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., batch: _Optional[int] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class EpochEnd(_message.Message):
-    __slots__ = ("epoch", "stop", "metrics")
+    __slots__ = ("epoch", "stop", "metrics", "best_epoch")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,10 +84,12 @@ class EpochEnd(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     stop: bool
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, epoch: _Optional[int] = ..., stop: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    best_epoch: int
+    def __init__(self, epoch: _Optional[int] = ..., stop: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ..., best_epoch: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("rows", "metrics")
