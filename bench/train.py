@@ -166,7 +166,7 @@ def centralized(lp: Path, fp: Path, train: dict) -> dict:
     xf = Preprocessor.fit(ft.features, tr, p.max_categories).transform(ft.features)
     x = np.concatenate([xl, xf], axis=1)
     y = lt.labels
-    model = build_centralized(xl.shape[1], xf.shape[1], p, p)
+    model = build_centralized(xl.shape[1], xf.shape[1], p, p, train_rows=len(tr))
     model.compile(optimizer=make_optimizer(p), loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
 
     class Timer(keras.callbacks.Callback):
@@ -425,6 +425,9 @@ def main() -> int:
         "validation_fraction": 0.2,
         "log_every_steps": 1000,
         "seed": 7,
+        # The throughput comparison trains a fixed number of epochs of the plain network on both sides.
+        "early_stopping_patience": 0,
+        "l2_regularization": 0.0,
     }
     with tempfile.TemporaryDirectory(prefix="fedsite-bench-train-") as tmp:
         work = Path(tmp)

@@ -110,6 +110,11 @@ class TicketForm(forms.Form):
         label="Optimizer", choices=[(o, o) for o in OPTIMIZERS], initial=TRAIN_DEFAULTS["optimizer"]
     )
     train_learning_rate = forms.FloatField(label="Learning rate", initial=TRAIN_DEFAULTS["learning_rate"])
+    train_l2_regularization = forms.FloatField(
+        label="L2 regularisation",
+        initial=TRAIN_DEFAULTS["l2_regularization"],
+        help_text="Weight of Σw² against the summed loss; 0 = off",
+    )
     train_batch_size = forms.IntegerField(label="Batch size", initial=TRAIN_DEFAULTS["batch_size"])
     train_epochs = forms.IntegerField(label="Epochs", initial=TRAIN_DEFAULTS["epochs"])
     train_validation_fraction = forms.FloatField(
@@ -117,6 +122,11 @@ class TicketForm(forms.Form):
     )
     train_early_stopping_patience = forms.IntegerField(
         label="Early-stopping patience", initial=TRAIN_DEFAULTS["early_stopping_patience"], help_text="Epochs; 0 = off"
+    )
+    train_early_stopping_fraction = forms.FloatField(
+        label="Early-stopping fraction",
+        initial=TRAIN_DEFAULTS["early_stopping_fraction"],
+        help_text="Rows set aside to choose the epoch kept",
     )
     train_seed = forms.IntegerField(label="Seed", initial=TRAIN_DEFAULTS["seed"])
     train_gradient_noise_stddev = forms.FloatField(

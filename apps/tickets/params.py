@@ -9,16 +9,20 @@ from apps.tickets.choices import PSI_KINDS, TREE_KINDS, JobKind
 
 PSI_PROTOCOLS = ("auto", "ecdh", "rsa", "rr22", "kkrt")
 PSI_DEFAULTS: dict[str, Any] = {"protocol": "auto"}
+# Chosen on small imbalanced tabular data (bench/train.py --small, docs/training.md "Defaults");
+# runtime/train/params.py has the same defaults (tests/foundation/test_train_defaults.py).
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "bottom_layers": [64, 32],
-    "top_layers": [16],
+    "bottom_layers": [32],
+    "top_layers": [8],
     "activation": "relu",
     "optimizer": "adam",
-    "learning_rate": 0.001,
-    "batch_size": 256,
-    "epochs": 5,
-    "validation_fraction": 0.2,
-    "early_stopping_patience": 2,
+    "learning_rate": 0.003,
+    "l2_regularization": 12.0,
+    "batch_size": 64,
+    "epochs": 100,
+    "validation_fraction": 0.1,
+    "early_stopping_patience": 5,
+    "early_stopping_fraction": 0.1,
     "seed": 42,
     "gradient_noise_stddev": 0.0,
 }
@@ -104,10 +108,14 @@ def validate_params(kind: str, params: Any) -> dict[str, Any]:
         if t["optimizer"] not in OPTIMIZERS:
             raise ServiceError(f"must be one of {', '.join(OPTIMIZERS)}", field="params.train.optimizer")
         t["learning_rate"] = _float("params.train.learning_rate", t["learning_rate"], 1e-6, 10.0)
+        t["l2_regularization"] = _float("params.train.l2_regularization", t["l2_regularization"], 0.0, 1e6)
         _int("params.train.batch_size", t["batch_size"], 8, 65_536)
         _int("params.train.epochs", t["epochs"], 1, 1000)
         t["validation_fraction"] = _float("params.train.validation_fraction", t["validation_fraction"], 0.0, 0.5)
         _int("params.train.early_stopping_patience", t["early_stopping_patience"], 0, 100)
+        t["early_stopping_fraction"] = _float(
+            "params.train.early_stopping_fraction", t["early_stopping_fraction"], 0.0, 0.5
+        )
         _int("params.train.seed", t["seed"], 0, 2**31 - 1)
         t["gradient_noise_stddev"] = _float("params.train.gradient_noise_stddev", t["gradient_noise_stddev"], 0.0, 10.0)
         out["train"] = t

@@ -56,8 +56,8 @@ def build_mlp(
     """Dense layers with seeded initialisers; `logit` adds a final linear unit.
 
     `l2` attaches Keras' L2 kernel regulariser (``l2 * sum(kernel**2)`` added to the
-    loss by ``fit``): the centralized reference uses it; the split halves add the
-    same penalty to their own gradients by hand (see :class:`Half`).
+    mean loss by ``fit``): the centralized reference uses it; the split halves add
+    the same penalty to their own gradients by hand (see :class:`Half`).
     """
     import keras
 
@@ -92,12 +92,25 @@ def make_optimizer(params: TrainParams):
     return keras.optimizers.Adam(params.learning_rate)
 
 
-def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, follower: TrainParams):
+def l2_per_row(params: TrainParams, train_rows: int) -> float:
+    """`l2_regularization` weighs sum(w**2) against the loss summed over the training rows;
+    per row, i.e. against the mean batch loss, it is divided by their number (it fades as data grows)."""
+    return params.l2_regularization / max(train_rows, 1)
+
+
+def build_centralized(
+    leader_dim: int, follower_dim: int, leader: TrainParams, follower: TrainParams, *, train_rows: int
+):
     """The whole network on joined data ``[leader features | follower features]``, same initial weights."""
     import keras
 
     lb = build_mlp(
-        leader_dim, leader.bottom_layers, leader.activation, leader.seed, "leader_bottom", l2=leader.l2_regularization
+        leader_dim,
+        leader.bottom_layers,
+        leader.activation,
+        leader.seed,
+        "leader_bottom",
+        l2=l2_per_row(leader, train_rows),
     )
     fb = build_mlp(
         follower_dim,
@@ -105,7 +118,7 @@ def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, f
         follower.activation,
         follower.seed,
         "follower_bottom",
-        l2=follower.l2_regularization,
+        l2=l2_per_row(follower, train_rows),
     )
     top = build_mlp(
         leader.bottom_layers[-1] + follower.bottom_layers[-1],
@@ -114,7 +127,7 @@ def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, f
         leader.seed,
         "top",
         logit=True,
-        l2=leader.l2_regularization,
+        l2=l2_per_row(leader, train_rows),
     )
     x = keras.Input(shape=(leader_dim + follower_dim,))
     xl = keras.layers.Lambda(lambda t: t[:, :leader_dim])(x)
@@ -126,7 +139,7 @@ def build_centralized(leader_dim: int, follower_dim: int, leader: TrainParams, f
 class Half:
     """This side's trainable models and optimizer, with compiled steps."""
 
-    def __init__(self, role: str, input_dim: int, params: TrainParams, peer_dim: int = 0) -> None:
+    def __init__(self, role: str, input_dim: int, params: TrainParams, *, train_rows: int, peer_dim: int = 0) -> None:
         import tensorflow as tf
 
         self.role = role
@@ -151,7 +164,7 @@ class Half:
         bottom, top, opt, variables = self.bottom, self.top, self.optimizer, self.variables
         # L2 on this side's kernels (not biases), as Keras' kernel regulariser would add it to the
         # loss of the whole network; each side penalises only its own weights, so training stays exact.
-        l2 = float(params.l2_regularization)
+        l2 = l2_per_row(params, train_rows)
         own_kernels = [layer.kernel for m in self.models for layer in m.layers if hasattr(layer, "kernel")]
 
         if role == "leader":

@@ -234,7 +234,7 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
         common = set(ckpts.epochs()) & set(theirs.checkpoint_epochs)
         start = max(common, default=0)
         link.send(pb.LeaderMessage(welcome=pb.Welcome(start_epoch=start, share_metrics=params.share_metrics)))
-        half = Half("leader", prep.x.shape[1], params, peer_dim=theirs.activation_dim)
+        half = Half("leader", prep.x.shape[1], params, train_rows=len(prep.train_idx), peer_dim=theirs.activation_dim)
         state: dict[str, Any] = {
             "epoch": 0,
             "stopped": False,
@@ -428,7 +428,7 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
 
     out = Path(cfg.output_dir) / "train"
     ckpts = Checkpoints(out / "checkpoint")
-    half = Half("follower", prep.x.shape[1], params)
+    half = Half("follower", prep.x.shape[1], params, train_rows=len(prep.train_idx))
     reporter.log(f"train: follower connecting to the leader at {cfg.peer_address}")
     link = FollowerLink(cfg, min(params.connect_timeout_s, cfg.timeout_s))
     timeout = params.peer_timeout_s

@@ -6,6 +6,7 @@ import pytest
 
 from apps.datasets.models import Dataset
 from apps.tickets.models import Ticket
+from apps.tickets.params import TRAIN_DEFAULTS
 
 GOOD = {"name": "events", "id_column": "user_id", "label_column": "", "description": "", "visibility": "schema"}
 
@@ -97,10 +98,12 @@ def _proposal(w, **over):
         "train_activation": "relu",
         "train_optimizer": "adam",
         "train_learning_rate": "0.001",
+        "train_l2_regularization": "12",
         "train_batch_size": "256",
         "train_epochs": "5",
         "train_validation_fraction": "0.2",
         "train_early_stopping_patience": "2",
+        "train_early_stopping_fraction": "0.1",
         "train_seed": "42",
         "train_gradient_noise_stddev": "0",
     }
@@ -109,8 +112,9 @@ def _proposal(w, **over):
 
 def test_the_proposal_form_is_filled_with_defaults(world, browser_client):
     body = browser_client("dave").get("/w/acme/tickets/new").content.decode()
-    assert 'name="train_epochs" value="5"' in body
-    assert 'name="train_bottom_layers" value="64, 32"' in body
+    assert f'name="train_epochs" value="{TRAIN_DEFAULTS["epochs"]}"' in body
+    assert 'name="train_bottom_layers" value="32"' in body and 'name="train_top_layers" value="8"' in body
+    assert 'name="train_early_stopping_fraction" value="0.1"' in body
     assert "Beta Bank: beta_features" in body
 
 

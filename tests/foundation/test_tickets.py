@@ -13,6 +13,7 @@ from apps.partners.choices import Policy
 from apps.peer.models import OutboxMessage
 from apps.tickets.choices import JobKind, PartyRole, TicketStatus
 from apps.tickets.models import Ticket
+from apps.tickets.params import TRAIN_DEFAULTS
 from apps.tickets.services import receive_proposal
 from tests.foundation.factories import connected_partner, features_csv, labelled_csv, shared_dataset
 
@@ -61,7 +62,7 @@ def test_proposing_queues_a_message_and_leads_with_labels(api, setup):
     assert r.status_code == 201, r.content
     body = r.json()
     assert body["status"] == TicketStatus.PROPOSED and body["role"] == PartyRole.LEADER and body["is_proposer"]
-    assert body["params"]["train"]["epochs"] == 5 and body["params"]["psi"]["protocol"] == "auto"
+    assert body["params"]["train"] == TRAIN_DEFAULTS and body["params"]["psi"]["protocol"] == "auto"
     message = OutboxMessage.objects.get(kind="ticket.proposed")
     assert message.payload["ticket_id"] == body["id"]
     assert message.payload["receiver_dataset_id"] == str(setup["remote"].remote_id)

@@ -162,7 +162,7 @@ def centralized_auc(leader_csv: Path, follower_csv: Path, train: dict) -> float:
     xf = Preprocessor.fit(ft.features, tr, p.max_categories).transform(ft.features)
     x = np.concatenate([xl, xf], axis=1)
     keras.utils.set_random_seed(p.seed)  # Keras' own shuffling must not make the baseline a dice roll
-    model = build_centralized(xl.shape[1], xf.shape[1], p, p)
+    model = build_centralized(xl.shape[1], xf.shape[1], p, p, train_rows=len(tr))
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="binary_crossentropy")
     model.fit(x[tr], lt.labels[tr], batch_size=p.batch_size, epochs=p.epochs, shuffle=True, verbose=0)
     return binary_metrics(lt.labels[va], model.predict(x[va], verbose=0).ravel())["auc"]
