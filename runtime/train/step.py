@@ -334,7 +334,7 @@ def _leader(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Repor
                 stop = state["wait"] >= params.early_stopping_patience
             else:
                 state["best_epoch"] = epoch + 1  # without early stopping the last epoch is kept
-            if state["best_epoch"] == epoch + 1:
+            if params.early_stopping_patience and state["best_epoch"] == epoch + 1:
                 best_arrays = half.state_arrays()
             epoch_s = time.perf_counter() - t0
             flat = {f"{split}.{k}": v for split, m in metrics.items() for k, v in m.items()}
@@ -518,7 +518,7 @@ def _follower(cfg: JobConfig, params: TrainParams, prep: Prepared, reporter: Rep
                 raise PeerError(
                     f"protocol error: the leader names epoch {end.best_epoch} the best after epoch {epoch + 1}"
                 )
-            if end.best_epoch == epoch + 1:
+            if params.early_stopping_patience and end.best_epoch == epoch + 1:
                 best_arrays = half.state_arrays()
             state.update(epoch=epoch + 1, stopped=end.stop, best_epoch=end.best_epoch)
             ckpts.save(epoch + 1, half.state_arrays(), state, best=end.best_epoch)
