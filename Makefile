@@ -51,9 +51,11 @@ protos-check: setup
 
 bench: setup ## every benchmark at full size; tables printed, figures in bench/results/
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	$(PY) bench/train.py --small
 
 bench-quick: setup
 	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
+	$(PY) bench/train.py --small
 
 clean:
 	rm -rf var test-artifacts
