@@ -92,29 +92,35 @@ class OutboxMessageSummary:
 # --- prompt recovery -----------------------------------------------------------------------
 
 
-def _waiting_for_partner(partner_id: Any = None) -> QuerySet[OutboxMessage]:
-    """Pending messages held back (not due yet) because the partner could not be reached.
-
-    Those that failed to connect, and those never tried that the failed one's backoff
-    holds back (delivery makes every pending message wait as long). A message the partner
-    answered with an error of its own keeps its backoff.
-    """
+def _held(partner_id: Any = None) -> QuerySet[OutboxMessage]:
+    """Pending messages an outage holds back: those that failed to connect, and those never
+    tried that the failed one's backoff holds back (delivery makes every pending message wait
+    as long). A message the partner answered with an error of its own keeps its backoff."""
     from apps.peer.delivery import UNREACHABLE_PREFIXES
 
     held = Q(last_error="")
     for prefix in UNREACHABLE_PREFIXES:
         held |= Q(last_error__startswith=prefix)
-    q = OutboxMessage.objects.filter(status=OutboxStatus.PENDING, next_attempt_at__gt=timezone.now()).filter(held)
+    q = OutboxMessage.objects.filter(status=OutboxStatus.PENDING).filter(held)
     return q.filter(partner_id=partner_id) if partner_id is not None else q
 
 
+def _waiting_for_partner(partner_id: Any = None) -> QuerySet[OutboxMessage]:
+    """Held back and not due yet."""
+    return _held(partner_id).filter(next_attempt_at__gt=timezone.now())
+
+
 def retry_now(partner_id: Any) -> int:
-    """The partner is back: its messages held back by an outage are due now; delivery is pushed."""
+    """The partner is back: its messages held back by an outage are due now; delivery is pushed.
+
+    Also pushed when they are due already but failed before (their retry would otherwise
+    wait for the next beat). Returns how many were moved forward.
+    """
     moved = _waiting_for_partner(partner_id).update(next_attempt_at=timezone.now())
-    if moved:
+    if moved or _held(partner_id).filter(attempts__gt=0).exists():
         from workers.tasks import deliver_outbox
 
-        log.info("partner %s is back: %d waiting message(s) due now", partner_id, moved)
+        log.info("partner %s is back: %d held message(s) due now", partner_id, moved)
         try:
             deliver_outbox.delay(partner_id=str(partner_id))
         except Exception:  # noqa: BLE001 - broker down: they are due now, so the next beat sends them

@@ -109,3 +109,10 @@ def test_only_messages_held_back_by_an_outage_are_hurried(world, pushed):
     fail_deliveries(partner, error="INTERNAL: internal error; the message was not applied")
     assert reachability.retry_now(partner.pk) == 0
     assert pushed["deliver"] == []
+
+
+def test_a_partner_back_before_the_next_beat_gets_its_due_messages_pushed_at_once(world, pushed):
+    partner = world["partner"]
+    fail_deliveries(partner, attempts=1, wait=dt.timedelta(seconds=-1))  # due, waiting for the beat
+    assert reachability.retry_now(partner.pk) == 0
+    assert pushed["deliver"] == [str(partner.pk)]
