@@ -11,6 +11,7 @@ from apps.tickets.params import (
     ACTIVATIONS,
     HE_SCHEMES,
     KEY_BITS,
+    KIND_GROUPS,
     OPTIMIZERS,
     PSI_PROTOCOLS,
     TRAIN_DEFAULTS,
@@ -133,7 +134,8 @@ class TicketForm(forms.Form):
         label="Gradient noise (std dev)", initial=TRAIN_DEFAULTS["gradient_noise_stddev"]
     )
 
-    TRAIN_FIELDS = [f"train_{k}" for k in TRAIN_DEFAULTS]
+    # The form offers the common training keys; the API takes every key of apps.tickets.params.
+    TRAIN_FIELDS: list[str] = []  # set below the class: the train_* fields declared here
 
     tree_num_trees = forms.IntegerField(label="Trees", initial=TREE_DEFAULTS["num_trees"])
     tree_max_depth = forms.IntegerField(label="Max depth", initial=TREE_DEFAULTS["max_depth"])
@@ -195,15 +197,16 @@ class TicketForm(forms.Form):
     def params(self) -> dict:
         """The ticket's params in the shape apps.tickets.params validates."""
         d = self.cleaned_data
-        return {
-            "share_metrics": bool(d.get("share_metrics")),
+        groups = {
             "psi": {"protocol": d["psi_protocol"]},
-            "train": {key: d[f"train_{key}"] for key in TRAIN_DEFAULTS},
+            "train": {name.removeprefix("train_"): d[name] for name in self.TRAIN_FIELDS},
             "tree": {
                 key: TREE_DEFAULTS[key] if d.get(f"tree_{key}") in (None, "") else d[f"tree_{key}"]
                 for key in TREE_DEFAULTS
             },
         }
+        used = KIND_GROUPS.get(str(d.get("kind")), tuple(groups))
+        return {"share_metrics": bool(d.get("share_metrics"))} | {g: v for g, v in groups.items() if g in used}
 
     @staticmethod
     def field_for(service_field: str | None) -> str | None:
@@ -217,3 +220,6 @@ class TicketForm(forms.Form):
         if service_field.startswith("params.psi"):
             return "psi_protocol"
         return {"params": None}.get(service_field, service_field)
+
+
+TicketForm.TRAIN_FIELDS = [f"train_{k}" for k in TRAIN_DEFAULTS if f"train_{k}" in TicketForm.base_fields]
