@@ -21,6 +21,10 @@ grant a dataset to the other. Then three phases:
    time while the other proposes tickets to it; from the moment the peer
    service listens again until the last of them shows on its API is one
    recovery time (`recovery_p95_s` is the 95th percentile).
+   Then, a few times, a sender's worker is SIGKILLed while it pushes a
+   backlog of 40 proposals and restarted a second later; the time from its restart
+   to the last delivery is `worker_kill_delivery_p95_s` (no target in the
+   issue; the worker's own start-up is included).
 3. **Whole-installation kills mid-job.** Real PSI runtimes on small data (and,
    with `--train-kills`, PSI then vertical NN). While a job runs, one
    installation is taken down whole, soft (SIGTERM to web, peer and worker;
@@ -552,6 +556,48 @@ def trials_phase(sides: tuple[Side, Side], tally: Tally, args: argparse.Namespac
 # -- phase 2: recovery after outages -----------------------------------------------------------
 
 
+def worker_kill_phase(sides: tuple[Side, Side], tally: Tally, rounds: int, batch: int, timeout: float,
+                      progress: Callable[..., Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """A sender's worker killed while it delivers: time from its restart to the last delivery."""
+    out: list[dict[str, Any]] = []
+    for k in progress(range(rounds), desc="worker kills mid-delivery"):
+        up, down = sides if k % 2 == 0 else sides[::-1]
+        # A backlog first (the sender's worker is stopped), so its next start has a drain to be killed in.
+        up.inst.stop_process("worker", signal.SIGTERM)
+        tickets = [propose(up, name=f"worker kill {k} #{j}") for j in range(batch)]
+        for ticket in tickets:
+            tally.ticket_phase[norm_id(ticket)] = "worker_kills"
+        up.inst.start(("worker",))
+        arrived = 0
+        deadline = time.monotonic() + timeout
+        while not arrived and time.monotonic() < deadline:  # the drain has begun: the first one is there
+            arrived = sum(
+                down.client().request("GET", down.path(f"tickets/{t}/")).status_code == 200 for t in tickets[:3]
+            )
+            time.sleep(0.02)
+        up.inst.stop_process("worker", signal.SIGKILL)
+        time.sleep(1.0)
+        up.inst.start(("worker",))
+        t_back = time.monotonic()
+        remaining = set(tickets)
+        while remaining and time.monotonic() - t_back < timeout:
+            for ticket in list(remaining):
+                if down.client().request("GET", down.path(f"tickets/{ticket}/")).status_code == 200:
+                    remaining.discard(ticket)
+            if remaining:
+                time.sleep(0.1)
+        out.append(
+            {
+                "sender": up.name,
+                "delivery_after_restart_s": round(time.monotonic() - t_back, 3),
+                "delivered": batch - len(remaining),
+                "proposed": batch,
+                "delivered_before_kill_of_first_3": arrived,
+            }
+        )
+    return out
+
+
 def recovery_phase(sides: tuple[Side, Side], tally: Tally, outages: list[float], per_outage: int,
                    timeout: float, progress: Callable[..., Any]) -> list[dict[str, Any]]:  # fmt: skip
     out: list[dict[str, Any]] = []
@@ -840,6 +886,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         recoveries = recovery_phase(sides, tally, args.outages, args.per_outage, args.recovery_timeout, progress)
         timings["recovery_s"] = time.monotonic() - t0
         t0 = time.monotonic()
+        worker_kills = worker_kill_phase(sides, tally, args.worker_kills, 40, args.recovery_timeout, progress)
+        timings["worker_kills_s"] = time.monotonic() - t0
+        t0 = time.monotonic()
         kill_runs = kills_phase(sides, tally, args, rng, progress) if args.kills else []
         timings["kills_s"] = time.monotonic() - t0
         t0 = time.monotonic()
@@ -866,6 +915,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
     rec = [r["recovery_s"] for r in recoveries]
+    wk = [r["delivery_after_restart_s"] for r in worker_kills]
     stuck = len(found["stuck_kills"]) + len({(x["ticket"], x["side"]) for x in found["stuck_trials"]})
     result: dict[str, Any] = {
         "trials": args.trials,
@@ -883,6 +933,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_errors": len(tally.server_errors),
         "trial_errors": len(tally.trial_errors),
         "recovery_max_s": round(max(rec), 3) if rec else None,
+        # Not a target of the issue: a sender's worker SIGKILLed mid-delivery, from its restart (boot included).
+        "worker_kill_delivery_p95_s": round(percentile(wk, 0.95), 3) if wk else None,
         "targets": {
             k: (f">= {v:,}" if k == "trials" else f"< {v:g}" if k == "recovery_p95_s" else v)
             for k, v in TARGETS.items()
@@ -904,6 +956,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "trial_errors": tally.trial_errors[:20],
             "kills": dict(Counter(f"{k['side']} {k['role']} {k['signal']}" for k in tally.kills)),
             "recoveries": recoveries,
+            "worker_kills_mid_delivery": worker_kills,
             "installation_kill_runs": kill_runs,
             **quiet,
             **{k: v[:50] if isinstance(v, list) else v for k, v in found.items()},
@@ -964,7 +1017,9 @@ def print_table(r: dict[str, Any]) -> None:
         f"also: {r['jobs_diverged']} job attempts diverged, {r['jobs_for_unapproved_tickets']} ticket sides with jobs "
         f"but not approved, {r['refused_messages']} refused peer messages, {r['server_errors']} 5xx answers, "
         f"{r['trial_errors']} trials cut short by a client error; "
-        f"recoveries (s): {', '.join(str(x['recovery_s']) for x in d['recoveries'])}"
+        f"recoveries (s): {', '.join(str(x['recovery_s']) for x in d['recoveries'])}; "
+        f"deliveries after a worker killed mid-delivery (s): "
+        f"{', '.join(str(x['delivery_after_restart_s']) for x in d['worker_kills_mid_delivery'])}"
     )
 
 
@@ -974,9 +1029,11 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
     parser.add_argument("--quick", action="store_true", help="100 trials, 4 short outages, 4 kills")
     parser.add_argument("--trials", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=8, help="trials at once")
-    parser.add_argument("--outages", type=lambda s: [float(x) for x in s.split(",")], default=None,
+    parser.add_argument("--outages", type=lambda s: [float(x) for x in s.split(",") if x], default=None,
                         help="peer-service outage lengths in s, comma-separated")  # fmt: skip
     parser.add_argument("--per-outage", type=int, default=3, help="tickets proposed during each outage")
+    parser.add_argument("--worker-kills", type=int, default=None,
+                        help="rounds of a sender's worker killed mid-delivery (40 tickets each)")  # fmt: skip
     parser.add_argument("--kills", type=int, default=None, help="whole-installation kills mid-job")
     parser.add_argument("--train-kills", action=argparse.BooleanOptionalAction, default=None,
                         help="every other installation kill hits a PSI + vertical NN job (default: not with --quick)")  # fmt: skip
@@ -1010,6 +1067,7 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
     if args.scenarios is None:
         args.scenarios = dict(SCENARIOS)
     args.kills = args.kills if args.kills is not None else (4 if args.quick else 8)
+    args.worker_kills = args.worker_kills if args.worker_kills is not None else (2 if args.quick else 4)
     args.train_kills = args.train_kills if args.train_kills is not None else not args.quick
     args.settle = args.settle if args.settle is not None else (60.0 if args.quick else 180.0)
     return args

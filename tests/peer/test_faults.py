@@ -44,6 +44,7 @@ def test_trials_across_a_process_kill_lose_duplicate_and_diverge_nothing() -> No
         concurrency=4,
         outages=[],
         kills=0,
+        worker_kills=0,
         settle=90.0,
         quiet=4.0,
         max_process_kills=1,
