@@ -361,6 +361,19 @@ def test_early_stopping_keeps_the_best_epoch_on_both_sides(pki, tmp_path: Path) 
     assert binary_metrics(labels[val], scores[val])["auc"] == pytest.approx(
         history[best]["validation"]["auc"], abs=1e-6
     )
+    # when: the job runs again on the same folders, it resumes after the last epoch and exports the
+    # best epoch again, now from its checkpoint (the in-memory copy is gone)
+    port = free_port()
+    leader["listen_address"] = follower["peer_address"] = f"127.0.0.1:{port}"
+    lres2, fres2, _, _ = run_pair(leader, follower)
+    assert not isinstance(lres2, Exception), lres2
+    assert lres2["resumed_from"] == lres["epochs"] and lres2["best_epoch"] == fres2["best_epoch"] == best
+    assert lres2["metrics"]["validation"] == history[best]["validation"]
+    port = free_port()
+    score_leader["listen_address"] = score_follower["peer_address"] = f"127.0.0.1:{port}"
+    run_pair(score_leader, score_follower, "score")
+    again = pd.read_csv(tmp_path / "alpha-score" / "score" / "scores.csv")["score"].to_numpy()
+    np.testing.assert_allclose(again, scores, atol=1e-6)
 
 
 def test_resume_agrees_on_the_last_common_checkpoint(pki, tmp_path: Path) -> None:
