@@ -20,6 +20,7 @@ from fedsite.env import (
     env_list,
     env_str,
 )
+from fedsite.secret_key import secret_key_weakness, weak_key_message
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FEDSITE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -31,12 +32,15 @@ DEBUG = env_bool("DEBUG", False)
 
 
 def _secret_key() -> str:
+    from django.core.exceptions import ImproperlyConfigured
+
     key = env_str("SECRET_KEY", "")
     if key:
+        if PRODUCTION and (weakness := secret_key_weakness(key)):
+            # Refuse to start: sessions, CSRF tokens and password resets are only as strong as this key.
+            raise ImproperlyConfigured(weak_key_message(weakness))
         return key
     if PRODUCTION:
-        from django.core.exceptions import ImproperlyConfigured
-
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when FEDSITE_ENV=production")
     # Development: one random key per installation, kept under var/ so sessions survive restarts.
     path = VAR_DIR / "secret_key"
@@ -61,6 +65,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from here
     "apps.core",
     "apps.workspaces",
     "apps.audit",
@@ -75,6 +80,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.headers.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -137,6 +143,7 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PROD
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+FEDSITE_CSP = env_str("FEDSITE_CSP", "")  # empty: apps.core.headers.DEFAULT_POLICY (no inline script or style)
 SESSION_COOKIE_HTTPONLY = True
 
 # --- Cache: failed sign-ins and tokens are counted here (apps.core.throttle), shared by every web process ---
@@ -170,6 +177,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Federated learning between organisations: partners, datasets, tickets, jobs, model versions.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "TicketStatusEnum": "apps.tickets.choices.TicketStatus",

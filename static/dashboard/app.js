@@ -2,6 +2,12 @@
 (function () {
   "use strict";
 
+  // Progress bars: width from aria-valuenow (set here, not in a style attribute, for the Content-Security-Policy).
+  document.querySelectorAll(".progress[aria-valuenow] > span").forEach(function (span) {
+    var v = parseFloat(span.parentNode.getAttribute("aria-valuenow"));
+    if (!isNaN(v)) span.style.width = Math.max(0, Math.min(100, v)) + "%";
+  });
+
   // Workspace switcher: go as soon as a workspace is picked.
   document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
     select.addEventListener("change", function () { select.form.submit(); });

@@ -66,7 +66,10 @@ def test_every_page_in_a_browser(new_context, live_server, world):  # noqa: F811
 
     # The live job page draws both charts from the metric points.
     page.goto(f"{base}/w/acme/jobs/{w['job'].pk}/")
-    page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances).length === 2")
+    page.wait_for_function(
+        "() => window.Chart && Object.keys(window.Chart.instances).length === 2"
+        " && Object.values(window.Chart.instances).every(c => c.data.datasets.length > 0)"  # after the first poll
+    )
     datasets = page.evaluate(
         "() => Object.values(window.Chart.instances).map(c => c.data.datasets.map(d => [d.label, d.data.length]))"
     )
@@ -86,6 +89,17 @@ def test_every_page_in_a_browser(new_context, live_server, world):  # noqa: F811
     viewer.goto(f"{base}/w/acme/datasets/")
     assert viewer.get_by_role("link", name="Register a dataset").count() == 0
     shots(viewer, "viewer-datasets")
+
+    # Under the Content-Security-Policy (no inline script or style): the admin and the API docs work too.
+    response = page.goto(f"{base}/w/acme/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.goto(f"{base}/api/docs/")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+    page.goto(f"{base}/admin/")
+    assert page.locator("#content").count() == 1
+    csp = [e for e in errors if "Content Security Policy" in e]
+    assert not csp, "\n".join(csp)
+    page.goto(f"{base}/w/acme/")
 
     # User menu and logout.
     page.get_by_text("alice", exact=True).click()
