@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from apps.core.errors import ServiceError
 from apps.tickets.params import TRAIN_DEFAULTS, validate_params
 from runtime.train.params import TrainParams, parse_train_params
 
@@ -18,3 +21,11 @@ def test_a_ticket_with_no_training_params_stores_every_default() -> None:
     assert stored == TRAIN_DEFAULTS
     # the runtime trains a ticket's stored params exactly as it trains an empty `train` block
     assert parse_train_params(stored) == parse_train_params({}) == TrainParams()
+
+
+def test_the_largest_held_out_fractions_the_api_accepts_still_leave_rows_to_train() -> None:
+    stored = validate_params("vertical_nn", {"train": {"validation_fraction": 0.5, "early_stopping_fraction": 0.4}})
+    assert parse_train_params(stored["train"]).early_stopping_fraction == 0.4
+    with pytest.raises(ServiceError) as e:
+        validate_params("vertical_nn", {"train": {"early_stopping_fraction": 0.5}})
+    assert e.value.field == "params.train.early_stopping_fraction"
