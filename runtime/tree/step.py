@@ -289,7 +289,7 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
                     tree_start=pb.TreeStart(tree=t, count=len(sample), ciphertexts=blob, sample=to_bits(in_sample))
                 )
             )
-            tree, dec_s = _leader_tree(link, kp, p, t, sample, bl, cols_l, gq, hq, scale, n_cand_f, timeout)
+            tree, dec_s, hist_rows = _leader_tree(link, kp, p, t, sample, bl, cols_l, gq, hq, scale, n_cand_f, timeout)
             # Routing: the follower's reachable leaves, intersected with ours.
             leaves = tree.leaves()
             r = expect(link.recv(timeout, f"the follower's leaf reach of tree {t + 1}"), "reach")
@@ -336,6 +336,8 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
                         "tree_s": tree_s,
                         "encrypt_s": enc_s,
                         "decrypt_s": dec_s,
+                        "sampled_rows": len(sample),
+                        "he_adds": hist_rows * (n_cand_f // p.max_bin),
                         "leaves": len(leaves),
                     }
                 )
@@ -416,8 +418,8 @@ def _leader_tree(
     scale: float,
     n_cand_f: int,
     timeout: float,
-) -> tuple[core.Tree, float]:
-    """Grow one tree level by level; returns it and the seconds spent decrypting."""
+) -> tuple[core.Tree, float, int]:
+    """Grow one tree level by level; returns it, the seconds spent decrypting and the rows the follower summed."""
     tree = core.Tree()
     open_nodes: dict[int, np.ndarray] = {0: sample}
     fhist: dict[int, np.ndarray] = {}  # the follower's decrypted cumulative sums of each open node
@@ -457,6 +459,7 @@ def _leader_tree(
         return out
 
     fhist.update(decrypt(answer(0), {0} if p.max_depth > 0 else set()))
+    hist_rows = len(sample) if p.max_depth > 0 else 0
     depth = 0
     while open_nodes:
         decisions = []
@@ -509,12 +512,13 @@ def _leader_tree(
         fhist = {}
         if need_hist:
             for nid, small in smaller.items():
+                hist_rows += len(nxt[small])
                 sibling = 4 * nid + 3 - small  # (2n+1) + (2n+2) - small
                 fhist[small] = got[small]
                 fhist[sibling] = parent_hist[nid] - got[small]
         open_nodes = nxt
         depth += 1
-    return tree, dec_s
+    return tree, dec_s, hist_rows
 
 
 # -- follower --------------------------------------------------------------------
