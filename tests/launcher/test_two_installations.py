@@ -194,3 +194,56 @@ def test_a_worker_killed_mid_job_and_restarted_finds_how_the_runtime_ended(pair)
     done = job_of(alpha, ticket, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=60)
     assert done["status"] == "succeeded", (done, logs(alpha))
     job_of(beta, ticket, 1, lambda j: j["status"] == "succeeded" and j["remote_status"] == "succeeded", timeout=60)
+
+
+def test_a_vertical_tree_ticket_trains_on_both_sides_under_one_model_uuid(pair):
+    """Aligned data (no PSI, to stay quick): SecureBoost through the real control plane and launcher."""
+    import random
+
+    alpha, beta = pair["alpha"], pair["beta"]
+    rng = random.Random(3)
+    rows = [(f"t{i}", rng.gauss(0, 1), rng.gauss(0, 1)) for i in range(260)]
+    label = {uid: int(a + b + rng.gauss(0, 0.5) > 0) for uid, a, b in rows}
+    (pair["data"] / "tree_labels.csv").write_text(
+        "user_id,clicked,a\n" + "".join(f"{u},{label[u]},{a:.4f}\n" for u, a, _ in rows)
+    )
+    beta_folder = pair["data"].parents[2] / "jbeta" / "data" / "globex"
+    (beta_folder / "tree_features.csv").write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
+    labels = alpha.post(
+        "datasets/",
+        {"name": "tree_labels", "uri": "tree_labels.csv", "id_column": "user_id", "label_column": "clicked"},
+    )
+    features = beta.post("datasets/", {"name": "tree_features", "uri": "tree_features.csv", "id_column": "user_id"})
+    partner = beta.results("partners/")[0]
+    beta.post(f"datasets/{features['id']}/grants/", {"partner": partner["id"]})
+    body = alpha.wait("partner-datasets/", lambda b: any(d["name"] == "tree_features" for d in b["results"]))
+    remote = next(d for d in body["results"] if d["name"] == "tree_features")
+    tree = {"num_trees": 4, "max_depth": 2, "max_bin": 8, "key_bits": 1024, "early_stopping_rounds": 0}
+    ticket = alpha.post(
+        "tickets/",
+        {
+            "partner": pair["alpha_partner"]["id"],
+            "kind": "vertical_tree",
+            "local_dataset": labels["id"],
+            "remote_dataset": remote["id"],
+            "name": "trees",
+            "params": {"tree": tree},
+        },
+    )["id"]
+    theirs = beta.wait(f"tickets/{ticket}/", lambda t: t["status"] == "pending", timeout=20)
+    assert theirs["kind"] == "vertical_tree" and theirs["params"]["tree"]["max_depth"] == 2
+    beta.post(f"tickets/{ticket}/approve/", {"dataset": features["id"]})
+    done_a = job_of(alpha, ticket, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=240)
+    done_b = job_of(beta, ticket, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=60)
+    assert done_a["status"] == "succeeded", (done_a, logs(alpha))
+    assert done_b["status"] == "succeeded", (done_b, logs(beta))
+    assert "psi" not in done_a["result"] and done_a["result"]["tree"]["rows"] == 260
+    assert done_a["result"]["tree"]["trees"] == done_b["result"]["tree"]["trees"] == 4
+    mine = alpha.wait("model-versions/", lambda b: any(m["ticket"] == ticket for m in b["results"]))
+    mv = next(m for m in mine["results"] if m["ticket"] == ticket)
+    theirs_mv = beta.wait(f"model-versions/{mv['id']}/", lambda m: m["role"] == "follower")
+    assert mv["role"] == "leader" and mv["artifact_uri"].endswith("tree/model")
+    half = json.loads((Path(mv["artifact_uri"]) / "model.json").read_text())
+    assert half["format"] == "fedsite-tree/1" and len(half["trees"]) == 4
+    assert json.loads((Path(theirs_mv["artifact_uri"]) / "model.json").read_text())["role"] == "follower"
+    assert mv["metrics"]["metrics"]["validation"]["auc"] > 0.6
