@@ -6,7 +6,9 @@
     stop(job_id)     a cancelled or failed job's runtime is stopped.
     reconcile()      beat: finished, vanished or never-launched runtimes are
                      judged from the backend (exit code, Job status) and the job
-                     moves to succeeded or failed, with the log's last error line.
+                     moves to succeeded or failed, with the log's last error line;
+                     a launch whose worker died is adopted (the runtime it started)
+                     or launched again.
 
 Every entry point re-reads the job and is idempotent: a second launch of the
 same job does nothing, a stop of a stopped runtime does nothing.
@@ -15,7 +17,9 @@ same job does nothing, a stop of a stopped runtime does nothing.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from typing import Any
 
@@ -114,19 +118,14 @@ def choose_port(launcher: Launcher, job: Job) -> int:
 
 def runtime_tls_files(partner: Any) -> dict[str, str] | None:
     """Our runtime certificate, key and the partner's pinned CA; None only where plaintext is allowed."""
+    from apps.peer.identity import runtime_tls_files as tls_files
+
     try:
-        from apps.peer.identity import runtime_tls_files as tls_files
-    except ImportError:
-        tls_files = None
-    if tls_files is not None:
-        try:
-            return tls_files(partner)
-        except (ValueError, OSError) as exc:
-            if not _setting("FEDSITE_RUNTIME_ALLOW_INSECURE", False):
-                raise LaunchError(f"no TLS material for the runtime: {exc}") from exc
-    if _setting("FEDSITE_RUNTIME_ALLOW_INSECURE", False):
-        return None
-    raise LaunchError("no TLS material for the runtime (the peer identity is not set up)")
+        return tls_files(partner)
+    except (ValueError, OSError) as exc:
+        if not _setting("FEDSITE_RUNTIME_ALLOW_INSECURE", False):
+            raise LaunchError(f"no TLS material for the runtime: {exc}") from exc
+    return None
 
 
 def report_url(job: Job) -> str:
@@ -206,10 +205,11 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
     """
     from apps.jobs.services import set_job_status
 
-    job = Job.objects.select_related("ticket", "ticket__partner", "ticket__local_dataset", "workspace").filter(
-        pk=job_id
+    job = (
+        Job.objects.select_related("ticket", "ticket__partner", "ticket__local_dataset", "workspace")
+        .filter(pk=job_id)
+        .first()
     )
-    job = job.first()
     if job is None:
         return "gone"
     if job.status != J.PENDING or job.handle:
@@ -238,7 +238,13 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
             claim_error = str(exc)
         else:
             claim_error = ""
-        locked.handle = {"backend": launcher.name, "state": "launching", "since": time.time(), "port": port}
+        locked.handle = {
+            "backend": launcher.name,
+            "state": "launching",
+            "since": time.time(),
+            "port": port,
+            "worker": _this_worker(),
+        }
         locked.save(update_fields=["handle", "runtime_address", "updated_at"])
     job.refresh_from_db()
     if claim_error:
@@ -354,6 +360,51 @@ def _finished_state(launcher: Launcher | None, handle: dict[str, Any]) -> Runtim
     return RuntimeState(FAILED, exit_code=code, error=error_summary("", code))
 
 
+def _this_worker() -> dict[str, Any]:
+    """Who holds a launch claim: this process, so a reconciler on the same machine can tell it died."""
+    from apps.jobs.launchers.local import _proc_stat
+
+    st = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": st[2] if st else None}
+
+
+def _claimer_gone(handle: dict[str, Any]) -> bool:
+    """The worker that claimed this launch ran on this machine and is dead (killed mid-launch)."""
+    from apps.jobs.launchers.local import is_alive
+
+    worker = handle.get("worker") or {}
+    if worker.get("host") != socket.gethostname() or not isinstance(worker.get("pid"), int):
+        return False  # another machine's worker: only the LAUNCH_STALE_S timer can judge it
+    return not is_alive(worker["pid"], worker.get("start_ticks"))
+
+
+def _recover_launch(job: Job, claim: dict[str, Any]) -> str:
+    """The worker died mid-launch: adopt the runtime it started, or release the claim and launch again."""
+    from apps.jobs.services import set_job_status
+
+    try:
+        launcher = get_launcher(claim.get("backend") or job.launcher or None)
+        adopted = launcher.adopt(str(job.id), job.role)
+    except LaunchError as exc:
+        log.warning("cannot recover the launch of job %s: %s", job.pk, exc)
+        return "launching"
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        if locked.status != J.PENDING or locked.handle != claim:
+            return "raced"
+        locked.handle = adopted or {}
+        locked.save(update_fields=["handle", "updated_at"])
+        if adopted:
+            set_job_status(locked, J.STARTING, source="launcher")
+    if adopted:
+        log.info("job %s: adopted the runtime a lost worker started", job.pk)
+        return "adopted"
+    from workers.tasks import launch_job
+
+    launch_job.delay(job_id=str(job.id))
+    return "relaunched"
+
+
 def reconcile_job(job: Job, now: float | None = None) -> str:
     """Compare one active job with its runtime; move it if the runtime is done or gone."""
     from apps.jobs.services import set_job_status
@@ -362,6 +413,8 @@ def reconcile_job(job: Job, now: float | None = None) -> str:
     handle = job.handle or {}
     if job.status == J.PENDING:
         if handle.get("state") == "launching":
+            if _claimer_gone(handle):
+                return _recover_launch(job, handle)
             if now - float(handle.get("since", now)) > LAUNCH_STALE_S:
                 set_job_status(job, J.FAILED, error="the launch was interrupted (worker lost)", source="launcher")
                 return "failed"

@@ -108,3 +108,54 @@ def test_the_kubernetes_launcher_reads_the_result_where_the_workers_mount_the_ou
     (tmp_path / "7b0c" / "follower").mkdir(parents=True)
     (tmp_path / "7b0c" / "follower" / "result.json").write_text(json.dumps({"train": TRAIN_RESULT}))
     assert launcher.read_result(handle) == {"train": TRAIN_RESULT}
+
+
+def dead_worker() -> dict:
+    """The claim of a worker that was killed (a pid that no longer runs) on this machine."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return {"host": socket.gethostname(), "pid": proc.pid, "start_ticks": None}
+
+
+def test_a_runtime_started_by_a_worker_killed_before_it_stored_the_handle_is_adopted(side):
+    # given a worker that started the runtime and was killed before it stored the handle
+    job = side(PartyRole.LEADER, fake={"sleep": 0.5})
+    assert launching.launch(str(job.id)) == "started"
+    job.refresh_from_db()
+    claim = {
+        "backend": "local",
+        "state": "launching",
+        "since": 0.0,
+        "port": job.handle["port"],
+        "worker": dead_worker(),
+    }
+    Job.objects.filter(pk=job.pk).update(status="pending", handle=claim)
+    # when the reconciler looks at it (at once: no need to wait out the stale-claim timer)
+    assert launching.reconcile_job(Job.objects.get(pk=job.pk), now=claim["since"] + 1) == "adopted"
+    # then the job follows the runtime it already has, to its end
+    job.refresh_from_db()
+    assert job.status == "starting" and job.handle.get("state") != "launching" and job.handle["pid"]
+    wait_for(lambda: Path(job.handle["exit_file"]).exists(), what="exit file")
+    launching.reconcile()
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+
+
+def test_a_launch_whose_worker_was_killed_before_starting_anything_starts_again(side, monkeypatch):
+    job = side(PartyRole.LEADER, fake={"sleep": 0})
+    claim = {"backend": "local", "state": "launching", "since": 0.0, "port": None, "worker": dead_worker()}
+    Job.objects.filter(pk=job.pk).update(handle=claim)
+    monkeypatch.setattr("workers.tasks.launch_job.delay", lambda job_id: launching.launch(job_id))
+    assert launching.reconcile_job(Job.objects.get(pk=job.pk), now=1.0) == "relaunched"
+    job.refresh_from_db()
+    assert job.status == "starting" and job.handle["pid"]
+
+
+def test_a_launch_claimed_by_a_live_worker_is_left_alone(side):
+    job = side(PartyRole.LEADER)
+    claim = {"backend": "local", "state": "launching", "since": 0.0, "port": None, "worker": launching._this_worker()}
+    Job.objects.filter(pk=job.pk).update(handle=claim)
+    assert launching.reconcile_job(Job.objects.get(pk=job.pk), now=1.0) == "launching"

@@ -119,6 +119,10 @@ class Launcher(abc.ABC):
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         """The last lines of the runtime's own output."""
 
+    def adopt(self, job_id: str, side: str) -> dict[str, Any] | None:
+        """The handle of a runtime started for this job side by a worker that died before storing it."""
+        return None
+
     def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
         """The step results the runtime left in its output folder ({} where this backend cannot see it)."""
         return {}

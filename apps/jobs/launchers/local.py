@@ -234,12 +234,11 @@ class LocalLauncher(Launcher):
                 raise LaunchError(f"cannot start the runtime: {exc}") from exc
         _children[proc.pid] = proc
         st = _proc_stat(proc.pid)
-        p["pid"].write_text(json.dumps({"pid": proc.pid, "start_ticks": st[2] if st else None}))
         if self.on_exit is not None:
             threading.Thread(
                 target=self._wait, args=(proc, self.on_exit), name=f"runtime-{proc.pid}", daemon=True
             ).start()
-        return {
+        handle = {
             "backend": self.name,
             "pid": proc.pid,
             "pgid": proc.pid,
@@ -252,6 +251,19 @@ class LocalLauncher(Launcher):
             "host": socket.gethostname(),
             "started": time.time(),
         }
+        # With the whole handle: a worker killed before it stored the handle leaves it here (adopt()).
+        p["pid"].write_text(json.dumps({"pid": proc.pid, "start_ticks": handle["start_ticks"], "handle": handle}))
+        return handle
+
+    def adopt(self, job_id: str, side: str) -> dict[str, Any] | None:
+        try:
+            info = json.loads(self.paths(job_id, side)["pid"].read_text())
+        except (OSError, ValueError):
+            return None
+        handle = info.get("handle") if isinstance(info, dict) else None
+        if not isinstance(handle, dict) or handle.get("host") != socket.gethostname():
+            return None
+        return handle
 
     def _read_exit(self, handle: dict[str, Any]) -> dict[str, Any] | None:
         try:
