@@ -360,7 +360,7 @@ def markdown_table(group: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-DOC_TABLES = {"docs/training.md": "train", "docs/psi.md": "psi"}
+DOC_TABLES = {"docs/training.md": "train", "docs/psi.md": "psi", "docs/trees.md": "tree"}
 _MARK = re.compile(r"(<!-- params:(\w+) -->\n)(.*?)(<!-- /params:\2 -->)", re.S)
 
 
