@@ -8,6 +8,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from apps.core.auth import throttled_login
 from apps.core.health import healthz, readyz
 
+handler400 = "apps.core.error_pages.bad_request"
+handler403 = "apps.core.error_pages.permission_denied"
+handler404 = "apps.core.error_pages.page_not_found"
+handler500 = "apps.core.error_pages.server_error"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     # Browsers ask for /favicon.ico on pages that name none (the admin's).

@@ -160,10 +160,13 @@ def _id_hash(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _find_duplicates(hashes: array, all_ids: Any, hash_many: Callable[[list[str]], Any] | None = None) -> list[str]:
-    """Return a few real duplicate ids, or [] when 64-bit hashes merely collided.
+def _find_duplicates(
+    hashes: array, all_ids: Any, hash_many: Callable[[list[str]], Any] | None = None
+) -> list[tuple[str, str, str]]:
+    """Return a few real duplicate ids as (value, where first seen, where again), or [] when hashes merely collided.
 
-    `hash_many` is the hash the ids were recorded with, for many at once (default: _id_hash).
+    `all_ids()` yields (id, where) pairs in file order ("line 4", "row 4"); `hash_many` is the hash
+    the ids were recorded with, for many at once (default: _id_hash).
     """
     import numpy as np
 
@@ -175,22 +178,25 @@ def _find_duplicates(hashes: array, all_ids: Any, hash_many: Callable[[list[str]
     if not dup_hashes:
         return []
     hash_of = hash_many or (lambda values: [_id_hash(v) for v in values])
-    seen: set[str] = set()
-    dups: list[str] = []
+    seen: dict[str, str] = {}
+    dups: list[tuple[str, str, str]] = []
+    reported: set[str] = set()
 
-    def check(values: list[str]) -> bool:
-        for value, h in zip(values, hash_of(values), strict=True):
+    def check(chunk: list[tuple[str, str]]) -> bool:
+        values = [value for value, _ in chunk]
+        for (value, where), h in zip(chunk, hash_of(values), strict=True):
             if int(h) in dup_hashes:
-                if value in seen and value not in dups:
-                    dups.append(value)
+                if value in seen and value not in reported:
+                    dups.append((value, seen[value], where))
+                    reported.add(value)
                     if len(dups) >= 5:
                         return True
-                seen.add(value)
+                seen.setdefault(value, where)
         return False
 
-    chunk: list[str] = []
-    for value in all_ids():
-        chunk.append(value)
+    chunk: list[tuple[str, str]] = []
+    for pair in all_ids():
+        chunk.append(pair)
         if len(chunk) >= 65_536:
             if check(chunk):
                 return dups
@@ -200,7 +206,19 @@ def _find_duplicates(hashes: array, all_ids: Any, hash_many: Callable[[list[str]
     return dups
 
 
+def _duplicates_error(id_column: str, dups: list[tuple[str, str, str]]) -> DataFileError:
+    (value, first, again), *more = dups
+    others = f"; also {', '.join(repr(v) for v, _, _ in more)}" if more else ""
+    return DataFileError(
+        f"id column {id_column!r} has duplicates, e.g. {value!r} on {again} (first on {first}){others}",
+        field="id_column",
+    )
+
+
 def _check_columns(header: list[str], id_column: str, label_column: str | None) -> None:
+    for position, name in enumerate(header, 1):
+        if "\x00" in name:  # PostgreSQL cannot store it (schema and stats are JSON)
+            raise DataFileError(f"line 1, field {position}: the column name contains a NUL byte", field="uri")
     if id_column not in header:
         raise DataFileError(
             f"id column {id_column!r} is not in the file (columns: {', '.join(header)})", field="id_column"
@@ -216,11 +234,76 @@ def _check_columns(header: list[str], id_column: str, label_column: str | None) 
         seen.add(name)
 
 
+def _number_text(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def label_problem(name: str, stats: dict[str, Any], values: set[str] | None = None) -> str | None:
+    """Why column `name` (its statistics, as stored) cannot be a training label, or None if it can.
+
+    A label is binary: every row 0 or 1, and both classes present. `values` (the distinct values,
+    when registration still has them) makes the message show what was found.
+    """
+    nulls, count, distinct = stats.get("nulls") or 0, stats.get("count") or 0, stats.get("distinct")
+    if nulls:
+        return f"label column {name!r} has {nulls} empty values"
+    if count == 0:
+        return f"label column {name!r} is empty"
+    if stats.get("type") not in ("integer", "float"):
+        shown = f"; found {', '.join(repr(v) for v in sorted(values)[:5])}" if values else ""
+        return f"label column {name!r} must be binary, 0 or 1{shown}"
+    if distinct is None:
+        return f"label column {name!r} has more than {DISTINCT_LIMIT} classes; a label must be binary, 0 or 1"
+    classes = sorted({float(v) for v in values}) if values is not None else None
+    shown = f" ({', '.join(_number_text(c) for c in classes[:5])})" if classes else ""
+    if distinct == 1:
+        return f"label column {name!r} has a single class{shown}: training needs rows of both classes, 0 and 1"
+    if distinct > 2:
+        return f"label column {name!r} has {distinct} classes{shown}; a label must be binary, 0 or 1"
+    if stats.get("min") != 0 or stats.get("max") != 1:
+        found = ", ".join(_number_text(c) for c in classes) if classes else f"{stats.get('min')} to {stats.get('max')}"
+        return f"label column {name!r} must be binary, 0 or 1; found {found}"
+    return None
+
+
 def _check_label(stats: ColumnStats) -> None:
-    if stats.nulls:
-        raise DataFileError(f"label column {stats.name!r} has {stats.nulls} empty values", field="label_column")
-    if stats.count and stats.numeric != stats.count and stats.bools != stats.count:
-        raise DataFileError(f"label column {stats.name!r} must be binary or numeric", field="label_column")
+    problem = label_problem(stats.name, stats.as_dict(), stats.distinct)
+    if problem:
+        raise DataFileError(problem, field="label_column")
+
+
+# What a file really is, from its first bytes: a compressed, binary or UTF-16 file is named as such,
+# not reported as a CSV with a bad byte somewhere.
+MAGIC: list[tuple[bytes, str]] = [
+    (b"\x1f\x8b", "a gzip-compressed file (decompress it, e.g. gunzip, and register the result)"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image, not a data table"),
+    (b"\xff\xd8\xff", "a JPEG image, not a data table"),
+    (b"GIF8", "a GIF image, not a data table"),
+    (b"%PDF", "a PDF document, not a data table"),
+    (b"PK\x03\x04", "a zip archive (extract it and register the file inside)"),
+    (b"BZh", "a bzip2-compressed file (decompress it and register the result)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file (decompress it and register the result)"),
+    (b"(\xb5/\xfd", "a zstd-compressed file (decompress it and register the result)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 text (save it as UTF-8)"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text (save it as UTF-8)"),
+    (b"\xff\xfe", "UTF-16 text (save it as UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text (save it as UTF-8)"),
+]
+
+
+def _sniff(path: Path, *, expect: str) -> None:
+    """Refuse a file whose first bytes say it is something other than `expect` ("csv" or "parquet")."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    what = next((name for magic, name in MAGIC if head.startswith(magic)), None)
+    if what is None and len(head) >= 4 and b"\x00" not in head[:1] + head[2:3] and head[1] == 0 == head[3]:
+        what = "UTF-16 text (save it as UTF-8)"  # ASCII as UTF-16LE without a BOM: every other byte is 0
+    if what is None and len(head) >= 4 and head[0] == 0 == head[2] and head[1] and head[3]:
+        what = "UTF-16 text (save it as UTF-8)"
+    if what is None and expect == "csv" and head.startswith(b"PAR1"):
+        what = "a Parquet file (name it .parquet)"
+    if what is not None:
+        raise DataFileError(f"{path.name} is {what}", field="uri")
 
 
 # -- CSV, fast: Arrow's streaming reader, column statistics a batch at a time ------------------------
@@ -251,7 +334,7 @@ class _Scan:
     def __call__(self, data: bytes) -> None:
         if self.unusual or not data:
             return
-        if b'"' in data:
+        if b'"' in data or b"\x00" in data:  # quotes, NUL bytes: the row-by-row reader decides
             self.unusual = True
             return
         crs = data.count(b"\r")
@@ -328,6 +411,7 @@ def _inspect_csv_fast(
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
+    _sniff(path, expect="csv")
     header = _csv_header(path)
     _check_columns(header, id_column, label_column)
     id_idx = header.index(id_column)
@@ -424,13 +508,11 @@ def _finish_csv(path, size, header, columns, hashes, count, sha, id_column, labe
             next(r)
             for row in r:
                 if row:
-                    yield row[id_idx]
+                    yield row[id_idx], f"line {r.line_num}"
 
     dups = _find_duplicates(hashes, ids, hash_many)
     if dups:
-        raise DataFileError(
-            f"id column {id_column!r} has duplicates, e.g. {', '.join(repr(d) for d in dups)}", field="id_column"
-        )
+        raise _duplicates_error(id_column, dups)
     if label_column:
         _check_label(columns[header.index(label_column)])
     stats = {c.name: c.as_dict() for c in columns}
@@ -455,14 +537,18 @@ def inspect_csv_rows(
     size = path.stat().st_size
     if size == 0:
         raise DataFileError(f"{path.name} is empty", field="uri")
+    _sniff(path, expect="csv")
+    nul = [False]  # set once a NUL byte has been read: only then are the values searched for one
 
-    def rows(fh: io.TextIOBase):
-        return csv.reader(fh, strict=True)
+    def watch(data: bytes) -> None:
+        if not nul[0] and b"\x00" in data:
+            nul[0] = True
 
+    last_row_end = 0  # the line the last complete record ended on
     with path.open("rb") as raw:
-        hashing = _HashingReader(raw, size, progress)
+        hashing = _HashingReader(raw, size, progress, watch)
         text = io.TextIOWrapper(io.BufferedReader(hashing, CHUNK), encoding="utf-8", errors="strict", newline="")
-        reader = rows(text)
+        reader = csv.reader(text, strict=True)
         try:
             header = next(reader, None)
             if header is None or header == []:
@@ -475,13 +561,23 @@ def inspect_csv_rows(
             columns = [ColumnStats(name) for name in header]
             hashes = array("Q")
             count = 0
+            last_row_end = reader.line_num
             for row in reader:
                 if not row:
+                    last_row_end = reader.line_num
                     continue
                 if len(row) != width:
                     raise DataFileError(
                         f"line {reader.line_num}: expected {width} fields, found {len(row)}", field="uri"
                     )
+                if nul[0]:
+                    for position, value in enumerate(row, 1):
+                        if "\x00" in value:
+                            raise DataFileError(
+                                f"line {reader.line_num}, field {position} ({header[position - 1]!r}): "
+                                "the value contains a NUL byte",
+                                field="uri",
+                            )
                 ident = row[id_idx]
                 if ident == "":
                     raise DataFileError(f"line {reader.line_num}: id column {id_column!r} is empty", field="id_column")
@@ -489,17 +585,98 @@ def inspect_csv_rows(
                 for col, value in zip(columns, row, strict=True):
                     col.add(value)
                 count += 1
-        except UnicodeDecodeError as exc:
-            raise DataFileError(
-                f"{path.name} is not UTF-8 (near line {reader.line_num + 1}: byte {exc.object[exc.start]:#04x})",
-                field="uri",
-            ) from None
+                last_row_end = reader.line_num
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
         except csv.Error as exc:
-            raise DataFileError(f"line {reader.line_num}: malformed CSV ({exc})", field="uri") from None
+            raise _malformed(path, exc, reader.line_num, last_row_end + 1) from None
     if count == 0:
         raise DataFileError(f"{path.name} has a header but no rows", field="uri")
 
     return _finish_csv(path, size, header, columns, hashes, count, hashing.sha.hexdigest(), id_column, label_column)
+
+
+LOCATE_LIMIT = 64 << 20  # how far an error's exact place is searched for (the file was read that far already)
+
+
+def _not_utf8(path: Path) -> DataFileError:
+    """Where the first byte that is not UTF-8 is: line and column (the text decoder reads ahead)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    line, col, done = 1, 0, 0  # col: characters of the current line so far
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            try:
+                decoded = decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                data = exc.object  # bytes held back from the last chunk, then this one
+                before = bytes(data[: exc.start]).decode("utf-8")
+                if "\n" in before:
+                    line, col = line + before.count("\n"), len(before) - before.rfind("\n") - 1
+                else:
+                    col += len(before)
+                return DataFileError(
+                    f"{path.name} is not UTF-8: line {line}, column {col + 1}: byte {data[exc.start]:#04x} "
+                    "(save the file as UTF-8)",
+                    field="uri",
+                )
+            if "\n" in decoded:
+                line, col = line + decoded.count("\n"), len(decoded) - decoded.rfind("\n") - 1
+            else:
+                col += len(decoded)
+            done += len(chunk)
+            if done > LOCATE_LIMIT:
+                break
+    return DataFileError(f"{path.name} is not UTF-8 (save the file as UTF-8)", field="uri")
+
+
+def _malformed(path: Path, exc: csv.Error, line: int, record_start: int) -> DataFileError:
+    """csv's error, with where the quoted value that never closed was opened when that is the cause."""
+    message = str(exc)
+    opened = _unclosed_quote(path, record_start) if "end of data" in message or "field larger" in message else None
+    if opened is not None:
+        q_line, q_col = opened
+        return DataFileError(
+            f"line {q_line}, column {q_col}: a quoted value opened here is never closed (malformed CSV: {message})",
+            field="uri",
+        )
+    return DataFileError(f"line {line}: malformed CSV ({message})", field="uri")
+
+
+def _unclosed_quote(path: Path, start_line: int) -> tuple[int, int] | None:
+    """(line, column) of the quote still open at the end, reading CSV from `start_line` on, or None."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        line = 1
+        while line < start_line:
+            text = fh.readline()
+            if not text:
+                return None
+            if text.endswith(("\n", "\r")):
+                line += 1
+        in_quote, field_start, opened, col, prev, read = False, True, None, 0, "", 0
+        while chunk := fh.read(CHUNK):
+            read += len(chunk)
+            for ch in chunk:
+                if prev == "\r" and ch != "\n" or prev == "\n":
+                    line, col = line + 1, 0
+                col += 1
+                if in_quote:
+                    if ch == '"':
+                        in_quote = False  # closes, or the first of a doubled quote ("" reopens just below)
+                        field_start = False
+                elif ch == '"' and (field_start or prev == '"'):
+                    in_quote = True
+                    if prev != '"':
+                        opened = (line, col)
+                elif ch in ",\r\n":
+                    field_start = True
+                else:
+                    field_start = False
+                prev = ch
+            if read > LOCATE_LIMIT:
+                break
+    return opened if in_quote else None
 
 
 def inspect_parquet(
@@ -511,6 +688,9 @@ def inspect_parquet(
     size = path.stat().st_size
     if size == 0:
         raise DataFileError(f"{path.name} is empty", field="uri")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"PAR1":
+            _sniff(path, expect="parquet")
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -524,9 +704,9 @@ def inspect_parquet(
     for batch in pf.iter_batches(batch_size=65_536):
         for name in header:
             col = batch.column(name)
-            stats = columns[name]
+            running = columns[name]
             for value in col.to_pylist():
-                stats.add("" if value is None else (value if isinstance(value, str) else repr(value)))
+                running.add("" if value is None else (value if isinstance(value, str) else repr(value)))
         for value in batch.column(id_column).to_pylist():
             if value is None or value == "":
                 raise DataFileError(f"row {count + 1}: id column {id_column!r} is empty", field="id_column")
@@ -538,14 +718,15 @@ def inspect_parquet(
         raise DataFileError(f"{path.name} has no rows", field="uri")
 
     def ids():
+        row = 0
         for batch in pf.iter_batches(batch_size=65_536, columns=[id_column]):
-            yield from (str(v) for v in batch.column(0).to_pylist())
+            for v in batch.column(0).to_pylist():
+                row += 1
+                yield str(v), f"row {row}"
 
     dups = _find_duplicates(hashes, ids)
     if dups:
-        raise DataFileError(
-            f"id column {id_column!r} has duplicates, e.g. {', '.join(repr(d) for d in dups)}", field="id_column"
-        )
+        raise _duplicates_error(id_column, dups)
     if label_column:
         _check_label(columns[label_column])
     sha = hashlib.sha256()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from apps.audit.services import record
 from apps.core.errors import ServiceError
@@ -42,33 +42,39 @@ def register_dataset(
     path = resolve_in_workspace(workspace, uri)
     # Long I/O outside transaction.atomic(): a 5 GB file must not hold a DB transaction open.
     info = inspect_file(path, id_column, label_column or None, progress)
-    with transaction.atomic():
+    try:
+        with transaction.atomic():
+            if Dataset.objects.filter(workspace=workspace, name=name).exists():
+                raise ServiceError(f"a dataset named {name!r} already exists", field="name")
+            dataset = Dataset.objects.create(
+                workspace=workspace,
+                name=name,
+                description=description,
+                uri=str(path),
+                format=info.format,
+                id_column=id_column,
+                label_column=label_column or "",
+                schema=info.schema,
+                row_count=info.row_count,
+                stats=info.stats,
+                checksum=info.checksum,
+                size_bytes=info.size_bytes,
+                visibility=visibility,
+                created_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
+            )
+            record(
+                workspace,
+                "dataset.registered",
+                dataset,
+                actor=acting_user,
+                source=source,
+                data={"name": name, "rows": info.row_count, "checksum": info.checksum},
+            )
+    except IntegrityError:
+        # Another request registered the same name between our check and our insert.
         if Dataset.objects.filter(workspace=workspace, name=name).exists():
-            raise ServiceError(f"a dataset named {name!r} already exists", field="name")
-        dataset = Dataset.objects.create(
-            workspace=workspace,
-            name=name,
-            description=description,
-            uri=str(path),
-            format=info.format,
-            id_column=id_column,
-            label_column=label_column or "",
-            schema=info.schema,
-            row_count=info.row_count,
-            stats=info.stats,
-            checksum=info.checksum,
-            size_bytes=info.size_bytes,
-            visibility=visibility,
-            created_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
-        )
-        record(
-            workspace,
-            "dataset.registered",
-            dataset,
-            actor=acting_user,
-            source=source,
-            data={"name": name, "rows": info.row_count, "checksum": info.checksum},
-        )
+            raise ServiceError(f"a dataset named {name!r} already exists", field="name") from None
+        raise
     return dataset
 
 

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.services import record
+from apps.core.bounds import UINT31, bounded_int
 from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
 from apps.jobs.choices import ACTIVE, JOB_MACHINE, JobStatus
@@ -199,8 +200,8 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
                 job=job,
                 name=str(ev["name"])[:64],
                 split=str(ev.get("split") or "train")[:16],
-                step=ev.get("step"),
-                epoch=ev.get("epoch"),
+                step=bounded_int(ev.get("step"), "step", optional=True),
+                epoch=bounded_int(ev.get("epoch"), "epoch", optional=True),
                 value=float(ev["value"]),
             )
             metrics.append(m)
@@ -264,8 +265,8 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 side=JobMetric.Side.REMOTE,
                 name=str(m["name"])[:64],
                 split=str(m.get("split", "train"))[:16],
-                step=m.get("step"),
-                epoch=m.get("epoch"),
+                step=bounded_int(m.get("step"), "step", optional=True),
+                epoch=bounded_int(m.get("epoch"), "epoch", optional=True),
                 value=float(m["value"]),
             )
             for m in metrics
@@ -348,7 +349,7 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
 
     ticket = Ticket.objects.select_for_update().select_related("partner").get(pk=ticket.pk)
     try:
-        attempt = int(payload["attempt"])
+        attempt = bounded_int(payload["attempt"], "attempt", UINT31)
     except (KeyError, TypeError, ValueError):
         raise ServiceError("malformed job.retry: attempt", field="attempt") from None
     job_id = str(payload.get("job_id") or "")

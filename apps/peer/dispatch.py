@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from apps.core.bounds import INT64, bounded_int
 from apps.core.errors import ServiceError
 from apps.partners.models import Partner
 from apps.workspaces.models import Workspace
@@ -82,6 +83,9 @@ def _dataset_shared(workspace: Workspace, partner: Partner, payload: dict[str, A
     if not isinstance(schema, list):
         raise ServiceError("schema must be a list", field="schema")
     rows = payload.get("row_count")
+    rows = (
+        bounded_int(rows, "row_count", (0, INT64[1])) if isinstance(rows, int) and not isinstance(rows, bool) else None
+    )
     RemoteDataset.objects.update_or_create(
         partner=partner,
         remote_id=remote_id,
@@ -89,7 +93,7 @@ def _dataset_shared(workspace: Workspace, partner: Partner, payload: dict[str, A
             "workspace": workspace,
             "name": name,
             "schema": schema,
-            "row_count": rows if isinstance(rows, int) else None,
+            "row_count": rows,
             "has_label": bool(payload.get("has_label")),
             "revoked": False,
         },

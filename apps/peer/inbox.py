@@ -34,11 +34,12 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit.services import record
+from apps.core.bounds import BadNumber
 from apps.core.errors import ServiceError
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
@@ -217,6 +218,13 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
         if seen is None:
             raise
         return _seen_before(env, seen, workspace, partner, ack)
+    except (BadNumber, OverflowError, DataError) as exc:
+        # A number out of its column's range: checked by the services (BadNumber); the database's own
+        # refusal is the last line, so such a message is never an internal error.
+        message = exc.message if isinstance(exc, BadNumber) else f"a value is out of range ({exc})"
+        rejection = PeerRejected(Code.INVALID_ARGUMENT, f"{env.kind} refused: {message}", reason="malformed_payload")
+        _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
+        raise rejection from None
     except ServiceError as exc:
         rejection = PeerRejected(
             Code.FAILED_PRECONDITION, f"{env.kind} refused: {exc.message}", reason="refused_by_service"

@@ -18,11 +18,12 @@ from django.utils.dateparse import parse_datetime
 from apps.audit.services import record
 from apps.core.errors import Forbidden, ServiceError
 from apps.core.statemachine import transition
+from apps.datasets.inspect import label_problem
 from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 from apps.partners.choices import PartnerStatus, Policy
 from apps.partners.models import Partner
 from apps.peer.outbox import enqueue
-from apps.tickets.choices import TICKET_MACHINE, JobKind, PartyRole, TicketStatus
+from apps.tickets.choices import TICKET_MACHINE, TRAINING_KINDS, JobKind, PartyRole, TicketStatus
 from apps.tickets.models import Ticket, TicketEvent
 from apps.tickets.params import validate_params
 from apps.workspaces.models import Workspace
@@ -79,6 +80,21 @@ def _roles(kind: str, local: Dataset, remote: RemoteDataset) -> str:
     )
 
 
+def _label_refusal(kind: str, role: str, dataset: Dataset | None) -> str | None:
+    """Why this side's dataset cannot lead a training job (its label column is not binary 0/1), or None.
+
+    Judged from the statistics stored at registration, so a dataset registered before labels were
+    checked is caught here, before the partner approves, not when the job fails.
+    """
+    if kind not in TRAINING_KINDS or role != PartyRole.LEADER or dataset is None:
+        return None
+    if not dataset.label_column:
+        return f"dataset {dataset.name} has no label column; the leading side of training holds the labels"
+    stats = (dataset.stats or {}).get(dataset.label_column) or {}
+    problem = label_problem(dataset.label_column, stats)
+    return f"dataset {dataset.name}: {problem}" if problem else None
+
+
 @transaction.atomic
 def propose_ticket(
     workspace: Workspace,
@@ -106,6 +122,8 @@ def propose_ticket(
         raise ServiceError(f"{partner.name} has not granted this dataset to you", field="remote_dataset")
     validated = validate_params(kind, params)
     role = _roles(kind, local_dataset, remote_dataset)
+    if refusal := _label_refusal(kind, role, local_dataset):
+        raise ServiceError(refusal, field="local_dataset")
     ticket = Ticket.objects.create(
         workspace=workspace,
         partner=partner,
@@ -212,6 +230,8 @@ def receive_proposal(workspace: Workspace, partner: Partner, payload: dict[str, 
             source="system",
             _policy=True,
         )
+    if refusal := _label_refusal(kind, ticket.role, dataset):
+        return reject_ticket(ticket, reason=refusal, acting_user=None, source="system", _policy=True)
     policy = partner.policy_for(kind)
     if policy == Policy.ALWAYS_ALLOW:
         return approve_ticket(ticket, comment=f"approved by policy ({policy})", acting_user=None, source="system")
@@ -243,6 +263,8 @@ def approve_ticket(
         ticket.save(update_fields=["local_dataset"])
     if ticket.local_dataset is None:
         raise ServiceError("choose which of your datasets this ticket runs on", field="dataset")
+    if refusal := _label_refusal(ticket.kind, ticket.role, ticket.local_dataset):
+        raise ServiceError(refusal, field="dataset")
     _move(
         ticket,
         S.APPROVED,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from apps.audit.services import record
 from apps.core.errors import Forbidden, ServiceError
@@ -72,7 +72,15 @@ def create_workspace(*, slug: str, name: str, owner: AbstractBaseUser, source: s
         return None if existing is None else _slug_taken(existing, owner, source)
 
     _ask_about_names(None if source == "cli" else owner, refused, field="slug")
-    workspace = Workspace.objects.create(slug=slug, name=name)
+    try:
+        with transaction.atomic():  # a savepoint: the race below leaves the outer transaction usable
+            workspace = Workspace.objects.create(slug=slug, name=name)
+    except IntegrityError:
+        # Someone created this slug between our check and our insert: the same answer as the check's.
+        existing = Workspace.objects.filter(slug=slug).first()
+        if existing is None:
+            raise
+        raise ServiceError(_slug_taken(existing, owner, source), field="slug") from None
     Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
     record(workspace, "workspace.created", workspace, actor=owner, source=source, data={"slug": slug})
     transaction.on_commit(lambda: ensure_workspace_folders(workspace))

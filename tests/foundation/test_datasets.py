@@ -74,7 +74,7 @@ BAD_FILES = [
     ("dups.csv", "id,x\n1,2\n2,3\n1,4\n", "id", "", "duplicates, e.g. '1'"),
     ("noid.csv", "key,x\n1,2\n", "id", "", "id column 'id' is not in the file"),
     ("emptyid.csv", "id,x\n1,2\n,3\n", "id", "", "line 3: id column 'id' is empty"),
-    ("badlabel.csv", "id,label\n1,yes\n2,no\n", "id", "label", "binary or numeric"),
+    ("badlabel.csv", "id,label\n1,yes\n2,no\n", "id", "label", "must be binary, 0 or 1; found 'no', 'yes'"),
     ("nolabel.csv", "id,x\n1,2\n", "id", "label", "label column 'label' is not in the file"),
     ("data.json", "{}", "id", "", "unsupported format"),
 ]

@@ -554,3 +554,14 @@ def test_handshake_refusals_are_classified_and_repeats_counted_not_flooded() -> 
         ("tls_unknown_ca", 1),
         ("tls_unknown_ca", 4),
     ]
+
+
+@pytest.mark.parametrize("rows", [2**63, 10**30, -1])
+def test_an_out_of_range_integer_is_invalid_argument_not_internal(peer_env, rows) -> None:
+    """A number the database cannot hold is refused before it gets there, for good (no retry)."""
+    umbrella = peer_env["umbrella"]
+    err = rejected(peer_env, umbrella, umbrella.envelope("dataset.shared", {**SHARE, "row_count": rows}))
+    assert err.code() == Code.INVALID_ARGUMENT, err.details()
+    assert "row_count is out of range" in err.details()
+    assert not RemoteDataset.objects.exists() and not InboxMessage.objects.exists()
+    assert audit_reasons() == ["malformed_payload"]
