@@ -22,10 +22,13 @@ UINT31 = (0, 2**31 - 1)  # PositiveIntegerField
 INT64 = (-(2**63), 2**63 - 1)  # BigIntegerField
 
 
-def bounded_int(value: Any, field: str, bounds: tuple[int, int] = INT32, *, optional: bool = False) -> int | None:
-    """`value` as an int within `bounds`, else a ServiceError naming `field` (None allowed if `optional`)."""
-    if value is None and optional:
-        return None
+def optional_int(value: Any, field: str, bounds: tuple[int, int] = INT32) -> int | None:
+    """None, or `value` checked by bounded_int."""
+    return None if value is None else bounded_int(value, field, bounds)
+
+
+def bounded_int(value: Any, field: str, bounds: tuple[int, int] = INT32) -> int:
+    """`value` as an int within `bounds`, else a BadNumber (a ServiceError) naming `field`."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise BadNumber(f"{field} must be an integer", field=field)
     try:

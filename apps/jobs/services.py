@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.services import record
-from apps.core.bounds import UINT31, bounded_int
+from apps.core.bounds import UINT31, bounded_int, optional_int
 from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
 from apps.jobs.choices import ACTIVE, JOB_MACHINE, JobStatus
@@ -200,8 +200,8 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
                 job=job,
                 name=str(ev["name"])[:64],
                 split=str(ev.get("split") or "train")[:16],
-                step=bounded_int(ev.get("step"), "step", optional=True),
-                epoch=bounded_int(ev.get("epoch"), "epoch", optional=True),
+                step=optional_int(ev.get("step"), "step"),
+                epoch=optional_int(ev.get("epoch"), "epoch"),
                 value=float(ev["value"]),
             )
             metrics.append(m)
@@ -265,8 +265,8 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 side=JobMetric.Side.REMOTE,
                 name=str(m["name"])[:64],
                 split=str(m.get("split", "train"))[:16],
-                step=bounded_int(m.get("step"), "step", optional=True),
-                epoch=bounded_int(m.get("epoch"), "epoch", optional=True),
+                step=optional_int(m.get("step"), "step"),
+                epoch=optional_int(m.get("epoch"), "epoch"),
                 value=float(m["value"]),
             )
             for m in metrics
