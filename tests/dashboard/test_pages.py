@@ -164,3 +164,18 @@ def test_pages_answering_a_post_do_not_refresh_themselves(world, browser_client)
     assert b'data-watch="/w/acme/stamp"' in client.get("/w/acme/partners/").content
     assert b"data-watch" not in client.post("/w/acme/partners/invite", {}).content
     assert b'data-watch=""' in client.get("/w/acme/tickets/new").content
+
+
+def test_a_tree_models_page_shows_its_parameters_and_feature_importance(world, browser_client):
+    mv = world["mv"]
+    mv.metrics = {
+        "metrics": {"validation": {"auc": 0.81}},
+        "trees": 12,
+        "feature_importance": {"age": {"gain": 3.5, "splits": 2}, "income": {"gain": 10.25, "splits": 7}},
+    }
+    mv.lineage = {**mv.lineage, "params": {"tree": {"max_depth": 4, "he_scheme": "ou"}}}
+    mv.save()
+    body = browser_client("erin").get(f"/w/acme/models/{mv.pk}/").content.decode()
+    assert "Feature importance" in body and "Tree parameters" in body
+    assert body.index(">income<") < body.index(">age<")  # largest gain first
+    assert "10.25" in body and ">7<" in body

@@ -35,6 +35,19 @@ def summary(mv: ModelVersion) -> list[tuple[str, object]]:
     return out
 
 
+def importance(mv: ModelVersion) -> list[tuple[str, float, int]]:
+    """A tree model's feature importance for this side's features (gain, split count), largest gain first."""
+    raw = (mv.metrics or {}).get("feature_importance") if isinstance(mv.metrics, dict) else None
+    if not isinstance(raw, dict):
+        return []
+    rows = [
+        (str(name), float(v.get("gain", 0.0)), int(v.get("splits", 0)))
+        for name, v in raw.items()
+        if isinstance(v, dict) and _number(v.get("gain", 0.0)) and _number(v.get("splits", 0))
+    ]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 NAMES = {"auc": "AUC", "ks": "KS", "best_epoch": "best epoch", "rows": "rows trained on"}
 
 
@@ -68,6 +81,7 @@ def model_detail(request, pk):
         "models",
         mv=mv,
         summary=summary(mv),
+        importance=importance(mv),
         can_promote=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION),
         can_archive=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.ARCHIVED),
         can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
