@@ -36,6 +36,9 @@ class Partner(models.Model):
     delivery_lease_until = models.DateTimeField(
         null=True, blank=True, help_text="a worker is delivering this partner's outbox until then"
     )
+    delivery_lease_holder = models.CharField(
+        max_length=255, blank=True, help_text="host:pid:start of the worker holding the lease (freed if it died)"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -37,6 +37,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.processes import is_gone, this_process
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.peer import client
@@ -47,8 +48,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = float(getattr(settings, "FEDSITE_PEER_BACKOFF_MAX_S", 300))
-# A worker killed mid-delivery holds its partner's outbox this long. Renewed every LEASE_S / 3
-# after a send, and one send lasts at most client.CALL_TIMEOUT_S (10 s): 20 s < 30 s.
+# A worker killed mid-delivery holds its partner's outbox this long, unless a worker on the same
+# machine sees it is gone (the lease names its holder). Renewed every LEASE_S / 3 after a send,
+# and one send lasts at most client.CALL_TIMEOUT_S (10 s): 20 s < 30 s.
 LEASE_S = 30
 BATCH = 200
 # Answers meaning "this message will never be accepted": stop retrying it.
@@ -82,12 +84,27 @@ class _Lease:
     def acquire(cls, partner_id: Any) -> _Lease | None:
         now = timezone.now()
         until = now + dt.timedelta(seconds=LEASE_S)
+        me = this_process()
         taken = (
             Partner.objects.filter(pk=partner_id)
             .filter(Q(delivery_lease_until__isnull=True) | Q(delivery_lease_until__lt=now))
-            .update(delivery_lease_until=until)
+            .update(delivery_lease_until=until, delivery_lease_holder=me)
         )
-        return cls(partner_id, until) if taken == 1 else None
+        if taken == 1:
+            return cls(partner_id, until)
+        # Held by a worker of this machine that was killed mid-delivery? Take it over now
+        # rather than wait for the lease to run out (compare-and-set on what it wrote).
+        held = Partner.objects.filter(pk=partner_id).values("delivery_lease_until", "delivery_lease_holder").first()
+        if held and held["delivery_lease_holder"] and is_gone(held["delivery_lease_holder"]):
+            taken = Partner.objects.filter(
+                pk=partner_id,
+                delivery_lease_until=held["delivery_lease_until"],
+                delivery_lease_holder=held["delivery_lease_holder"],
+            ).update(delivery_lease_until=until, delivery_lease_holder=me)
+            if taken == 1:
+                log.info("took over the delivery lease of %s from %s (gone)", partner_id, held["delivery_lease_holder"])
+                return cls(partner_id, until)
+        return None
 
     def renew_if_due(self) -> None:
         if time.monotonic() - self.renewed < LEASE_S / 3:
@@ -97,7 +114,9 @@ class _Lease:
         self.until, self.renewed = until, time.monotonic()
 
     def release(self) -> None:
-        Partner.objects.filter(pk=self.partner_id, delivery_lease_until=self.until).update(delivery_lease_until=None)
+        Partner.objects.filter(pk=self.partner_id, delivery_lease_until=self.until).update(
+            delivery_lease_until=None, delivery_lease_holder=""
+        )
 
 
 def _new_due(partner_id: Any, after_seq: int) -> bool:
