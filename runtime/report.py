@@ -56,6 +56,19 @@ class ReportRejected(Exception):
     """The installation answered that this report will never be accepted: do not retry it."""
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirected report is an error, never followed: urllib would re-send a POST as a body-less GET."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise ReportRejected(
+            f"HTTP {code}: {req.full_url} redirects to {newurl}; reports are never sent on across a redirect "
+            "(the report URL must be answered directly: FEDSITE_RUNTIME_REPORT_URL)"
+        )
+
+
+_opener = urllib.request.build_opener(_RefuseRedirects)
+
+
 class Reporter:
     """Collects job events and ships them to the installation in the background."""
 
@@ -82,6 +95,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self.rejected = ""  # why the installation last refused a report (empty: never)
         self._last_progress: dict[str, float] = {}
         self._bar: Any = None
         self._thread: threading.Thread | None = None
@@ -217,6 +231,7 @@ class Reporter:
             self._post(batch)
         except ReportRejected as exc:
             log.error("the installation refused %d events: %s", len(batch), exc)
+            self.rejected = str(exc)
             return True
         except (urllib.error.URLError, OSError) as exc:
             with self._lock:
@@ -250,7 +265,7 @@ class Reporter:
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._report.token}"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) only
+            with _opener.open(req, timeout=10) as resp:  # http(s) only, checked in __init__
                 resp.read()
         except urllib.error.HTTPError as exc:
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
