@@ -116,12 +116,16 @@ def federated(work: Path, lp: Path, fp: Path, tree: dict[str, Any]) -> dict[str,
         log = open(work / f"{role}.log", "wb")  # noqa: SIM115 - closed below
         cmd = [sys.executable, "-m", "runtime", "tree", "--config", str(path)]
         procs[role] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    codes = {}
     for role, (proc, log) in procs.items():
-        code = proc.wait()
+        codes[role] = proc.wait()
         log.close()
-        if code != 0:
-            tail = (work / f"{role}.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"federated {role} failed ({code}):\n{tail}")
+    if any(codes.values()):
+        tails = "\n".join(
+            f"--- {role} (exit {code}):\n" + (work / f"{role}.log").read_text(errors="replace")[-2000:]
+            for role, code in codes.items()
+        )
+        raise SystemExit(f"federated run failed:\n{tails}")
     wall = time.perf_counter() - t0
     res = json.loads((work / "alpha" / "tree" / "result.json").read_text())
     hist = res["history"]
@@ -251,6 +255,7 @@ def main() -> int:
     ap.add_argument("--large-trees", type=int, default=None, help="trees of the large shape (default 10, quick 2)")
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the large shape")
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "tree.json"))
     args = ap.parse_args()
     base = {
@@ -277,7 +282,8 @@ def main() -> int:
             f"encrypt {rates['encrypt_per_s']:,.0f}/s, add {rates['add_per_s']:,.0f}/s, decrypt {rates['decrypt_per_s']:,.0f}/s",
             flush=True,
         )
-        shapes["small"] = run_shape("small", work, 5000, 10, 20, 0.05, base)
+        if not args.skip_small:
+            shapes["small"] = run_shape("small", work, 5000, 10, 20, 0.05, base)
         if not args.skip_large:
             shapes["large"] = run_shape(
                 "large", work, args.rows, 30, 300, None, {**base, "num_trees": large_trees, "early_stopping_rounds": 0}

@@ -22,7 +22,7 @@ from fedsite_proto.runtime.v1 import train_pb2 as pb
 from fedsite_proto.runtime.v1 import train_pb2_grpc as pb_grpc
 from runtime.config import JobConfig
 from runtime.errors import ConfigError, DataError, PeerError, RuntimeJobError
-from runtime.tls import NO_PORT_SHARING, add_port, open_channel
+from runtime.tls import MAX_MESSAGE_BYTES, NO_PORT_SHARING, add_port, open_channel
 
 PROTOCOL_VERSION = 2  # 2: EpochEnd.best_epoch, early-stopping activations
 _END = object()
@@ -30,6 +30,18 @@ RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+]
+# The follower pings every 20 s (tls.CHANNEL_OPTIONS); while one side computes for longer
+# (a SecureBoost histogram level) no data flows, and a server with gRPC's default ping
+# policy answers those pings with GOAWAY ("too many pings"), ending the stream.
+# Servers also take the channels' message size (gRPC's server default is 4 MB; a level of
+# encrypted histograms is larger).
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 
@@ -122,7 +134,8 @@ class LeaderLink(_Link):
         self._lock = threading.Lock()
         self._busy = False
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4), options=[*RECONNECT_OPTIONS, NO_PORT_SHARING]
+            futures.ThreadPoolExecutor(max_workers=4),
+            options=[*RECONNECT_OPTIONS, *SERVER_OPTIONS, NO_PORT_SHARING],
         )
         self._register(self.server)
         try:
