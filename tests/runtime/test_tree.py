@@ -321,3 +321,23 @@ def test_killed_follower_fails_the_leader_and_the_job_resumes(pki, tmp_path: Pat
     assert not isinstance(lres, Exception), lres
     assert lres["resumed_from"] >= 2 and fres["resumed_from"] == lres["resumed_from"]
     assert lres["trees"] == fres["trees"] == 40 and len(lres["history"]) == 40
+
+
+def test_the_link_carries_messages_beyond_grpcs_4_mb_default(pki, tmp_path: Path) -> None:
+    from fedsite_proto.runtime.v1 import tree_pb2 as pb
+    from runtime.tree.link import TreeFollowerLink, TreeLeaderLink
+
+    leader, follower = configs(pki, tmp_path, tmp_path / "l.csv", tmp_path / "f.csv")
+    big = os.urandom(6 * 1024 * 1024)  # a level of encrypted histograms easily exceeds 4 MB
+    lead = TreeLeaderLink(parse_config(leader))
+    foll = TreeFollowerLink(parse_config(follower), 10)
+    try:
+        lead.accept(10)
+        foll.send(pb.FollowerMessage(level_answer=pb.LevelAnswer(histograms=[pb.NodeHistogram(ciphertexts=big)])))
+        got = lead.recv(10, "a big level answer")
+        assert got.level_answer.histograms[0].ciphertexts == big
+        lead.send(pb.LeaderMessage(tree_start=pb.TreeStart(ciphertexts=big)))
+        assert foll.recv(10, "big ciphertexts").tree_start.ciphertexts == big
+    finally:
+        foll.close(2)
+        lead.close(2)
