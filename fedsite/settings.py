@@ -185,6 +185,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Typed JSON fields, ticket params per kind, every error status, links between operations.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.core.schema.postprocess"],
     "ENUM_NAME_OVERRIDES": {
         "TicketStatusEnum": "apps.tickets.choices.TicketStatus",
         "JobStatusEnum": "apps.jobs.choices.JobStatus",

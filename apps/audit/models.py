@@ -9,6 +9,7 @@ class Source(models.TextChoices):
     API = "api", "REST API"
     PEER = "peer", "Partner installation"
     RUNTIME = "runtime", "Runtime"
+    LAUNCHER = "launcher", "Job launcher"
     CLI = "cli", "Command line"
     SYSTEM = "system", "System"
 

@@ -380,3 +380,19 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
         data={"previous": str(latest.id)},
     )
     return job
+
+
+def metric_points(job: Job, **filters: str) -> list[JobMetric]:
+    """The job's metric points sorted by step (then epoch, side, name, split), each point once per side.
+
+    A point is (side, name, split, step, epoch); a report the runtime or the partner sent again
+    (a retried post, a resumed epoch, a redelivered message) keeps its latest value.
+    """
+    latest: dict[tuple[Any, ...], JobMetric] = {}
+    for m in job.metrics.filter(**filters).order_by("id"):
+        latest[(m.side, m.name, m.split, m.step, m.epoch)] = m
+
+    def key(m: JobMetric) -> tuple[Any, ...]:
+        return (m.step is None, m.step or 0, m.epoch is None, m.epoch or 0, m.side, m.name, m.split)
+
+    return sorted(latest.values(), key=key)

@@ -1,11 +1,14 @@
 from rest_framework import serializers
 
+from apps.core.schema import DATASET_SCHEMA, DATASET_STATS, typed_json
 from apps.datasets.choices import Visibility
 from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 
 
 class DatasetSerializer(serializers.ModelSerializer):
     granted_to = serializers.SerializerMethodField()
+    schema = typed_json(DATASET_SCHEMA)
+    stats = typed_json(DATASET_STATS)
 
     class Meta:
         model = Dataset
@@ -42,6 +45,7 @@ class GrantSerializer(serializers.ModelSerializer):
 
 class RemoteDatasetSerializer(serializers.ModelSerializer):
     partner = serializers.UUIDField(source="partner_id", read_only=True)
+    schema = typed_json(DATASET_SCHEMA)
 
     class Meta:
         model = RemoteDataset

@@ -1,10 +1,12 @@
 from rest_framework import serializers
 
+from apps.core.schema import ref, typed_json
 from apps.jobs.models import Job, JobMetric
 
 
 class JobSerializer(serializers.ModelSerializer):
     ticket = serializers.UUIDField(source="ticket_id", read_only=True)
+    result = typed_json(ref("JobResult"))
 
     class Meta:
         model = Job

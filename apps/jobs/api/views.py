@@ -1,14 +1,15 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from apps.core.api import TenantViewSet
 from apps.jobs.api.serializers import CancelSerializer, JobMetricSerializer, JobSerializer, RuntimeReportSerializer
-from apps.jobs.models import Job
-from apps.jobs.services import apply_report, cancel_job, job_for_token, retry_job
+from apps.jobs.models import Job, JobMetric
+from apps.jobs.services import apply_report, cancel_job, job_for_token, metric_points, retry_job
 from apps.workspaces.choices import Role
 
 
@@ -37,15 +38,28 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
         job = retry_job(self.get_object(), acting_user=request.user, source=self.source)
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses=JobMetricSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("name", str, description="only this metric (e.g. `auc`, `loss`)"),
+            OpenApiParameter("split", str, description="only this split (`train`, `validation`, `early_stopping`)"),
+            OpenApiParameter(
+                "side", str, enum=JobMetric.Side.values, description="`local`: this side's; `remote`: the partner's"
+            ),
+        ],
+        responses=JobMetricSerializer(many=True),
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def metrics(self, request, *args, **kwargs):
-        """Every metric point of the job, both sides (the partner's where it shares them)."""
-        qs = self.get_object().metrics.all()
+        """Every metric point of the job, both sides (the partner's where it shares them): a plain list sorted
+        by step (then epoch, side, name, split), each point once per side (a repeated report keeps the latest)."""
+        filters = {}
         for key in ("name", "split", "side"):
-            if request.query_params.get(key):
-                qs = qs.filter(**{key: request.query_params[key]})
-        return Response(JobMetricSerializer(qs, many=True).data)
+            value = request.query_params.get(key)
+            if value:
+                filters[key] = value
+        if filters.get("side", JobMetric.Side.LOCAL) not in JobMetric.Side.values:
+            raise ValidationError({"side": [f"must be one of {', '.join(JobMetric.Side.values)}"]})
+        return Response(JobMetricSerializer(metric_points(self.get_object(), **filters), many=True).data)
 
 
 class RuntimeReportThrottle(SimpleRateThrottle):

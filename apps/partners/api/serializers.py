@@ -2,6 +2,7 @@ import datetime as dt
 
 from rest_framework import serializers
 
+from apps.core.schema import ref, typed_json
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.peer.models import Invitation, InvitationStatus
@@ -17,6 +18,7 @@ class PartnerSerializer(serializers.ModelSerializer):
         help_text="when the oldest message not yet delivered to this partner was written (null: none waits)"
     )
     last_delivered_at = serializers.SerializerMethodField(help_text="when a message of ours last reached this partner")
+    policies = typed_json(ref("PartnerPolicies"))
     reachable = serializers.SerializerMethodField(
         help_text="our messages and heartbeats get through to this partner (false: see last_error)"
     )
@@ -59,9 +61,7 @@ class PartnerSerializer(serializers.ModelSerializer):
 
 
 class PartnerPolicySerializer(serializers.Serializer):
-    policies = serializers.DictField(
-        child=serializers.CharField(), help_text="job kind → always_allow | manual | always_refuse"
-    )
+    policies = typed_json(ref("PartnerPolicies"), read_only=False, help_text="job kind → policy")
 
 
 class InvitationSerializer(serializers.Serializer):

@@ -1,11 +1,14 @@
 from rest_framework import serializers
 
+from apps.core.schema import ref, typed_json
 from apps.registry.models import ModelVersion
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     ticket = serializers.UUIDField(source="ticket_id", read_only=True)
     job = serializers.UUIDField(source="job_id", read_only=True)
+    metrics = typed_json(ref("TrainingSummary"))
+    lineage = typed_json(ref("ModelLineage"))
 
     class Meta:
         model = ModelVersion

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.core.schema import params_any_of, typed_json
 from apps.peer.reachability import undelivered
 from apps.tickets.choices import JobKind
 from apps.tickets.models import Ticket, TicketEvent
@@ -15,6 +16,7 @@ class TicketSerializer(serializers.ModelSerializer):
     partner = serializers.UUIDField(source="partner_id", read_only=True)
     local_dataset = serializers.UUIDField(source="local_dataset_id", read_only=True, allow_null=True)
     events = TicketEventSerializer(many=True, read_only=True)
+    params = typed_json(params_any_of())
     undelivered_messages = serializers.SerializerMethodField(
         help_text="messages about this ticket the partner has not received yet (0: it has everything)"
     )
@@ -51,3 +53,7 @@ class ApproveSerializer(serializers.Serializer):
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RejectSerializer(serializers.Serializer):
+    reason = serializers.CharField(help_text="why you reject it (the partner reads it)")

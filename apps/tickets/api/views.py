@@ -7,7 +7,13 @@ from apps.core.api import TenantViewSet
 from apps.core.errors import ServiceError
 from apps.datasets.models import Dataset, RemoteDataset
 from apps.partners.models import Partner
-from apps.tickets.api.serializers import ApproveSerializer, ReasonSerializer, TicketCreateSerializer, TicketSerializer
+from apps.tickets.api.serializers import (
+    ApproveSerializer,
+    ReasonSerializer,
+    RejectSerializer,
+    TicketCreateSerializer,
+    TicketSerializer,
+)
 from apps.tickets.models import Ticket
 from apps.tickets.services import approve_ticket, propose_ticket, reject_ticket, withdraw_ticket
 from apps.workspaces.choices import Role
@@ -62,10 +68,10 @@ class TicketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         )
         return Response(TicketSerializer(ticket).data)
 
-    @extend_schema(request=ReasonSerializer, responses=TicketSerializer)
+    @extend_schema(request=RejectSerializer, responses=TicketSerializer)
     @action(detail=True, methods=["post"])
     def reject(self, request, *args, **kwargs):
-        ser = ReasonSerializer(data=request.data)
+        ser = RejectSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         ticket = reject_ticket(
             self.get_object(), reason=ser.validated_data["reason"], acting_user=request.user, source=self.source
