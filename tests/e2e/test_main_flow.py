@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from demo.flow import run_main_flow, running_pair
+from tests.schema_client import validating_clients
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROWS = 20_000  # per side; 75% overlap
@@ -31,10 +32,38 @@ def cluster(tmp_path_factory):
         yield pair
 
 
+@pytest.fixture(scope="module", autouse=True)
+def schema_checker(cluster):
+    """Every answer either installation gives this module's clients is checked against /api/schema/."""
+    alpha, _, _ = cluster
+    with validating_clients(alpha.url) as checker:
+        yield checker
+
+
 @pytest.fixture(scope="module")
-def flow(cluster):
+def flow(cluster, schema_checker):
     alpha, beta, files = cluster
     return run_main_flow(alpha, beta, files, epochs=2, progress=False)
+
+
+def test_every_answer_of_the_main_flow_matches_the_schema(cluster, flow, schema_checker):
+    """invite, accept, register, grant, propose, approve, wait, read the model's AUC: all as the schema says."""
+    alpha, _, _ = cluster
+    assert not schema_checker.violations, "\n".join(schema_checker.violations[:20])
+    flow_ops = {
+        "v1_workspaces_partners_invitations_create", "v1_workspaces_partners_accept_create",
+        "v1_workspaces_datasets_create", "v1_workspaces_datasets_grants_create", "v1_workspaces_tickets_create",
+        "v1_workspaces_tickets_approve_create", "v1_workspaces_jobs_retrieve", "v1_workspaces_model_versions_list",
+    }  # fmt: skip
+    assert flow_ops <= set(schema_checker.seen), sorted(flow_ops - set(schema_checker.seen))
+    # The AUC's place is found from the schema alone: ModelVersion.metrics -> metrics -> validation -> auc.
+    mv = schema_checker.component("ModelVersion")["properties"]["metrics"]
+    summary = (mv.get("$ref") or mv["allOf"][0]["$ref"]).split("/")[-1]
+    training = schema_checker.component(summary)["properties"]["metrics"]["$ref"].split("/")[-1]
+    split = schema_checker.component(training)["properties"]["validation"]["$ref"].split("/")[-1]
+    assert "auc" in schema_checker.component(split)["properties"]
+    version = alpha.client("anna").get(f"{A}/model-versions/{flow.model_version_id}/")
+    assert version["metrics"]["metrics"]["validation"]["auc"] == pytest.approx(flow.validation_auc)
 
 
 def test_both_sides_succeed_with_the_exact_intersection(cluster, flow):
