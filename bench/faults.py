@@ -777,7 +777,7 @@ def verdicts(snaps: dict[str, dict[str, Any]], tally: Tally, kill_runs: list[dic
                                              "job": job["status"], "handle": job["handle_state"],
                                              "ticket_status": t["status"]})  # fmt: skip
                 if js and t["status"] in ("withdrawn", "rejected", "expired"):
-                    jobs_unapproved.append({"ticket": tid, "side": name, "ticket_status": t["status"],
+                    jobs_unapproved.append({"ticket": tid, "scenario": scenario, "side": name, "ticket_status": t["status"],
                                             "jobs": [j["status"] for j in js.values()]})  # fmt: skip
         for attempt in sorted(set(ja) | set(jb)):
             x, y = ja.get(attempt), jb.get(attempt)
@@ -959,6 +959,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker_kills_mid_delivery": worker_kills,
             "installation_kill_runs": kill_runs,
             **quiet,
+            # Totals by what the trial did (the lists below show at most 50 tickets each).
+            "by_scenario": {
+                name: dict(Counter(x.get("scenario") or x.get("phase", "") for x in found[name]))
+                for name in ("diverged", "duplicated", "lost", "stuck_trials", "jobs_for_unapproved_tickets")
+            },
             **{k: v[:50] if isinstance(v, list) else v for k, v in found.items()},
         },
     }
