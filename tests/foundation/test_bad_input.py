@@ -241,3 +241,21 @@ def test_a_received_training_proposal_we_would_lead_on_bad_labels_is_refused_wit
     ticket = receive_proposal(workspaces["acme"], partner, payload)
     assert ticket.status == TicketStatus.REJECTED
     assert "has a single class" in ticket.decision_comment
+
+
+def test_a_runtime_report_with_an_out_of_range_step_is_a_400(workspaces, client):
+    """The report endpoint checks numbers against their column before saving (a 500 on PostgreSQL before)."""
+    from apps.jobs.models import Job
+    from apps.jobs.services import issue_runtime_token
+    from apps.tickets.models import Ticket
+
+    partner = connected_partner(workspaces["acme"])
+    ticket = Ticket.objects.create(workspace=workspaces["acme"], partner=partner, name="t", kind=JobKind.PSI,
+                                   role="leader", is_proposer=True, status="running")  # fmt: skip
+    job = Job.objects.create(workspace=workspaces["acme"], ticket=ticket, role="leader", status="running")
+    token = issue_runtime_token(job)
+    event = {"type": "metric", "name": "loss", "value": 0.5, "step": 2**40, "split": "train"}
+    r = client.post(f"/api/v1/runtime/jobs/{job.id}/report", {"events": [event]},
+                    content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")  # fmt: skip
+    assert r.status_code == 400 and "step is out of range" in str(r.json())
+    assert not job.metrics.exists()
