@@ -259,3 +259,13 @@ def test_a_runtime_report_with_an_out_of_range_step_is_a_400(workspaces, client)
                     content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")  # fmt: skip
     assert r.status_code == 400 and "step is out of range" in str(r.json())
     assert not job.metrics.exists()
+
+
+def test_an_integrity_error_no_service_foresaw_is_a_409_in_json():
+    from django.db import IntegrityError
+
+    from apps.core.drf import exception_handler
+
+    r = exception_handler(IntegrityError("duplicate key value violates unique constraint"), {})
+    assert r is not None and r.status_code == 409 and r.data["code"] == "conflict"
+    assert "duplicate key" not in str(r.data)  # the database's wording stays in the log
