@@ -42,7 +42,7 @@ class SchemaChecker:
         from schemathesis.core.failures import FailureGroup
 
         method = (response.request.method or "GET").upper()
-        path = urlsplit(response.request.url).path
+        path = urlsplit(str(response.request.url)).path
         if not path.startswith("/api/v1/"):
             return
         operation = self.schema.find_operation_by_path(method, path)
