@@ -113,3 +113,20 @@ def test_runtime_manifests_fit_the_restricted_namespace(k8s_launcher):
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     namespaces = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "Namespace"}
     assert namespaces["fedsite-jobs"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_runtimes_report_to_the_web_service_and_the_public_url_is_https():
+    """Production mode: the public name is HTTPS (through the ingress); runtimes post to the in-cluster Service,
+    on a path the web answers by Service name without redirecting (tests/kubernetes/test_production_web.py)."""
+    from urllib.parse import urlsplit
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in documents()}
+    config = docs[("ConfigMap", "fedsite-config")]["data"]
+    service = docs[("Service", "fedsite-web")]
+    assert config["FEDSITE_ENV"] == "production"
+    public = urlsplit(config["FEDSITE_PUBLIC_URL"])
+    assert public.scheme == "https" and public.hostname in config["ALLOWED_HOSTS"].split(",")
+    report = urlsplit(config["FEDSITE_RUNTIME_REPORT_URL"])
+    meta = service["metadata"]
+    assert report.hostname == f"{meta['name']}.{meta['namespace']}.svc"
+    assert report.port in [p["port"] for p in service["spec"]["ports"]]
