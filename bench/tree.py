@@ -308,6 +308,7 @@ def main() -> int:
     result = {
         "benchmark": "vertical SecureBoost (HEU) vs XGBoost hist; large: leader 100k x 30 + labels, follower 100k x 300; small: 5k rows, 5% positives",
         "quick": args.quick,
+        "command": " ".join([".venv/bin/python", "bench/tree.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "he_rates": rates,
         "federated": head["federated"],
