@@ -120,12 +120,16 @@ def test_member_withdraws_a_sent_ticket(world, browser_client):
 def test_admin_sets_policies_and_suspends(world, browser_client):
     client = browser_client("erin")
     pk = world["partner"].pk
-    client.post(
-        f"/w/acme/partners/{pk}/policies",
-        {"psi": "always_allow", "psi_vertical_nn": "manual", "vertical_nn": "always_refuse"},
-    )
+    policies = {
+        "psi": "always_allow",
+        "psi_vertical_nn": "manual",
+        "vertical_nn": "always_refuse",
+        "psi_vertical_tree": "always_allow",
+        "vertical_tree": "manual",
+    }
+    client.post(f"/w/acme/partners/{pk}/policies", policies)
     partner = Partner.objects.get(pk=pk)
-    assert partner.policies == {"psi": "always_allow", "psi_vertical_nn": "manual", "vertical_nn": "always_refuse"}
+    assert partner.policies == policies
     client.post(f"/w/acme/partners/{pk}/status", {"status": "suspended"})
     assert Partner.objects.get(pk=pk).status == "suspended"
     client.post(f"/w/acme/partners/{pk}/status", {"status": "connected"})
