@@ -14,10 +14,10 @@ from apps.audit.services import record
 from apps.core.bounds import UINT31, bounded_int, optional_int
 from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
-from apps.jobs.choices import ACTIVE, JOB_MACHINE, JobStatus
+from apps.jobs.choices import ACTIVE, JOB_MACHINE, JOB_RECONCILE, OUTCOME_RANK, JobStatus
 from apps.jobs.models import Job, JobMetric
 from apps.peer.outbox import enqueue
-from apps.tickets.choices import PartyRole, TicketStatus
+from apps.tickets.choices import NOT_APPROVED_OUTCOMES, PartyRole, TicketStatus
 
 J = JobStatus
 LOG_TAIL_LINES = 200
@@ -99,9 +99,20 @@ def _state_payload(job: Job) -> dict[str, Any]:
 
 @transaction.atomic
 def set_job_status(
-    job: Job, status: str, *, error: str = "", source: str = "system", actor: Any = None, notify_partner: bool = True
+    job: Job,
+    status: str,
+    *,
+    error: str = "",
+    source: str = "system",
+    actor: Any = None,
+    notify_partner: bool = True,
+    merge: bool = False,
 ) -> Job:
-    """Move the job (and its ticket) and tell the partner."""
+    """Move the job (and its ticket) and tell the partner.
+
+    `merge`: the partner's run of this attempt ended worse than ours (OUTCOME_RANK), so a
+    finished job may move once more (succeeded → failed | cancelled, failed → cancelled).
+    """
     job = Job.objects.select_for_update().get(pk=job.pk)
     if job.status == status:
         return job
@@ -116,7 +127,7 @@ def set_job_status(
     if error:
         extra["error"] = error[:10_000]
     before = job.status
-    transition(job, JOB_MACHINE, status, extra=extra)
+    transition(job, JOB_RECONCILE if merge else JOB_MACHINE, status, extra=extra)
     record(job.workspace, f"job.{status}", job, actor=actor, source=source, data={"from": before, "error": error[:500]})
     _follow_ticket(job, status, error)
     if status == J.SUCCEEDED and ((job.result or {}).get("train") or (job.result or {}).get("tree")):
@@ -146,6 +157,8 @@ def _follow_ticket(job: Job, status: str, error: str) -> None:
     from apps.tickets.services import set_run_status
 
     ticket = job.ticket
+    if ticket.jobs.filter(attempt__gt=job.attempt).exists():
+        return  # the ticket follows its latest attempt only
     target = {
         J.RUNNING: TicketStatus.RUNNING,
         J.STARTING: TicketStatus.RUNNING,
@@ -154,10 +167,7 @@ def _follow_ticket(job: Job, status: str, error: str) -> None:
         J.CANCELLED: TicketStatus.CANCELLED,
     }.get(status)
     if target and ticket.status != target:
-        from apps.tickets.choices import TICKET_MACHINE
-
-        if TICKET_MACHINE.can(ticket.status, target):
-            set_run_status(ticket, target, comment=error[:500])
+        set_run_status(ticket, target, comment=error[:500])
 
 
 def cancel_job(job: Job, *, acting_user: Any = None, source: str = "api", reason: str = "") -> Job:
@@ -232,12 +242,13 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
 
 
 @transaction.atomic
-def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
+def apply_remote_job_state(job: Job, payload: dict[str, Any], *, source: str = "peer") -> Job:
     """The partner's side of the job moved: show it here; its failure fails ours too.
 
     Our resulting terminal state goes back to the partner (so its page shows our side
-    as failed/cancelled too); that cannot loop, since a job that is no longer active
-    only records what the partner says.
+    as failed/cancelled too). If both runs have ended, both sides keep the higher
+    outcome of the two (OUTCOME_RANK: a run succeeded only if it did on both sides).
+    That cannot loop: a side only moves to a strictly higher outcome.
     """
     job = Job.objects.select_for_update().get(pk=job.pk)
     job.remote_status = str(payload.get("status", ""))[:16]
@@ -279,15 +290,25 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any]) -> Job:
                 job,
                 J.FAILED,
                 error=f"{PARTNER_FAILED}{job.remote_error or 'no reason given'}",
-                source="peer",
+                source=source,
             )
         elif job.remote_status == J.CANCELLED:
             set_job_status(
                 job,
                 J.CANCELLED,
                 error=job.remote_error or "cancelled by the partner",
-                source="peer",
+                source=source,
             )
+    elif OUTCOME_RANK.get(job.remote_status, 0) > OUTCOME_RANK.get(job.status, 0):
+        # Both runs ended, the partner's worse: ours takes its outcome (a run succeeds only on both sides).
+        reason = job.remote_error or f"the partner's run {job.remote_status}"
+        set_job_status(
+            job,
+            job.remote_status,
+            error=reason if job.remote_status == J.CANCELLED else f"{PARTNER_FAILED}{reason}",
+            source=source,
+            merge=True,
+        )
     return job
 
 
@@ -327,6 +348,8 @@ def retry_job(job: Job, *, acting_user: Any = None, source: str = "api") -> Job:
         raise ServiceError(f"attempt {latest.attempt} is newer; retry that one", field="job")
     if job.status not in RETRYABLE:
         raise ServiceError(f"only a failed or cancelled job can be retried; this one is {job.status}")
+    if ticket.status in NOT_APPROVED_OUTCOMES:
+        raise ServiceError(f"the ticket is {ticket.status}; it cannot run again")
     if ticket.partner.status != PartnerStatus.CONNECTED:
         raise ServiceError(f"partner {ticket.partner.name} is {ticket.partner.status}, not connected")
     who = acting_user.get_username() if getattr(acting_user, "is_authenticated", False) else source
@@ -340,9 +363,10 @@ def retry_job(job: Job, *, acting_user: Any = None, source: str = "api") -> Job:
 def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
     """The partner retried the ticket: create the same attempt here (idempotent).
 
-    Called by the peer service for a `job.retry` message. Refuses (ServiceError)
-    an attempt that does not follow ours, or one while our previous attempt still
-    runs, or a ticket our policy for its kind now refuses.
+    Called by the peer service for a `job.retry` message. Refuses (ServiceError) an
+    attempt that does not follow ours. Our previous attempt, if still active, is
+    cancelled. On a ticket no longer approved here, or one our policy for its kind now
+    refuses, the attempt is recorded as cancelled (so both sides hold it, ended).
     """
     from apps.partners.choices import Policy
     from apps.tickets.models import Ticket
@@ -363,13 +387,15 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
     if latest is None or attempt != latest.attempt + 1:
         have = latest.attempt if latest else 0
         raise ServiceError(f"job.retry: attempt {attempt} does not follow ours ({have})", field="attempt")
-    if ticket.partner.policy_for(ticket.kind) == Policy.ALWAYS_REFUSE:
-        raise ServiceError(f"our policy refuses {ticket.kind} jobs from {ticket.partner.name}")
+    refusal = ""
+    if ticket.status in NOT_APPROVED_OUTCOMES:
+        refusal = f"the ticket is {ticket.status} here"
+    elif ticket.partner.policy_for(ticket.kind) == Policy.ALWAYS_REFUSE:
+        refusal = f"our policy refuses {ticket.kind} jobs from {ticket.partner.name}"
     if latest.status in ACTIVE:
-        # The partner's run ended before ours heard of it: end ours now (its failure reached us first).
-        set_job_status(
-            latest, J.CANCELLED, error="superseded by the partner's retry", source="peer", notify_partner=False
-        )
+        # The partner's run ended before ours heard of it: end ours now; the partner merges
+        # our outcome for that attempt with its own.
+        set_job_status(latest, J.CANCELLED, error="superseded by the partner's retry", source="peer")
     job = start_ticket_run(ticket, source="peer", attempt=attempt)
     record(
         ticket.workspace,
@@ -379,6 +405,9 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
         source="peer",
         data={"previous": str(latest.id)},
     )
+    if refusal:
+        # Both sides keep the attempt, ended: the partner's job is cancelled by our answer.
+        set_job_status(job, J.CANCELLED, error=f"retry refused: {refusal}", source="peer")
     return job
 
 

@@ -194,7 +194,7 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
         envelope = build(
             partner, message.kind, message.payload, message_id=message.id, seq=message.seq, ticket_id=message.ticket_id
         )
-        client.deliver(partner, envelope)
+        ack = client.deliver(partner, envelope)
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details() or ""
         error = f"{code.name}: {details}"[:2000]
@@ -204,6 +204,7 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
         if code in REFUSED_CODES:
             log.warning("%s %s refused by %s: %s", message.kind, message.id, partner.name, error)
             _mark(message, OutboxStatus.REFUSED, error)
+            _reconcile(partner, message, _refusal_state(exc))
             return "refused"
         next_attempt = _retry_later(partner, message, error)
         if code in UNREACHABLE_CODES:
@@ -218,7 +219,58 @@ def _send(partner: Partner, message: OutboxMessage) -> str:
         _retry_later(partner, message, f"{type(exc).__name__}: {exc}"[:2000])
         return "retry"
     _mark(message, OutboxStatus.DELIVERED, "")
+    if "state" in ack.DESCRIPTOR.fields_by_name and ack.HasField("state"):
+        _reconcile(partner, message, ack.state)
     return "delivered"
+
+
+# --- the answer's state: a refusal is never a dead end (docs/peer.md, "Races") -------------------
+
+
+def _refusal_state(exc: grpc.RpcError) -> Any:
+    from apps.peer.inbox import STATE_TRAILER
+    from fedsite_proto.peer.v1 import peer_pb2
+
+    trailers = getattr(exc, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailers:
+        if key == STATE_TRAILER and isinstance(value, bytes):
+            try:
+                return peer_pb2.TicketState.FromString(value)
+            except Exception:  # noqa: BLE001 - an unreadable state is as good as none
+                log.warning("unreadable ticket state in %s's refusal", "partner")
+    return None
+
+
+def _reconcile(partner: Partner, message: OutboxMessage, state: Any) -> None:
+    """Bring our copy of the message's ticket to what the partner's answer says its copy is.
+
+    Through the ticket service (the same rule as its messages; audited as
+    `ticket.reconciled`); the answer is recorded on the outbox row. Never raises:
+    delivery goes on whatever happens here.
+    """
+    if state is None or not message.ticket_id or not state.known:
+        return
+    from django.db import transaction
+
+    from apps.tickets.models import Ticket
+    from apps.tickets.services import reconcile_with_partner
+
+    remote = {
+        "status": state.status,
+        "jobs": [{"attempt": j.attempt, "status": j.status, "error": j.error} for j in state.jobs],
+    }
+    try:
+        ticket = Ticket.objects.filter(pk=message.ticket_id, partner=partner).first()
+        if ticket is None:
+            return
+        with transaction.atomic():
+            changes = reconcile_with_partner(ticket, remote, answer_to=message.kind)
+        if changes:
+            note = f"partner's copy: {state.status}; reconciled: {'; '.join(changes)}"[:1000]
+            before = OutboxMessage.objects.filter(pk=message.pk).values_list("last_error", flat=True).first() or ""
+            OutboxMessage.objects.filter(pk=message.pk).update(last_error=f"{before} | {note}" if before else note)
+    except Exception:  # noqa: BLE001 - a reconciliation bug must not stop delivery; the next answer retries it
+        log.exception("could not reconcile ticket %s with %s's answer", message.ticket_id, partner.name)
 
 
 def _retry_later(partner: Partner, message: OutboxMessage, error: str) -> dt.datetime:

@@ -56,6 +56,7 @@ def _job_state(workspace: Workspace, partner: Partner, payload: dict[str, Any]) 
 
     job = Job.objects.filter(pk=_uuid(payload, "job_id"), workspace=workspace, ticket__partner=partner).first()
     if job is None:
+        # Refused: the answer carries our copy's state and the partner reconciles to it.
         raise ServiceError("unknown job", field="job_id")
     apply_remote_job_state(job, payload)
 
@@ -104,6 +105,7 @@ HANDLERS = {
     "ticket.proposed": _proposed,
     "ticket.approved": _decision("approved", from_receiver=True),
     "ticket.rejected": _decision("rejected", from_receiver=True),
+    "ticket.expired": _decision("expired", from_receiver=True),
     "ticket.withdrawn": _decision("withdrawn", from_receiver=False),
     "job.state": _job_state,
     "job.progress": _job_state,

@@ -56,11 +56,57 @@ Code = grpc.StatusCode
 class PeerRejected(Exception):
     """A message or call refused before anything was applied."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, reason: str, trailers: tuple[tuple[str, bytes], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
+        # Trailing metadata for the answer: a refused ticket message carries our copy's state.
+        self.trailers = trailers
+
+
+STATE_TRAILER = "fedsite-ticket-state-bin"
+
+
+def ticket_state(workspace: Workspace, partner: Partner, ticket_id: str) -> peer_pb2.TicketState | None:
+    """Our copy of the message's ticket, as the answer carries it (None if the message names none)."""
+    if not ticket_id:
+        return None
+    from apps.tickets.models import Ticket
+    from apps.tickets.services import ticket_state as state_of
+
+    try:
+        ticket = Ticket.objects.filter(pk=uuid.UUID(ticket_id), workspace=workspace, partner=partner).first()
+    except ValueError:
+        return None
+    if ticket is None:
+        return peer_pb2.TicketState(ticket_id=ticket_id, known=False)
+    state = state_of(ticket)
+    return peer_pb2.TicketState(
+        ticket_id=ticket_id,
+        status=state["status"],
+        is_proposer=state["is_proposer"],
+        known=True,
+        jobs=[
+            peer_pb2.JobState(job_id=j["job_id"], attempt=j["attempt"], status=j["status"], error=j["error"])
+            for j in state["jobs"]
+        ],
+    )
+
+
+def _refused(
+    code: grpc.StatusCode, message: str, reason: str, workspace: Workspace, partner: Partner, env: peer_pb2.Envelope
+) -> PeerRejected:
+    """A refusal that is never a dead end: it carries our copy of the ticket for the sender to reconcile to."""
+    try:
+        state = ticket_state(workspace, partner, env.ticket_id)
+    except Exception:  # noqa: BLE001 - the refusal itself must still go out
+        log.exception("could not read the state of ticket %s for a refusal", env.ticket_id)
+        state = None
+    trailers = ((STATE_TRAILER, state.SerializeToString()),) if state is not None else ()
+    return PeerRejected(code, message, reason=reason, trailers=trailers)
 
 
 def _audit_rejection(
@@ -172,12 +218,19 @@ def _signed_by_another(partner: Partner, cert: x509.Certificate, signature: byte
 def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
     """Authenticate and apply one envelope; the answer the servicer returns."""
     workspace, partner, cert = authenticate(env, cert_pem)
+    return accept(env, workspace, partner, cert_expires_at=cert.not_valid_after_utc)
+
+
+def accept(
+    env: peer_pb2.Envelope, workspace: Workspace, partner: Partner, *, cert_expires_at: dt.datetime | None = None
+) -> peer_pb2.Ack:
+    """Apply an authenticated envelope exactly once (checks 8 and after); the answer to return."""
     now = timezone.now()
     skew = (env.timestamp_ms - now_ms()) / 1000  # their clock minus ours, as the sender's heartbeat measures it
     ack = peer_pb2.Ack(server_time_ms=now_ms(), cert_not_after=identity.leaf_not_after().isoformat())
     if env.kind == HEARTBEAT:
         Partner.objects.filter(pk=partner.pk).update(
-            last_contact_at=now, cert_expires_at=cert.not_valid_after_utc, clock_skew_s=round(skew, 3)
+            last_contact_at=now, clock_skew_s=round(skew, 3), **_cert_field(cert_expires_at)
         )
         ack.result = peer_pb2.Ack.HEARTBEAT
         # The partner is up (a peer service announces itself this way when it starts):
@@ -226,8 +279,13 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection from None
     except ServiceError as exc:
-        rejection = PeerRejected(
-            Code.FAILED_PRECONDITION, f"{env.kind} refused: {exc.message}", reason="refused_by_service"
+        rejection = _refused(
+            Code.FAILED_PRECONDITION,
+            f"{env.kind} refused: {exc.message}",
+            "refused_by_service",
+            workspace,
+            partner,
+            env,
         )
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection from None
@@ -235,17 +293,33 @@ def receive(env: peer_pb2.Envelope, cert_pem: bytes | None) -> peer_pb2.Ack:
         # A payload of the wrong shape that slipped past the service's checks: refuse it for good
         # (retrying would block every later message to us) rather than answer INTERNAL.
         log.warning("malformed %s %s from %s: %r", env.kind, env.message_id, partner.name, exc)
-        rejection = PeerRejected(
-            Code.INVALID_ARGUMENT, f"{env.kind} refused: malformed payload ({exc})", reason="malformed_payload"
+        rejection = _refused(
+            Code.INVALID_ARGUMENT,
+            f"{env.kind} refused: malformed payload ({exc})",
+            "malformed_payload",
+            workspace,
+            partner,
+            env,
         )
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection from None
     # At most once a second: a burst of messages must not queue on the partner row's lock.
     Partner.objects.filter(pk=partner.pk).filter(
         Q(last_contact_at__isnull=True) | Q(last_contact_at__lt=now - dt.timedelta(seconds=1))
-    ).update(last_contact_at=now, cert_expires_at=cert.not_valid_after_utc)
+    ).update(last_contact_at=now, **_cert_field(cert_expires_at))
     ack.result = peer_pb2.Ack.APPLIED
+    _attach_state(ack, workspace, partner, env)
     return ack
+
+
+def _attach_state(ack: peer_pb2.Ack, workspace: Workspace, partner: Partner, env: peer_pb2.Envelope) -> None:
+    state = ticket_state(workspace, partner, env.ticket_id)
+    if state is not None:
+        ack.state.CopyFrom(state)
+
+
+def _cert_field(cert_expires_at: dt.datetime | None) -> dict[str, Any]:
+    return {"cert_expires_at": cert_expires_at} if cert_expires_at is not None else {}
 
 
 def _seen_before(
@@ -258,4 +332,5 @@ def _seen_before(
         _audit_rejection(workspace, partner, rejection, {"message_id": env.message_id, "kind": env.kind})
         raise rejection
     ack.result = peer_pb2.Ack.DUPLICATE
+    _attach_state(ack, workspace, partner, env)
     return ack

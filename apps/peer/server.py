@@ -48,6 +48,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         try:
             return fn(request, _client_cert(context))
         except PeerRejected as exc:
+            if exc.trailers:
+                context.set_trailing_metadata(exc.trailers)
             context.abort(exc.code, exc.message)
         except Exception:
             log.exception("peer call failed")

@@ -46,7 +46,8 @@ TICKET_MACHINE = machine(
         S.DRAFT: (S.PROPOSED, S.WITHDRAWN),
         S.PROPOSED: (S.APPROVED, S.REJECTED, S.WITHDRAWN, S.EXPIRED),
         S.PENDING: (S.APPROVED, S.REJECTED, S.WITHDRAWN, S.EXPIRED),
-        S.APPROVED: (S.RUNNING, S.CANCELLED, S.WITHDRAWN),
+        # failed: the job failed before it ran (launch failure, or the partner's failed first).
+        S.APPROVED: (S.RUNNING, S.FAILED, S.CANCELLED, S.WITHDRAWN),
         # A failed or cancelled run can be retried as a new attempt both sides agree to.
         S.RUNNING: (S.SUCCEEDED, S.FAILED, S.CANCELLED),
         S.FAILED: (S.RUNNING,),
@@ -58,3 +59,22 @@ TICKET_MACHINE = machine(
     },
 )
 OPEN_STATUSES = (S.DRAFT, S.PROPOSED, S.PENDING)
+# Negotiation ended without approval: no job may run for such a ticket.
+NOT_APPROVED_OUTCOMES = (S.REJECTED, S.WITHDRAWN, S.EXPIRED)
+# Moves no user makes, only the peer protocol's rule (docs/peer.md, "Races"): a copy adopts the
+# outcome the rule gives when the two sides' events crossed.
+TICKET_RECONCILE = machine(
+    "ticket",
+    {
+        **{src: tuple(dsts) for src, dsts in TICKET_MACHINE.transitions.items()},
+        # The proposer adopts the receiver's decision, which the receiver took before our withdrawal reached it.
+        S.WITHDRAWN: (S.REJECTED, S.EXPIRED),
+        # The proposer's own expiry yields to the receiver's decision.
+        S.EXPIRED: (S.APPROVED, S.REJECTED),
+        # The receiver applies a withdrawal that wins; a job outcome merged with the partner's.
+        S.RUNNING: (S.SUCCEEDED, S.FAILED, S.CANCELLED, S.WITHDRAWN),
+        S.FAILED: (S.RUNNING, S.CANCELLED, S.WITHDRAWN),
+        S.CANCELLED: (S.RUNNING, S.WITHDRAWN),
+        S.SUCCEEDED: (S.FAILED, S.CANCELLED, S.WITHDRAWN),
+    },
+)

@@ -17,13 +17,21 @@ from django.utils.dateparse import parse_datetime
 
 from apps.audit.services import record
 from apps.core.errors import Forbidden, ServiceError
-from apps.core.statemachine import transition
+from apps.core.statemachine import StateMachine, transition
 from apps.datasets.inspect import label_problem
 from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 from apps.partners.choices import PartnerStatus, Policy
 from apps.partners.models import Partner
 from apps.peer.outbox import enqueue
-from apps.tickets.choices import TICKET_MACHINE, TRAINING_KINDS, JobKind, PartyRole, TicketStatus
+from apps.tickets.choices import (
+    NOT_APPROVED_OUTCOMES,
+    TICKET_MACHINE,
+    TICKET_RECONCILE,
+    TRAINING_KINDS,
+    JobKind,
+    PartyRole,
+    TicketStatus,
+)
 from apps.tickets.models import Ticket, TicketEvent
 from apps.tickets.params import validate_params
 from apps.workspaces.models import Workspace
@@ -44,9 +52,10 @@ def _move(
     comment: str = "",
     side: str = "local",
     extra: dict[str, Any] | None = None,
+    sm: StateMachine = TICKET_MACHINE,
 ) -> None:
     before = ticket.status
-    transition(ticket, TICKET_MACHINE, target, extra=extra)
+    transition(ticket, sm, target, extra=extra)
     label = _label(actor, source) if side == "local" else f"{ticket.partner.name} ({source})"
     TicketEvent.objects.create(
         ticket=ticket, side=side, from_status=before, to_status=target, actor_label=label, comment=comment
@@ -318,6 +327,11 @@ def reject_ticket(
 
 @transaction.atomic
 def withdraw_ticket(ticket: Ticket, *, reason: str = "", acting_user: Any = None, source: str = "api") -> Ticket:
+    """The proposer withdraws (before the run starts); any job already created here is cancelled.
+
+    The receiver applies the withdrawal unless it had rejected or let the ticket expire
+    first (docs/peer.md, "Races"); this copy then adopts that decision when it hears of it.
+    """
     ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
     if not ticket.is_proposer:
         raise Forbidden("only the proposer can withdraw a ticket; reject it instead")
@@ -328,45 +342,182 @@ def withdraw_ticket(ticket: Ticket, *, reason: str = "", acting_user: Any = None
         {"ticket_id": str(ticket.id), "reason": reason, "by": _label(acting_user, source)},
         ticket_id=ticket.id,
     )
+    _cancel_jobs(ticket, f"the ticket was withdrawn{': ' + reason if reason else ''}", source=source)
     return ticket
+
+
+def _cancel_jobs(ticket: Ticket, reason: str, *, source: str) -> None:
+    """End every active job of a ticket that is no longer approved (the partner hears of each)."""
+    from apps.jobs.choices import ACTIVE, JobStatus
+    from apps.jobs.services import set_job_status
+
+    for job in ticket.jobs.filter(status__in=ACTIVE).order_by("attempt"):
+        set_job_status(job, JobStatus.CANCELLED, error=reason, source=source)
 
 
 @transaction.atomic
 def expire_ticket(ticket: Ticket) -> bool:
-    """Expire an undecided ticket past its deadline (each side expires its own copy)."""
+    """Expire an undecided ticket past its deadline (each side expires its own copy).
+
+    The receiver's expiry is its decision and goes to the proposer (`ticket.expired`); the
+    proposer's own is provisional: a decision the receiver took in time replaces it.
+    """
     ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
     if ticket.status not in (S.PROPOSED, S.PENDING) or not ticket.expires_at or ticket.expires_at > timezone.now():
         return False
     _move(ticket, S.EXPIRED, actor=None, source="system", comment="no decision before the deadline")
+    if not ticket.is_proposer:
+        enqueue(
+            ticket.partner,
+            "ticket.expired",
+            {"ticket_id": str(ticket.id), "reason": "no decision before the deadline", "by": "system"},
+            ticket_id=ticket.id,
+        )
     return True
+
+
+# --- the partner's moves, and the rule that decides every race (docs/peer.md, "Races") ------
 
 
 @transaction.atomic
 def apply_remote_decision(ticket: Ticket, status: str, payload: dict[str, Any]) -> Ticket:
-    """The partner approved, rejected or withdrew: move our copy to the same state."""
-    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
-    if ticket.status == status:
-        return ticket
+    """The partner approved, rejected, let expire (it received the ticket) or withdrew (it proposed it)."""
+    if status == S.WITHDRAWN:
+        return apply_partner_withdrawal(ticket, payload)
+    return apply_partner_decision(ticket, status, payload)
+
+
+def _remote_move(ticket: Ticket, status: str, payload: dict[str, Any], *, source: str = "peer") -> None:
     comment = str(payload.get("comment") or payload.get("reason") or "")
     extra: dict[str, Any] = {}
-    if status in (S.APPROVED, S.REJECTED):
+    if status in (S.APPROVED, S.REJECTED, S.EXPIRED):
         extra = {"decision_comment": comment, "decided_at": timezone.now()}
     ds = payload.get("dataset")
     if isinstance(ds, dict) and ds.get("id"):
         extra["remote_dataset_id"] = uuid.UUID(str(ds["id"]))
         extra["remote_dataset_name"] = str(ds.get("name", ""))[:120]
-    _move(ticket, status, actor=None, source="peer", comment=comment, side="remote", extra=extra)
+    _move(ticket, status, actor=None, source=source, comment=comment, side="remote", extra=extra, sm=TICKET_RECONCILE)
+
+
+@transaction.atomic
+def apply_partner_decision(ticket: Ticket, status: str, payload: dict[str, Any], *, source: str = "peer") -> Ticket:
+    """At the proposer: the receiver's decision (approved, rejected, expired) is the outcome.
+
+    - Our withdrawal crossed its approval: the receiver applies the withdrawal after its
+      approval, so we stay withdrawn; attempt 1 is recorded here as cancelled, as there.
+    - It rejected (or expired) before our withdrawal reached it: we adopt that.
+    - Our own expiry was provisional: its decision replaces it.
+    """
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if ticket.status == status or status not in (S.APPROVED, S.REJECTED, S.EXPIRED):
+        return ticket
+    if ticket.status == S.WITHDRAWN:
+        if status == S.APPROVED:
+            from apps.jobs.choices import JobStatus
+            from apps.jobs.services import set_job_status, start_ticket_run
+
+            job = start_ticket_run(ticket, source=source, attempt=1)
+            set_job_status(job, JobStatus.CANCELLED, error="the ticket was withdrawn", source=source)
+            return ticket
+        _remote_move(ticket, status, payload, source=source)
+        return ticket
+    if ticket.status not in (S.PROPOSED, S.EXPIRED):
+        return ticket  # already decided the same way (the receiver cannot decide twice)
+    _remote_move(ticket, status, payload, source=source)
     if status == S.APPROVED:
         from apps.jobs.services import start_ticket_run
 
-        start_ticket_run(ticket, source="peer")
+        start_ticket_run(ticket, source=source)
     return ticket
 
 
 @transaction.atomic
-def set_run_status(ticket: Ticket, status: str, *, comment: str = "", source: str = "system") -> None:
-    """Follow the job: approved/failed → running → succeeded | failed | cancelled."""
+def apply_partner_withdrawal(ticket: Ticket, payload: dict[str, Any], *, source: str = "peer") -> Ticket:
+    """At the receiver: the proposer withdrew. It wins unless we rejected or expired the ticket first.
+
+    Winning ends any job of the ticket here (approved or already running); the proposer
+    cancels its own. A losing withdrawal changes nothing here: the answer carries our
+    state, and the proposer adopts our decision.
+    """
     ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
-    if ticket.status == status:
+    if ticket.status in NOT_APPROVED_OUTCOMES:
+        return ticket
+    _remote_move(ticket, S.WITHDRAWN, payload, source=source)
+    reason = str(payload.get("reason") or "")
+    _cancel_jobs(ticket, f"{ticket.partner.name} withdrew the ticket{': ' + reason if reason else ''}", source=source)
+    return ticket
+
+
+def ticket_state(ticket: Ticket) -> dict[str, Any]:
+    """This copy's status and its jobs': what an answer to the partner carries."""
+    return {
+        "ticket_id": str(ticket.id),
+        "status": ticket.status,
+        "is_proposer": ticket.is_proposer,
+        "jobs": [
+            {"job_id": str(job_id), "attempt": attempt, "status": status, "error": (error or "")[:500]}
+            for job_id, attempt, status, error in ticket.jobs.order_by("attempt").values_list(
+                "id", "attempt", "status", "error"
+            )
+        ],
+    }
+
+
+@transaction.atomic
+def reconcile_with_partner(ticket: Ticket, remote: dict[str, Any], *, answer_to: str = "") -> list[str]:
+    """Adopt what the partner's answer says its copy is, by the same rule its messages follow.
+
+    `remote` is the partner's `ticket_state` (sent with its answer to our message
+    `answer_to`). Returns what changed here (empty if nothing did); each change is
+    audited as `ticket.reconciled`.
+    """
+    from apps.jobs.choices import OUTCOME_RANK
+    from apps.jobs.services import apply_remote_job_state
+
+    ticket = Ticket.objects.select_for_update().select_related("partner", "workspace").get(pk=ticket.pk)
+    before = ticket.status
+    before_jobs = dict(ticket.jobs.values_list("attempt", "status"))
+    status = str(remote.get("status") or "")
+    payload = {"reason": f"reconciled with {ticket.partner.name}'s copy ({status})"}
+    if ticket.is_proposer and status in (S.REJECTED, S.EXPIRED):
+        apply_partner_decision(ticket, status, payload, source="reconcile")
+    elif ticket.is_proposer and status in (S.APPROVED, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED):
+        apply_partner_decision(ticket, S.APPROVED, payload, source="reconcile")
+    elif not ticket.is_proposer and status == S.WITHDRAWN:
+        apply_partner_withdrawal(ticket, payload, source="reconcile")
+    for job in remote.get("jobs") or []:
+        mine = ticket.jobs.filter(attempt=job.get("attempt")).first()
+        if mine is not None and str(job.get("status")) in OUTCOME_RANK and job.get("status") != mine.remote_status:
+            apply_remote_job_state(mine, {"status": job["status"], "error": job.get("error", "")}, source="reconcile")
+    ticket.refresh_from_db()
+    after_jobs = dict(ticket.jobs.values_list("attempt", "status"))
+    changes = []
+    if ticket.status != before:
+        changes.append(f"ticket {before} → {ticket.status}")
+    changes += [
+        f"attempt {a} {before_jobs.get(a, 'none')} → {st}" for a, st in after_jobs.items() if before_jobs.get(a) != st
+    ]
+    if changes:
+        record(
+            ticket.workspace,
+            "ticket.reconciled",
+            ticket,
+            actor_label=f"{ticket.partner.name} (answer)",
+            source="peer",
+            data={"answer_to": answer_to, "partner_status": status, "changes": changes},
+        )
+    return changes
+
+
+@transaction.atomic
+def set_run_status(ticket: Ticket, status: str, *, comment: str = "", source: str = "system") -> None:
+    """Follow the job: approved/failed → running → succeeded | failed | cancelled.
+
+    A ticket whose negotiation ended without approval keeps that outcome; a merged job
+    outcome (the partner's run ended worse) may move a finished ticket once more.
+    """
+    ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
+    if ticket.status == status or ticket.status in NOT_APPROVED_OUTCOMES + (S.PROPOSED, S.PENDING, S.DRAFT):
         return
-    _move(ticket, status, actor=None, source=source, comment=comment)
+    if TICKET_RECONCILE.can(ticket.status, status):
+        _move(ticket, status, actor=None, source=source, comment=comment, sm=TICKET_RECONCILE)

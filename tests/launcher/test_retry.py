@@ -90,13 +90,18 @@ def test_bad_partner_retries_are_refused(side, runtime_env, payload, message):
     assert Job.objects.filter(ticket=job.ticket).count() == 1
 
 
-def test_partner_retry_refused_by_policy(side, runtime_env):
+def test_partner_retry_refused_by_policy_is_held_as_a_cancelled_attempt(side, runtime_env):
+    # Both sides hold the attempt, ended: the partner's copy is cancelled by the job.state it is sent.
     job = failed(side(PartyRole.FOLLOWER))
     partner = job.ticket.partner
     partner.policies = {job.ticket.kind: "always_refuse"}
     partner.save()
-    with pytest.raises(ServiceError, match="policy refuses"):
-        apply_remote_retry(job.ticket, {"attempt": 2})
+    with transaction.atomic():
+        refused = apply_remote_retry(job.ticket, {"attempt": 2})
+    refused.refresh_from_db()
+    assert refused.attempt == 2 and refused.status == "cancelled"
+    assert "policy refuses" in refused.error
+    assert OutboxMessage.objects.filter(kind="job.state", payload__job_id=str(refused.id)).exists()
 
 
 def test_start_ticket_run_is_idempotent_per_attempt(side, runtime_env):

@@ -86,6 +86,7 @@ class RemoteWorkspace:
             kind=kind,
             payload=encode_payload(payload),
             seq=1,
+            ticket_id=str(kw.get("ticket_id") or ""),
         )
         env.signature = kw.get("sign_with", self.key).sign(signing_bytes(env))
         return env
@@ -285,6 +286,30 @@ def test_a_message_the_services_refuse_changes_nothing(peer_env) -> None:
     assert err.code() == Code.FAILED_PRECONDITION and "unknown ticket" in err.details()
     assert not InboxMessage.objects.exists()
     assert audit_reasons() == ["refused_by_service"]
+
+
+def test_answers_carry_the_receivers_copy_of_the_ticket_even_a_refusal(peer_env) -> None:
+    from apps.tickets.models import Ticket
+
+    # given: umbrella proposed a ticket that acme has already rejected
+    umbrella = peer_env["umbrella"]
+    ticket = Ticket.objects.create(
+        workspace=peer_env["acme"], partner=umbrella.partner, name="t", kind="psi", role="follower",
+        is_proposer=False, status="rejected",
+    )  # fmt: skip
+    tid = str(ticket.id)
+    # when: its withdrawal arrives (it crossed our rejection): applied as a no-op, our state in the ack
+    ack = send(peer_env, umbrella, umbrella.envelope("ticket.withdrawn", {"ticket_id": tid}, ticket_id=tid))
+    assert ack.result == peer_pb2.Ack.APPLIED
+    assert (ack.state.ticket_id, ack.state.status, ack.state.known) == (tid, "rejected", True)
+    ticket.refresh_from_db()
+    assert ticket.status == "rejected"
+    # when: it claims a decision only we may take: refused, and the refusal still carries our state
+    err = rejected(peer_env, umbrella, umbrella.envelope("ticket.approved", {"ticket_id": tid}, ticket_id=tid))
+    assert err.code() == Code.FAILED_PRECONDITION
+    trailers = dict(err.trailing_metadata())
+    state = peer_pb2.TicketState.FromString(trailers["fedsite-ticket-state-bin"])
+    assert (state.ticket_id, state.status, state.is_proposer) == (tid, "rejected", False)
 
 
 def test_heartbeat_answers_with_time_and_certificate_expiry(peer_env) -> None:

@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -70,7 +72,7 @@ class Envelope(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., sender_workspace_id: _Optional[str] = ..., receiver_workspace_id: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., seq: _Optional[int] = ..., ticket_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("result", "server_time_ms", "cert_not_after")
+    __slots__ = ("result", "server_time_ms", "cert_not_after", "state")
     class Result(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         RESULT_UNSPECIFIED: _ClassVar[Ack.Result]
@@ -84,7 +86,35 @@ class Ack(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     CERT_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     result: Ack.Result
     server_time_ms: int
     cert_not_after: str
-    def __init__(self, result: _Optional[_Union[Ack.Result, str]] = ..., server_time_ms: _Optional[int] = ..., cert_not_after: _Optional[str] = ...) -> None: ...
+    state: TicketState
+    def __init__(self, result: _Optional[_Union[Ack.Result, str]] = ..., server_time_ms: _Optional[int] = ..., cert_not_after: _Optional[str] = ..., state: _Optional[_Union[TicketState, _Mapping]] = ...) -> None: ...
+
+class TicketState(_message.Message):
+    __slots__ = ("ticket_id", "status", "is_proposer", "jobs", "known")
+    TICKET_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    IS_PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    ticket_id: str
+    status: str
+    is_proposer: bool
+    jobs: _containers.RepeatedCompositeFieldContainer[JobState]
+    known: bool
+    def __init__(self, ticket_id: _Optional[str] = ..., status: _Optional[str] = ..., is_proposer: _Optional[bool] = ..., jobs: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class JobState(_message.Message):
+    __slots__ = ("job_id", "attempt", "status", "error")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    status: str
+    error: str
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
