@@ -13,8 +13,8 @@ grant a dataset to the other. Then three phases:
    side proposes a PSI ticket through the REST API, then the sides approve,
    reject or withdraw it — alone, one after the other, or both at the same
    moment (the races). Meanwhile a chaos loop kills (SIGKILL or SIGTERM) one
-   side's peer service or worker every few seconds and restarts it after a
-   random outage. Jobs of approved tickets fail at launch here (no runtime
+   side's peer service or worker every ten trials and restarts it after a
+   random outage (0.5-5 s). Jobs of approved tickets fail at launch here (no runtime
    port), so the control plane is measured without runtimes eating the CPU;
    the job still goes through the launcher and both sides' job mirrors.
 2. **Recovery after outages.** One side's peer service is down for a varied
@@ -373,6 +373,7 @@ class Tally:
     answers: Counter = field(default_factory=Counter)  # "approve 200", "withdraw 409" …
     server_errors: list[str] = field(default_factory=list)
     trial_errors: list[str] = field(default_factory=list)  # the bench's own client failed (not a verdict)
+    finished: int = 0  # trials done (the chaos loop's clock)
     undelivered_in_time: int = 0
     kills: list[dict[str, Any]] = field(default_factory=list)
     ticket_phase: dict[str, str] = field(default_factory=dict)  # normalized ticket id -> phase
@@ -428,6 +429,9 @@ def run_trial(
     except Exception as exc:  # noqa: BLE001 - counted and shown in the details
         with tally.lock:
             tally.trial_errors.append(f"trial {i}: {exc!r}"[:300])
+    finally:
+        with tally.lock:
+            tally.finished += 1
 
 
 def _trial(i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: float, scenarios: dict[str, int]) -> None:
@@ -483,13 +487,17 @@ def _trial(i: int, seed: int, sides: tuple[Side, Side], tally: Tally, wait_s: fl
 
 
 class Chaos:
-    """Kill and restart one side's peer service or worker, again and again, until stopped."""
+    """Kill and restart one side's peer service or worker, again and again, until stopped.
 
-    def __init__(self, sides: tuple[Side, Side], tally: Tally, rng: random.Random, gap: tuple[float, float],
-                 outage: tuple[float, float], max_kills: int | None = None) -> None:  # fmt: skip
+    A kill falls due every `trials_per_kill` finished trials (so a run's kill count does not
+    depend on how fast the installations negotiate), at least `gap_s` after the last restart.
+    """
+
+    def __init__(self, sides: tuple[Side, Side], tally: Tally, rng: random.Random, trials_per_kill: int,
+                 gap_s: float, outage: tuple[float, float], max_kills: int | None = None) -> None:  # fmt: skip
         self.sides, self.tally, self.rng = sides, tally, rng
+        self.trials_per_kill, self.gap_s, self.outage = max(1, trials_per_kill), gap_s, outage
         self.max_kills = max_kills
-        self.gap, self.outage = gap, outage
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="chaos", daemon=True)
         self.error: BaseException | None = None
@@ -503,9 +511,15 @@ class Chaos:
 
     def _run(self) -> None:
         try:
-            while not self.stopping.wait(self.rng.uniform(*self.gap)):
+            due = self.trials_per_kill
+            while not self.stopping.wait(self.gap_s):
                 if self.max_kills is not None and len(self.tally.kills) >= self.max_kills:
                     return
+                while self.tally.finished < due and not self.stopping.wait(0.05):
+                    pass
+                if self.stopping.is_set():
+                    return
+                due += self.trials_per_kill
                 side = self.rng.choice(self.sides)
                 role = self.rng.choice(("peer", "worker"))
                 sig = self.rng.choice((signal.SIGKILL, signal.SIGTERM))
@@ -525,7 +539,7 @@ class Chaos:
 
 def trials_phase(sides: tuple[Side, Side], tally: Tally, args: argparse.Namespace, rng: random.Random,
                  progress: Callable[..., Any]) -> float:  # fmt: skip
-    chaos = Chaos(sides, tally, random.Random(rng.random()), gap=(args.chaos_gap_min, args.chaos_gap_max),
+    chaos = Chaos(sides, tally, random.Random(rng.random()), args.trials_per_kill, args.chaos_gap,
                   outage=(0.5, args.chaos_outage_max), max_kills=args.max_process_kills)  # fmt: skip
     started = time.monotonic()
     chaos.start()
@@ -1045,8 +1059,9 @@ def options(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespa
     parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto")
     parser.add_argument("--broker", choices=("auto", "redis", "filesystem"), default="auto")
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--chaos-gap-min", type=float, default=3.0)
-    parser.add_argument("--chaos-gap-max", type=float, default=10.0)
+    parser.add_argument("--trials-per-kill", type=int, default=10,
+                        help="the chaos loop kills a peer service or worker every this many trials")  # fmt: skip
+    parser.add_argument("--chaos-gap", type=float, default=1.0, help="at least this long between kills (s)")
     parser.add_argument("--chaos-outage-max", type=float, default=5.0)
     parser.add_argument("--wait-s", type=float, default=75.0,
                         help="how long a trial waits for its proposal to arrive")  # fmt: skip
