@@ -257,6 +257,7 @@ def _reconcile(partner: Partner, message: OutboxMessage, state: Any) -> None:
 
     remote = {
         "status": state.status,
+        "decision_comment": state.decision_comment,
         "jobs": [{"attempt": j.attempt, "status": j.status, "error": j.error} for j in state.jobs],
     }
     try:

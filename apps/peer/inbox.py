@@ -89,6 +89,7 @@ def ticket_state(workspace: Workspace, partner: Partner, ticket_id: str) -> peer
         status=state["status"],
         is_proposer=state["is_proposer"],
         known=True,
+        decision_comment=state["decision_comment"],
         jobs=[
             peer_pb2.JobState(job_id=j["job_id"], attempt=j["attempt"], status=j["status"], error=j["error"])
             for j in state["jobs"]

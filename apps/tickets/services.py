@@ -409,7 +409,15 @@ def apply_partner_decision(ticket: Ticket, status: str, payload: dict[str, Any],
     - Our own expiry was provisional: its decision replaces it.
     """
     ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
-    if ticket.status == status or status not in (S.APPROVED, S.REJECTED, S.EXPIRED):
+    if status not in (S.APPROVED, S.REJECTED, S.EXPIRED):
+        return ticket
+    if ticket.status == status:
+        # Already adopted from an answer's state: the message may still name the dataset it chose.
+        ds = payload.get("dataset")
+        if isinstance(ds, dict) and ds.get("id"):
+            ticket.remote_dataset_id = uuid.UUID(str(ds["id"]))
+            ticket.remote_dataset_name = str(ds.get("name", ""))[:120]
+            ticket.save(update_fields=["remote_dataset_id", "remote_dataset_name", "updated_at"])
         return ticket
     if ticket.status == S.WITHDRAWN:
         if status == S.APPROVED:
@@ -454,6 +462,7 @@ def ticket_state(ticket: Ticket) -> dict[str, Any]:
         "ticket_id": str(ticket.id),
         "status": ticket.status,
         "is_proposer": ticket.is_proposer,
+        "decision_comment": ticket.decision_comment[:2000],
         "jobs": [
             {"job_id": str(job_id), "attempt": attempt, "status": status, "error": (error or "")[:500]}
             for job_id, attempt, status, error in ticket.jobs.order_by("attempt").values_list(
@@ -478,7 +487,9 @@ def reconcile_with_partner(ticket: Ticket, remote: dict[str, Any], *, answer_to:
     before = ticket.status
     before_jobs = dict(ticket.jobs.values_list("attempt", "status"))
     status = str(remote.get("status") or "")
-    payload = {"reason": f"reconciled with {ticket.partner.name}'s copy ({status})"}
+    payload = {
+        "reason": str(remote.get("decision_comment") or "") or f"as {ticket.partner.name}'s copy says ({status})"
+    }
     if ticket.is_proposer and status in (S.REJECTED, S.EXPIRED):
         apply_partner_decision(ticket, status, payload, source="reconcile")
     elif ticket.is_proposer and status in (S.APPROVED, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED):

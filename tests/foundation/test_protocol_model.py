@@ -453,3 +453,96 @@ def test_both_sides_agree_after_any_interleaving(world, monkeypatch):
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         ),
     )
+
+
+# -- the races of docs/peer.md, one by one ---------------------------------------------------
+
+
+@pytest.fixture
+def two_sides(world, monkeypatch):
+    """The model's two sides and wire, driven by hand; rolled back afterwards."""
+    net = Network(world)
+    monkeypatch.setattr(client, "deliver", lambda partner, envelope, timeout=0: net.deliver(partner, envelope))
+    Protocol.world = world
+    machine = Protocol()
+    machine.network = net
+    yield machine
+    transaction.set_rollback(True)
+    machine._atomic.__exit__(None, None, None)
+
+
+def send_all(m: Protocol, side: str) -> None:
+    while heads := m.lane_heads(side):
+        m.send(side, heads[0], "ok")
+
+
+def statuses(m: Protocol) -> dict[str, tuple[str, dict[int, str]]]:
+    out = {}
+    for side in SIDES:
+        t = m.ticket_on(side, 0)
+        assert t is not None
+        out[side] = (t.status, dict(t.jobs.values_list("attempt", "status")))
+    return out
+
+
+def test_a_withdrawal_crossing_a_rejection_ends_rejected_on_both_sides(two_sides):
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.withdraw("alpha", 0)  # crosses …
+    m.reject("beta", 0)  # … this
+    # the withdrawal arrives first; beta had rejected: its answer carries "rejected", alpha adopts it
+    send_all(m, "alpha")
+    alpha = m.ticket_on("alpha", 0)
+    assert alpha is not None and alpha.status == S.REJECTED
+    from apps.audit.models import AuditEvent
+
+    event = AuditEvent.objects.get(workspace=m.world["alpha"], verb="ticket.reconciled")
+    assert event.data["partner_status"] == S.REJECTED and event.data["answer_to"] == "ticket.withdrawn"
+    send_all(m, "beta")  # beta's own rejection then changes nothing
+    assert statuses(m) == {"alpha": (S.REJECTED, {}), "beta": (S.REJECTED, {})}
+
+
+def test_a_withdrawal_crossing_an_approval_wins_and_cancels_the_launched_job_on_both_sides(two_sides):
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.withdraw("alpha", 0)
+    m.approve("beta", 0)
+    m.launch("beta", 0)  # beta's runtime already started
+    send_all(m, "beta")  # the approval reaches alpha after its withdrawal
+    send_all(m, "alpha")
+    send_all(m, "beta")
+    assert statuses(m) == {"alpha": (S.WITHDRAWN, {1: J.CANCELLED}), "beta": (S.WITHDRAWN, {1: J.CANCELLED})}
+
+
+def test_a_cancel_crossing_a_success_ends_cancelled_on_both_sides(two_sides):
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.approve("beta", 0)
+    send_all(m, "beta")
+    m.launch("alpha", 0)
+    m.launch("beta", 0)
+    m.runtime_ends("beta", 0, ok=True)  # beta's half finished …
+    m.cancel("alpha", 0)  # … as alpha's user cancelled
+    send_all(m, "alpha")
+    send_all(m, "beta")
+    assert statuses(m) == {"alpha": (S.CANCELLED, {1: J.CANCELLED}), "beta": (S.CANCELLED, {1: J.CANCELLED})}
+
+
+def test_a_retry_crossing_a_withdrawal_is_held_cancelled_on_both_sides(two_sides):
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.approve("beta", 0)
+    send_all(m, "beta")  # alpha approved, its job 1 pending
+    m.launch("beta", 0)
+    m.runtime_ends("beta", 0, ok=False)  # beta's run 1 failed at once
+    m.retry("beta", 0)  # beta retries …
+    m.withdraw("alpha", 0)  # … as alpha withdraws
+    send_all(m, "beta")
+    send_all(m, "alpha")
+    send_all(m, "beta")
+    both = (S.WITHDRAWN, {1: J.CANCELLED, 2: J.CANCELLED})
+    assert statuses(m) == {"alpha": both, "beta": both}

@@ -32,7 +32,7 @@ REDIS = (
 )
 
 FEATURES = "user_id,age,spend\n" + "".join(f"u{i},{20 + i % 50},{i * 1.5}\n" for i in range(200))
-LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 400, 2))
+LABELS = "user_id,clicked\n" + "".join(f"u{i},{(i // 2) % 2}\n" for i in range(0, 400, 2))  # both classes
 
 
 def _installation(name: str, tmp: Path, redis_db: int, tag: str, workspace: str) -> Installation:

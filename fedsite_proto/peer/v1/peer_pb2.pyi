@@ -94,18 +94,20 @@ class Ack(_message.Message):
     def __init__(self, result: _Optional[_Union[Ack.Result, str]] = ..., server_time_ms: _Optional[int] = ..., cert_not_after: _Optional[str] = ..., state: _Optional[_Union[TicketState, _Mapping]] = ...) -> None: ...
 
 class TicketState(_message.Message):
-    __slots__ = ("ticket_id", "status", "is_proposer", "jobs", "known")
+    __slots__ = ("ticket_id", "status", "is_proposer", "jobs", "known", "decision_comment")
     TICKET_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     IS_PROPOSER_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    DECISION_COMMENT_FIELD_NUMBER: _ClassVar[int]
     ticket_id: str
     status: str
     is_proposer: bool
     jobs: _containers.RepeatedCompositeFieldContainer[JobState]
     known: bool
-    def __init__(self, ticket_id: _Optional[str] = ..., status: _Optional[str] = ..., is_proposer: _Optional[bool] = ..., jobs: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
+    decision_comment: str
+    def __init__(self, ticket_id: _Optional[str] = ..., status: _Optional[str] = ..., is_proposer: _Optional[bool] = ..., jobs: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., known: _Optional[bool] = ..., decision_comment: _Optional[str] = ...) -> None: ...
 
 class JobState(_message.Message):
     __slots__ = ("job_id", "attempt", "status", "error")
