@@ -28,7 +28,7 @@ ACTIVE = (J.PENDING, J.STARTING, J.RUNNING)
 # When both sides' runs of one attempt ended differently, both keep the higher of the two:
 # a run succeeds only if it succeeded on both sides; a cancel (a person's decision, which
 # makes the partner's runtime fail) outranks the failure it causes.
-OUTCOME_RANK = {J.SUCCEEDED: 1, J.FAILED: 2, J.CANCELLED: 3}
+OUTCOME_RANK: dict[str, int] = {J.SUCCEEDED: 1, J.FAILED: 2, J.CANCELLED: 3}
 JOB_RECONCILE = machine(
     "job",
     {

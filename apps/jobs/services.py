@@ -159,13 +159,14 @@ def _follow_ticket(job: Job, status: str, error: str) -> None:
     ticket = job.ticket
     if ticket.jobs.filter(attempt__gt=job.attempt).exists():
         return  # the ticket follows its latest attempt only
-    target = {
+    follows: dict[str, str] = {
         J.RUNNING: TicketStatus.RUNNING,
         J.STARTING: TicketStatus.RUNNING,
         J.SUCCEEDED: TicketStatus.SUCCEEDED,
         J.FAILED: TicketStatus.FAILED,
         J.CANCELLED: TicketStatus.CANCELLED,
-    }.get(status)
+    }
+    target = follows.get(status)
     if target and ticket.status != target:
         set_run_status(ticket, target, comment=error[:500])
 

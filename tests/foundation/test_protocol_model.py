@@ -26,6 +26,7 @@ have run for a ticket that was not approved.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import uuid
@@ -34,6 +35,7 @@ from typing import Any
 import grpc
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
@@ -49,7 +51,7 @@ from apps.peer import client, delivery, inbox
 from apps.peer.models import OutboxMessage, OutboxStatus
 from apps.tickets.choices import JobKind, TicketStatus
 from apps.tickets.models import Ticket
-from apps.tickets.services import approve_ticket, propose_ticket, reject_ticket, withdraw_ticket
+from apps.tickets.services import approve_ticket, expire_ticket, propose_ticket, reject_ticket, withdraw_ticket
 from apps.workspaces.models import Workspace
 from fedsite_proto.peer.v1 import peer_pb2
 
@@ -272,6 +274,26 @@ class Protocol(RuleBasedStateMachine):
         if job is not None:
             self.attempt(retry_job, job, acting_user=None, source="api")
 
+    @rule(i=st.integers(0, 2))
+    def deadline_passes(self, i: int) -> None:
+        """The ticket's deadline (one instant, on both copies and in a proposal still on its way) is past."""
+        past = timezone.now() - dt.timedelta(seconds=1)
+        for side in SIDES:
+            ticket = self.ticket_on(side, i)
+            if ticket is None:
+                continue
+            Ticket.objects.filter(pk=ticket.pk).update(expires_at=past)
+            for message in OutboxMessage.objects.filter(ticket_id=ticket.pk, kind="ticket.proposed"):
+                message.payload["expires_at"] = past.isoformat()
+                message.save(update_fields=["payload"])
+
+    @rule(side=st.sampled_from(SIDES), i=st.integers(0, 2))
+    def expiry_beat(self, side: str, i: int) -> None:
+        """That side's beat expires its copy if it is undecided and past the deadline."""
+        ticket = self.ticket_on(side, i)
+        if ticket is not None:
+            self.attempt(expire_ticket, ticket)
+
     # -- rules: launcher and runtime -------------------------------------------------------
 
     def launch_job(self, side: str, job: Job) -> None:
@@ -335,6 +357,10 @@ class Protocol(RuleBasedStateMachine):
                 while heads := self.lane_heads(side):
                     self.send(side, heads[0], "ok")
                     moved = True
+            for side in SIDES:
+                for ticket in Ticket.objects.filter(workspace=self.world[side], status__in=(S.PROPOSED, S.PENDING)):
+                    if ticket.expires_at and ticket.expires_at <= timezone.now():
+                        moved = expire_ticket(ticket) or moved
             for step in ("launch", "end"):
                 for side in SIDES:
                     for job in Job.objects.filter(workspace=self.world[side], status__in=ACTIVE).select_related(
@@ -546,3 +572,27 @@ def test_a_retry_crossing_a_withdrawal_is_held_cancelled_on_both_sides(two_sides
     send_all(m, "beta")
     both = (S.WITHDRAWN, {1: J.CANCELLED, 2: J.CANCELLED})
     assert statuses(m) == {"alpha": both, "beta": both}
+
+
+def test_a_refused_message_is_not_a_dead_end_the_sender_adopts_the_state_the_refusal_carries(two_sides):
+    from apps.audit.models import AuditEvent
+    from apps.peer.outbox import enqueue
+
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.reject("beta", 0)  # beta's rejection has not reached alpha yet
+    alpha = m.ticket_on("alpha", 0)
+    assert alpha is not None and alpha.status == S.PROPOSED
+    # given: a message beta must refuse (only beta decides this ticket)
+    with transaction.atomic():
+        bogus = enqueue(alpha.partner, "ticket.approved", {"ticket_id": str(alpha.id)}, ticket_id=alpha.id)
+    m.send("alpha", bogus, "ok")
+    bogus.refresh_from_db()
+    assert bogus.status == OutboxStatus.REFUSED and "cannot mark this ticket approved" in bogus.last_error
+    # then: alpha adopted beta's copy from the refusal, with its reason, and says so
+    alpha.refresh_from_db()
+    assert alpha.status == S.REJECTED and alpha.decision_comment == "no"
+    assert "reconciled: ticket proposed → rejected" in bogus.last_error
+    event = AuditEvent.objects.get(workspace=m.world["alpha"], verb="ticket.reconciled")
+    assert event.data["answer_to"] == "ticket.approved" and event.data["changes"] == ["ticket proposed → rejected"]
