@@ -147,6 +147,12 @@ def set_job_status(
     return job
 
 
+def _nudge_reconcile() -> None:
+    from workers.tasks import reconcile_jobs
+
+    reconcile_jobs.delay()
+
+
 def _stop_runtime(job_id: str) -> None:
     from workers.tasks import stop_job
 
@@ -286,6 +292,10 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any], *, source: str = "
         ]
     )
     if job.status in ACTIVE:
+        if job.remote_status == J.SUCCEEDED and job.handle:
+            # The joint run is over: ours should end too. Look at our runtime now rather than
+            # at the next beat (one that stopped without telling us is judged from its exit).
+            transaction.on_commit(_nudge_reconcile)
         if job.remote_status == J.FAILED:
             set_job_status(
                 job,

@@ -596,3 +596,28 @@ def test_a_refused_message_is_not_a_dead_end_the_sender_adopts_the_state_the_ref
     assert "reconciled: ticket proposed → rejected" in bogus.last_error
     event = AuditEvent.objects.get(workspace=m.world["alpha"], verb="ticket.reconciled")
     assert event.data["answer_to"] == "ticket.approved" and event.data["changes"] == ["ticket proposed → rejected"]
+
+
+def test_the_partners_success_makes_a_side_still_running_look_at_its_runtime_at_once(
+    two_sides, monkeypatch, django_capture_on_commit_callbacks
+):
+    import workers.tasks
+
+    m = two_sides
+    m.propose("alpha")
+    send_all(m, "alpha")
+    m.approve("beta", 0)
+    send_all(m, "beta")
+    m.launch("alpha", 0)
+    m.launch("beta", 0)
+    alpha_job = m.job_on("alpha", 0)
+    assert alpha_job is not None
+    Job.objects.filter(pk=alpha_job.pk).update(handle={"backend": "local", "state": "running", "pid": 1})
+    nudged: list[bool] = []
+    monkeypatch.setattr(workers.tasks.reconcile_jobs, "delay", lambda: nudged.append(True))
+    m.runtime_ends("beta", 0, ok=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        send_all(m, "beta")  # beta's "succeeded" reaches alpha, whose run is still active
+    assert nudged
+    alpha_job.refresh_from_db()
+    assert alpha_job.status == J.STARTING and alpha_job.remote_status == J.SUCCEEDED  # its own runtime decides
