@@ -307,12 +307,12 @@ def _finish(job: Job, state: RuntimeState, launcher: Launcher | None = None) -> 
     reports may not have reached a web that was down) fills in what the reports missed,
     so a succeeded training job still registers its model half.
     """
-    from apps.jobs.services import set_job_status
+    from apps.jobs.services import lock_job, set_job_status
 
     result = _stored_result(launcher, job.handle or {}) if state.state == SUCCEEDED else {}
     try:
         with transaction.atomic():
-            locked = Job.objects.select_for_update().get(pk=job.pk)
+            locked = lock_job(job)  # ticket, then job: the order every path takes
             if locked.status not in ACTIVE:
                 return False
             locked.handle = {**(locked.handle or {}), "state": "finished", "exit_code": state.exit_code}
@@ -380,7 +380,7 @@ def _claimer_gone(handle: dict[str, Any]) -> bool:
 
 def _recover_launch(job: Job, claim: dict[str, Any]) -> str:
     """The worker died mid-launch: adopt the runtime it started, or release the claim and launch again."""
-    from apps.jobs.services import set_job_status
+    from apps.jobs.services import lock_job, set_job_status
 
     try:
         launcher = get_launcher(claim.get("backend") or job.launcher or None)
@@ -389,7 +389,7 @@ def _recover_launch(job: Job, claim: dict[str, Any]) -> str:
         log.warning("cannot recover the launch of job %s: %s", job.pk, exc)
         return "launching"
     with transaction.atomic():
-        locked = Job.objects.select_for_update().get(pk=job.pk)
+        locked = lock_job(job)  # ticket, then job: the order every path takes
         if locked.status != J.PENDING or locked.handle != claim:
             return "raced"
         locked.handle = adopted or {}

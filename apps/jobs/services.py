@@ -97,6 +97,15 @@ def _state_payload(job: Job) -> dict[str, Any]:
     }
 
 
+def lock_job(job: Job) -> Job:
+    """Lock the job's ticket, then the job: every path takes them in this order (no deadlock
+    between a launcher moving the job and a withdrawal or a partner's message ending it)."""
+    from apps.tickets.models import Ticket
+
+    Ticket.objects.select_for_update().filter(pk=job.ticket_id).first()
+    return Job.objects.select_for_update().get(pk=job.pk)
+
+
 @transaction.atomic
 def set_job_status(
     job: Job,
@@ -113,7 +122,7 @@ def set_job_status(
     `merge`: the partner's run of this attempt ended worse than ours (OUTCOME_RANK), so a
     finished job may move once more (succeeded → failed | cancelled, failed → cancelled).
     """
-    job = Job.objects.select_for_update().get(pk=job.pk)
+    job = lock_job(job)
     if job.status == status:
         return job
     now = timezone.now()
@@ -187,7 +196,7 @@ def cancel_job(job: Job, *, acting_user: Any = None, source: str = "api", reason
 @transaction.atomic
 def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     """Apply a runtime's batch of progress/metric/log/result events; returns how many."""
-    job = Job.objects.select_for_update().get(pk=job.pk)
+    job = lock_job(job)
     failure = next((str(ev.get("error") or "")[:10_000] for ev in events if ev.get("type") == "failed"), "")
     if job.status not in ACTIVE:
         if failure and job.status == J.FAILED and job.error.startswith(PARTNER_FAILED):
@@ -257,7 +266,7 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any], *, source: str = "
     outcome of the two (OUTCOME_RANK: a run succeeded only if it did on both sides).
     That cannot loop: a side only moves to a strictly higher outcome.
     """
-    job = Job.objects.select_for_update().get(pk=job.pk)
+    job = lock_job(job)
     job.remote_status = str(payload.get("status", ""))[:16]
     job.remote_error = str(payload.get("error", ""))[:10_000]
     progress = payload.get("progress")
@@ -352,7 +361,7 @@ def retry_job(job: Job, *, acting_user: Any = None, source: str = "api") -> Job:
     from apps.partners.choices import PartnerStatus
     from apps.tickets.models import Ticket
 
-    ticket = Ticket.objects.select_for_update().select_related("partner").get(pk=job.ticket_id)
+    ticket = Ticket.objects.select_for_update(of=("self",)).select_related("partner").get(pk=job.ticket_id)
     latest = ticket.jobs.order_by("-attempt").first()
     job = Job.objects.get(pk=job.pk)
     if latest is not None and latest.pk != job.pk:
@@ -382,7 +391,7 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
     from apps.partners.choices import Policy
     from apps.tickets.models import Ticket
 
-    ticket = Ticket.objects.select_for_update().select_related("partner").get(pk=ticket.pk)
+    ticket = Ticket.objects.select_for_update(of=("self",)).select_related("partner").get(pk=ticket.pk)
     try:
         attempt = bounded_int(payload["attempt"], "attempt", UINT31)
     except (KeyError, TypeError, ValueError):

@@ -241,6 +241,16 @@ def _refusal_state(exc: grpc.RpcError) -> Any:
     return None
 
 
+def _differs(ticket: Any, remote: dict[str, Any]) -> bool:
+    """Whether the partner's copy might still teach ours something (read without locks)."""
+    open_ = ("proposed", "pending")
+    mine, theirs = ticket.status, remote["status"]
+    if mine != theirs and not (mine in open_ and theirs in open_):
+        return True
+    held = {a: (st, rst) for a, st, rst in ticket.jobs.values_list("attempt", "status", "remote_status")}
+    return any(j["attempt"] in held and j["status"] not in held[j["attempt"]] for j in remote["jobs"])
+
+
 def _reconcile(partner: Partner, message: OutboxMessage, state: Any) -> None:
     """Bring our copy of the message's ticket to what the partner's answer says its copy is.
 
@@ -262,8 +272,8 @@ def _reconcile(partner: Partner, message: OutboxMessage, state: Any) -> None:
     }
     try:
         ticket = Ticket.objects.filter(pk=message.ticket_id, partner=partner).first()
-        if ticket is None:
-            return
+        if ticket is None or not _differs(ticket, remote):
+            return  # the usual case: the answer says what we hold (no lock taken)
         with transaction.atomic():
             changes = reconcile_with_partner(ticket, remote, answer_to=message.kind)
         if changes:

@@ -483,7 +483,7 @@ def reconcile_with_partner(ticket: Ticket, remote: dict[str, Any], *, answer_to:
     from apps.jobs.choices import OUTCOME_RANK
     from apps.jobs.services import apply_remote_job_state
 
-    ticket = Ticket.objects.select_for_update().select_related("partner", "workspace").get(pk=ticket.pk)
+    ticket = Ticket.objects.select_for_update(of=("self",)).select_related("partner", "workspace").get(pk=ticket.pk)
     before = ticket.status
     before_jobs = dict(ticket.jobs.values_list("attempt", "status"))
     status = str(remote.get("status") or "")
