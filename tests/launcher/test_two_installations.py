@@ -20,7 +20,7 @@ from tests.live import Side, wait_peer_port
 
 pytestmark = pytest.mark.launcher
 
-LABELS = "user_id,clicked\n" + "".join(f"u{i},{i % 2}\n" for i in range(0, 120, 2))
+LABELS = "user_id,clicked\n" + "".join(f"u{i},{(i // 2) % 2}\n" for i in range(0, 120, 2))  # both classes
 FEATURES = "user_id,age\n" + "".join(f"u{i},{20 + i % 50}\n" for i in range(90))
 JOB_TIMEOUT = 120
 
