@@ -1,4 +1,4 @@
-"""A handful of fault-benchmark trials (bench/faults.py) with one process kill: nothing lost or diverged.
+"""A handful of fault-benchmark trials (bench/faults.py), races included, with one process kill: nothing lost or diverged.
 
 Two fresh installations of their own (PostgreSQL databases created and dropped
 here, queues named for this run on the test Redis server); the benchmark's own
@@ -21,9 +21,6 @@ from tests.peer.conftest import PG, REDIS
 pytestmark = pytest.mark.peer
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "faults.py"
-# Negotiations one side at a time; the races (a decision crossing a withdrawal) are the
-# subject of issue 17 item 1 and are measured by the full benchmark.
-SEQUENTIAL = ("approve", "reject", "withdraw", "withdraw_at_once", "approve_then_withdraw", "leave_open")
 
 
 def load_bench() -> ModuleType:
@@ -40,7 +37,7 @@ def test_trials_across_a_process_kill_lose_duplicate_and_diverge_nothing() -> No
     broker_db = urlsplit(os.environ.get("FEDSITE_TEST_BROKER_URL", "")).path.strip("/") or "0"
     args = faults.options(
         [],
-        trials=10,
+        trials=12,
         concurrency=4,
         outages=[],
         kills=0,
@@ -51,7 +48,7 @@ def test_trials_across_a_process_kill_lose_duplicate_and_diverge_nothing() -> No
         trials_per_kill=2,
         chaos_gap=0.05,
         chaos_outage_max=2.0,
-        scenarios={name: 1 for name in SEQUENTIAL},
+        scenarios={name: 1 for name in faults.SCENARIOS},  # the races (decision × withdrawal) included
         pg=PG,
         redis=f"{REDIS}/{broker_db}",
         db_prefix=f"fedsite_test_faults_{os.getpid()}",
@@ -65,9 +62,11 @@ def test_trials_across_a_process_kill_lose_duplicate_and_diverge_nothing() -> No
 
     details = result["details"]
     assert result["process_kills"] == 1, details["kills"]
-    assert result["tickets"] == 10
+    assert result["tickets"] == 12
     assert result["lost"] == 0, details["lost"]
     assert result["duplicated"] == 0, details["duplicated"]
     assert result["diverged"] == 0, details["diverged"]
+    assert result["jobs_diverged"] == 0, details["jobs_diverged"]
+    assert result["stuck"] == 0, details["stuck_trials"]
     assert result["server_errors"] == 0, details["server_errors"]
     assert details["pending_messages_at_end"] == 0
