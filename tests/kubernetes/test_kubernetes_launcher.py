@@ -290,12 +290,13 @@ def _make_job(settings, start_ticket_run):
     from apps.tickets.models import Ticket
     from apps.workspaces.models import Workspace
 
+    settings.FEDSITE_DATA_ROOTS = [Path("/srv/data")]
     ws = Workspace.objects.create(slug="acme-k8s", name="Acme")
     partner = Partner.objects.create(workspace=ws, name="beta", status="connected", endpoint="127.0.0.1:1")
     ds = Dataset.objects.create(
         workspace=ws,
         name="users",
-        uri="/srv/data/users.csv",
+        uri="/srv/data/acme-k8s/users.csv",  # inside the workspace's own folder
         format="csv",
         id_column="id",
         label_column="label",
