@@ -28,7 +28,7 @@ def record(
         actor_label=label[:200],
         source=source,
         verb=verb,
-        object_type=obj._meta.model_name if obj is not None else "",
+        object_type=(obj._meta.model_name or "") if obj is not None else "",
         object_id=str(obj.pk) if obj is not None else "",
         data=data or {},
     )

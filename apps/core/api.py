@@ -60,7 +60,7 @@ class TenantViewSet(viewsets.GenericViewSet):
         return qs.filter(workspace=self.workspace)
 
     def get_serializer_context(self):
-        ctx = super().get_serializer_context()
+        ctx = dict(super().get_serializer_context())  # typed as a read-only Mapping; DRF returns a fresh dict
         if hasattr(self, "workspace"):
             ctx["workspace"] = self.workspace
         return ctx

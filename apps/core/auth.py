@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.shortcuts import render
 from drf_spectacular.authentication import TokenScheme
 from rest_framework import exceptions
@@ -20,11 +20,11 @@ from rest_framework.authentication import TokenAuthentication, get_authorization
 from apps.core.throttle import USERNAME_FACTOR, client_ip, login_throttle, minutes, token_throttle
 
 
-def throttled_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def throttled_login(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Wrap a login view (Django's LoginView, the admin's login): count failed POSTs, refuse past the limit."""
 
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method != "POST":
             return view(request, *args, **kwargs)
         throttle = login_throttle()
@@ -32,9 +32,9 @@ def throttled_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
         idents = [("ip", client_ip(request)), ("user", username)]
         wait = throttle.retry_after(*idents, limits={"user": throttle.limit * USERNAME_FACTOR})
         if wait:
-            response = render(request, "registration/locked_out.html", {"wait": minutes(wait)}, status=429)
-            response["Retry-After"] = str(wait)
-            return response
+            locked = render(request, "registration/locked_out.html", {"wait": minutes(wait)}, status=429)
+            locked["Retry-After"] = str(wait)
+            return locked
         response = view(request, *args, **kwargs)
         if response.status_code in (301, 302, 303) and request.user.is_authenticated:
             throttle.clear("user", username)  # the address keeps its count: a good login must not reset a guesser's

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -62,9 +63,9 @@ def workspace_page(view: Callable | None = None, *, role: str = Role.VIEWER, pos
         @login_required
         @functools.wraps(fn)
         def wrapper(request: HttpRequest, slug: str, *args, **kwargs) -> HttpResponse:
-            membership = (
-                Membership.objects.select_related("workspace").filter(workspace__slug=slug, user=request.user).first()
-            )
+            user = request.user
+            assert isinstance(user, User)  # login_required: never the anonymous user here
+            membership = Membership.objects.select_related("workspace").filter(workspace__slug=slug, user=user).first()
             if membership is None:
                 raise Http404("No such workspace.")
             request.workspace = membership.workspace  # type: ignore[attr-defined]

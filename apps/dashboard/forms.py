@@ -169,11 +169,19 @@ class TicketForm(forms.Form):
 
     def __init__(self, *args, partners=(), local_datasets=(), remote_datasets=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["partner"].choices = [("", "Choose a partner…")] + [(str(p.pk), p.name) for p in partners]
-        self.fields["local_dataset"].choices = [("", "Choose your dataset…")] + [
+        partner_field, local_field, remote_field = (
+            self.fields["partner"],
+            self.fields["local_dataset"],
+            self.fields["remote_dataset"],
+        )
+        assert isinstance(partner_field, forms.ChoiceField)
+        assert isinstance(local_field, forms.ChoiceField)
+        assert isinstance(remote_field, forms.ChoiceField)
+        partner_field.choices = [("", "Choose a partner…")] + [(str(p.pk), p.name) for p in partners]
+        local_field.choices = [("", "Choose your dataset…")] + [
             (str(d.pk), f"{d.name}{' (labels)' if d.label_column else ''}") for d in local_datasets
         ]
-        self.fields["remote_dataset"].choices = [("", "Choose the partner's dataset…")] + [
+        remote_field.choices = [("", "Choose the partner's dataset…")] + [
             (str(d.pk), f"{d.partner.name}: {d.name}{' (labels)' if d.has_label else ''}") for d in remote_datasets
         ]
         # Tree parameters are optional here: a blank one takes the ticket default.
@@ -184,6 +192,7 @@ class TicketForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        assert data is not None  # Form.clean returns cleaned_data
         for key in ("train_bottom_layers", "train_top_layers"):
             raw = data.get(key)
             if raw is None:

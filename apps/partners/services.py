@@ -39,7 +39,10 @@ def set_policies(partner: Partner, policies: Any, *, acting_user: Any = None, so
 
 @transaction.atomic
 def set_partner_status(partner: Partner, status: str, *, acting_user: Any = None, source: str = "api") -> Partner:
-    allowed = {PartnerStatus.CONNECTED: {PartnerStatus.SUSPENDED}, PartnerStatus.SUSPENDED: {PartnerStatus.CONNECTED}}
+    allowed: dict[str, set[str]] = {
+        PartnerStatus.CONNECTED: {PartnerStatus.SUSPENDED},
+        PartnerStatus.SUSPENDED: {PartnerStatus.CONNECTED},
+    }
     if status not in allowed.get(partner.status, set()):
         raise ServiceError(f"a {partner.status} partner cannot become {status}")
     if Partner.objects.filter(pk=partner.pk, status=partner.status).update(status=status) != 1:

@@ -149,6 +149,7 @@ def propose_ticket(
         created_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
         status=S.DRAFT,
     )
+    assert ticket.expires_at is not None  # set just above
     _move(ticket, S.PROPOSED, actor=acting_user, source=source, comment=comment)
     enqueue(
         partner,

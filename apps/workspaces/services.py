@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from apps.audit.services import record
@@ -24,7 +24,7 @@ class TooManyRefusals(ServiceError):
     code = "throttled"
 
 
-def _ask_about_names(user: AbstractBaseUser | None, refused: Callable[[], str | None], *, field: str) -> None:
+def _ask_about_names(user: User | None, refused: Callable[[], str | None], *, field: str) -> None:
     """Run a name check for `user`; count it if refused (message returned), refuse past the limit.
 
     The operator (command line: None, or staff) is not counted: it may see every workspace anyway.
@@ -41,7 +41,7 @@ def _ask_about_names(user: AbstractBaseUser | None, refused: Callable[[], str | 
         raise ServiceError(message, field=field)
 
 
-def _slug_taken(existing: Workspace, owner: AbstractBaseUser, source: str) -> str:
+def _slug_taken(existing: Workspace, owner: User, source: str) -> str:
     """Say that a slug is taken without telling someone who may not see that workspace that it exists.
 
     The operator (command line, staff) and the workspace's own members are told plainly; anyone else
@@ -56,7 +56,7 @@ def _slug_taken(existing: Workspace, owner: AbstractBaseUser, source: str) -> st
 
 
 @transaction.atomic
-def create_workspace(*, slug: str, name: str, owner: AbstractBaseUser, source: str = "system") -> Workspace:
+def create_workspace(*, slug: str, name: str, owner: User, source: str = "system") -> Workspace:
     from django.core.exceptions import ValidationError
 
     if source != "cli" and not getattr(owner, "is_staff", False) and not settings.FEDSITE_SELF_SERVICE_WORKSPACES:
@@ -92,7 +92,7 @@ def _lock_members(workspace: Workspace) -> None:
     Workspace.objects.select_for_update().filter(pk=workspace.pk).first()
 
 
-def _check_manager(workspace: Workspace, acting_user: AbstractBaseUser | None) -> str | None:
+def _check_manager(workspace: Workspace, acting_user: User | None) -> str | None:
     """The acting user's role if it may manage members (None for the command line), else Forbidden."""
     if acting_user is None:
         return None
@@ -127,7 +127,7 @@ def _check_role(role: str) -> None:
         raise ServiceError(f"unknown role {role!r}: choose one of {', '.join(Role.values)}", field="role")
 
 
-def _addable_user(username: str, acting_user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+def _addable_user(username: str, acting_user: User | None) -> User | None:
     """The account an owner or admin may add by name, else None — the same for "no such account".
 
     Accounts are installation-wide, but another tenant's people are that tenant's business: an
@@ -146,7 +146,7 @@ def _addable_user(username: str, acting_user: AbstractBaseUser | None) -> Abstra
 
 @transaction.atomic
 def add_member(
-    workspace: Workspace, *, username: str, role: str, acting_user: AbstractBaseUser | None, source: str = "api"
+    workspace: Workspace, *, username: str, role: str, acting_user: User | None, source: str = "api"
 ) -> Membership:
     """Give a user a role here; for an existing member this sets the role (as `change_role` would).
 
@@ -155,7 +155,7 @@ def add_member(
     _check_role(role)
     _lock_members(workspace)
     actor_role = _check_manager(workspace, acting_user)
-    found: list[AbstractBaseUser] = []
+    found: list[User] = []
 
     def refused() -> str | None:
         user = _addable_user(username, acting_user)
@@ -187,9 +187,7 @@ def add_member(
 
 
 @transaction.atomic
-def change_role(
-    membership: Membership, role: str, *, acting_user: AbstractBaseUser | None, source: str = "api"
-) -> Membership:
+def change_role(membership: Membership, role: str, *, acting_user: User | None, source: str = "api") -> Membership:
     """Give an existing member another role."""
     _check_role(role)
     _lock_members(membership.workspace)
@@ -215,7 +213,7 @@ def change_role(
 
 
 @transaction.atomic
-def remove_member(membership: Membership, *, acting_user: AbstractBaseUser | None, source: str = "api") -> None:
+def remove_member(membership: Membership, *, acting_user: User | None, source: str = "api") -> None:
     """Take a member out of the workspace (the user account stays)."""
     workspace = membership.workspace
     _lock_members(workspace)
@@ -235,7 +233,7 @@ def remove_member(membership: Membership, *, acting_user: AbstractBaseUser | Non
     current.delete()
 
 
-def membership_for(user: AbstractBaseUser, workspace: Workspace) -> Membership | None:
+def membership_for(user: User, workspace: Workspace) -> Membership | None:
     if not user.is_authenticated:
         return None
     return Membership.objects.filter(workspace=workspace, user=user).first()

@@ -261,6 +261,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         if engine == "libpsi":
             with self._lock:
                 if self.libpsi_plan is None:
+                    assert self.cfg.listen_address, "listen_address is validated for the leader"
                     host = self.cfg.listen_address.rpartition(":")[0]
                     port = self.requested.link_port
                     if not port:
@@ -314,7 +315,8 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         self.peer_n = int(request.input_size)
         state = self.ckpt.load()
         if (
-            _state_matches(state, self.table, self.params, self.cfg, self.n)
+            state is not None
+            and _state_matches(state, self.table, self.params, self.cfg, self.n)
             and request.session_id
             and request.session_id == state["session_id"]
             and state.get("peer_input_size") == self.peer_n
@@ -734,6 +736,7 @@ class _Follower(_Run):
 
     def _exchange(self, stub, reply, state) -> dict[str, Any]:
         assert self.table is not None and self.pool is not None
+        pool = self.pool  # the narrowed pool, for the closures below
         p = self.params
         bs = p.batch_size
         rsa = p.protocol == "rsa"
@@ -785,7 +788,8 @@ class _Follower(_Run):
                 return
             if rsa:
                 if not have:
-                    blinded, unblind = self.pool.run(crypto.rsa_blind, pub, ids)
+                    assert pub is not None  # set when rsa
+                    blinded, unblind = pool.run(crypto.rsa_blind, pub, ids)
                     resp = call(
                         stub.Exchange,
                         psi_pb2.PsiBatch(session_id=sid, index=i, values=blinded, count=len(ids)),
@@ -803,7 +807,7 @@ class _Follower(_Run):
                     f"push of batch {i}",
                 )
             else:
-                enc = self.pool.run(crypto.ecdh_encrypt_ids, key, ids, p.suite)
+                enc = pool.run(crypto.ecdh_encrypt_ids, key, ids, p.suite)
                 resp = call(
                     stub.Exchange,
                     psi_pb2.PsiBatch(session_id=sid, index=i, values=enc, count=len(ids)),
@@ -830,7 +834,7 @@ class _Follower(_Run):
                     if len(resp.values) != count * crypto.POINT:
                         raise PeerError(f"the leader sent batch {j} with the wrong number of values")
                     try:
-                        finals = crypto.ecdh_final(self.pool.run(crypto.ecdh_reencrypt, key, resp.values))
+                        finals = crypto.ecdh_final(pool.run(crypto.ecdh_reencrypt, key, resp.values))
                     except crypto.CryptoError as exc:
                         raise PeerError(f"the leader sent bad values: {exc}") from None
                 self.ckpt.write(PEER, j, finals)

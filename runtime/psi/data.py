@@ -288,7 +288,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        text = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
+        text: dict[str, Any] = {} if "b" in mode else {"newline": "", "encoding": "utf-8"}
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()

@@ -217,7 +217,7 @@ def run_libpsi(
             str(Path(cfg.tls.key_file).resolve()),
             str(Path(cfg.tls.peer_ca_file).resolve()),
         )
-    spec = {
+    spec: dict[str, Any] = {
         "job_id": cfg.job_id,
         "parties": parties,
         "rank": 0 if cfg.is_leader else 1,

@@ -168,6 +168,7 @@ class Half:
         own_kernels = [layer.kernel for m in self.models for layer in m.layers if hasattr(layer, "kernel")]
 
         if role == "leader":
+            assert top is not None  # built above for the leader
 
             @tf.function(input_signature=[x_spec, y_spec, a_spec], jit_compile=False)
             def leader_step(x, y, a_peer):

@@ -135,24 +135,24 @@ def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
         except BaseException as exc:
             link.fail(exc)
             raise
-    link = FollowerLink(cfg, min(float(sp.get("connect_timeout_s", 600.0)), cfg.timeout_s))
+    follower_link = FollowerLink(cfg, min(float(sp.get("connect_timeout_s", 600.0)), cfg.timeout_s))
     try:
-        link.send(pb.FollowerMessage(hello=mine))
-        theirs = expect(link.recv(timeout, "the leader's hello"), "hello")
+        follower_link.send(pb.FollowerMessage(hello=mine))
+        theirs = expect(follower_link.recv(timeout, "the leader's hello"), "hello")
         check_hello(mine, theirs)
         for b, idx in enumerate(bl):
             a = model.bottom(tf.constant(x[idx])).numpy()
             h = batch_hash(table.ids, idx) if b % every == 0 else b""
-            link.send(
+            follower_link.send(
                 pb.FollowerMessage(
                     activations=pb.Activations(epoch=0, batch=b, split="score", value=to_tensor(a), ids_hash=h)
                 )
             )
             reporter.progress((b + 1) / len(bl), STAGE)
-        link.send(pb.FollowerMessage(done=pb.Done(rows=n)))
-        expect(link.recv(timeout, "the leader's scores"), "done")
-        link.close()
+        follower_link.send(pb.FollowerMessage(done=pb.Done(rows=n)))
+        expect(follower_link.recv(timeout, "the leader's scores"), "done")
+        follower_link.close()
         return {"role": "follower", "rows": n, "model_dir": str(model_dir), "seconds": time.perf_counter() - t0}
     except BaseException as exc:
-        link.fail(exc)
+        follower_link.fail(exc)
         raise

@@ -119,7 +119,7 @@ def retry(request, pk):
         messages.error(request, "Retrying jobs is not available on this installation yet.")
         return redirect(back)
     try:
-        new = job_services.retry_job(job, acting_user=request.user, source="ui")  # type: ignore[attr-defined]
+        new = job_services.retry_job(job, acting_user=request.user, source="ui")
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect(back)

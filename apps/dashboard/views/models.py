@@ -24,7 +24,8 @@ def summary(mv: ModelVersion) -> list[tuple[str, object]]:
     older or hand-made versions may keep the splits at the top level.
     """
     top = mv.metrics if isinstance(mv.metrics, dict) else {}
-    nested = top.get("metrics") if isinstance(top.get("metrics"), dict) else {}
+    nested_metrics = top.get("metrics")
+    nested: dict = nested_metrics if isinstance(nested_metrics, dict) else {}
     out: list[tuple[str, object]] = []
     for source in (nested, top):
         for split in ("validation", "train", "test", "score"):

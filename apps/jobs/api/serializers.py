@@ -37,7 +37,7 @@ class RuntimeEventSerializer(serializers.Serializer):
     split = serializers.CharField(required=False, max_length=16)
     line = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     level = serializers.CharField(required=False)
-    data = serializers.JSONField(required=False)
+    data = serializers.JSONField(required=False)  # type: ignore[assignment]  # a field named `data`: DRF's metaclass moves it off the class
     error = serializers.CharField(required=False, allow_blank=True, max_length=10_000, trim_whitespace=False)
     ts = serializers.FloatField(required=False)
 

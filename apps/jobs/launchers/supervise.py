@@ -44,7 +44,7 @@ def _set_pdeathsig() -> None:
 def _group_leftovers() -> list[int]:
     """Other live processes of this process group (the runtime's children it left behind)."""
     me, pgid = os.getpid(), os.getpgid(0)
-    found = []
+    found: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:

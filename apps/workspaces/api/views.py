@@ -1,3 +1,4 @@
+from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.response import Response
@@ -21,7 +22,9 @@ class WorkspaceViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Workspace.objects.none()
-        return Workspace.objects.filter(memberships__user=self.request.user).distinct()
+        user = self.request.user
+        assert isinstance(user, User)  # IsAuthenticated: never the anonymous user here
+        return Workspace.objects.filter(memberships__user=user).distinct()
 
     def create(self, request, *args, **kwargs):
         ser = self.get_serializer(data=request.data)
@@ -62,4 +65,6 @@ class MembershipViewSet(
         return Response(self.get_serializer(m).data)
 
     def perform_destroy(self, instance):
-        remove_member(instance, acting_user=self.request.user, source=self.source)
+        user = self.request.user
+        assert isinstance(user, User)  # IsAuthenticated: never the anonymous user here
+        remove_member(instance, acting_user=user, source=self.source)
