@@ -42,6 +42,7 @@ test-fast: setup ## unit tests only (no live servers)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 protos: setup ## regenerate fedsite_proto/ from protos/
 	scripts/gen_protos.sh
