@@ -58,7 +58,9 @@ def test_production_refuses_to_start_with_a_weak_key_and_starts_with_a_strong_on
     assert "fedsite.E001" not in strong.stdout + strong.stderr
 
 
-def test_check_deploy_fails_on_a_weak_key(settings):
+def test_check_deploy_fails_on_a_weak_key(settings, monkeypatch):
+    # The browser tests' session fixture sets this for Playwright; the deploy check rightly refuses it.
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
     settings.SECRET_KEY = "changeme-please-" + "x1y2z3" * 7
     with pytest.raises(SystemCheckError, match="fedsite.E001"):
         call_command("check", deploy=True)
