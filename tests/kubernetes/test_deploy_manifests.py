@@ -130,3 +130,17 @@ def test_runtimes_report_to_the_web_service_and_the_public_url_is_https():
     meta = service["metadata"]
     assert report.hostname == f"{meta['name']}.{meta['namespace']}.svc"
     assert report.port in [p["port"] for p in service["spec"]["ports"]]
+
+
+def test_workers_read_the_runtime_outputs_where_the_launcher_expects_them():
+    """A runtime pod writes its result file to the outputs claim; the workers mount the same claim at
+    FEDSITE_K8S_OUTPUT_MOUNT, so a result whose last report was lost is still read (launch.read_result)."""
+    docs = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for _, d in documents()}
+    config = docs[("ConfigMap", "fedsite", "fedsite-config")]["data"]
+    claim, mount = config["FEDSITE_K8S_OUTPUT_PVC"], config["FEDSITE_K8S_OUTPUT_MOUNT"]
+    assert ("PersistentVolumeClaim", config["FEDSITE_K8S_NAMESPACE"], claim) in docs  # where the pods write
+    assert ("PersistentVolumeClaim", "fedsite", claim) in docs  # where the workers read
+    pod = docs[("Deployment", "fedsite", "fedsite-worker")]["spec"]["template"]["spec"]
+    volume = next(v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[volume]["mountPath"] == mount and mounts[volume]["readOnly"]
