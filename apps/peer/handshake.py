@@ -330,7 +330,9 @@ def _check_invitation(req: peer_pb2.HandshakeRequest, cert_pem: bytes | None) ->
         identity.fingerprint(req.ca_pem)
     except ValueError as exc:
         raise PeerRejected(Code.INVALID_ARGUMENT, f"malformed handshake: {exc}", reason="malformed") from None
-    invitation = Invitation.objects.select_for_update().select_related("workspace").filter(pk=invitation_id).first()
+    invitation = (
+        Invitation.objects.select_for_update(of=("self",)).select_related("workspace").filter(pk=invitation_id).first()
+    )
     if invitation is None:
         raise PeerRejected(Code.NOT_FOUND, "no such invitation", reason="unknown_invitation")
     cert = x509.load_pem_x509_certificate(cert_pem) if cert_pem else None
