@@ -14,7 +14,7 @@ A config is JSON. Fields shared by every command::
                "folders": ["/srv/data/acme", …]},   # optional: the path must really lie in one
       "output_dir": "var/jobs/<uuid>/alpha",
       "steps": ["psi", "train"],               # what `python -m runtime run` does
-      "psi": {...}, "train": {...}, "tree": {...}, "score": {...},   # per-command parameters
+      "psi": {...}, "train": {...}, "tree": {...}, "score": {...}, "serve": {...},   # per-command parameters
       "report": {"url": "http://…/api/v1/runtime/jobs/<uuid>/report", "token": "…"} | null,
       "timeout_s": 3600
     }
@@ -33,7 +33,7 @@ from typing import Any
 from runtime.errors import ConfigError
 
 ROLES = ("leader", "follower")
-STEPS = ("psi", "train", "tree", "score")
+STEPS = ("psi", "train", "tree", "score", "serve")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class JobConfig:
     train: dict[str, Any] = field(default_factory=dict)
     tree: dict[str, Any] = field(default_factory=dict)
     score: dict[str, Any] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)
     report: ReportConfig | None = None
     timeout_s: float = 3600.0
     allow_insecure: bool = False
@@ -207,6 +208,7 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
         train=_optional(raw, "train", dict, "", {}),
         tree=_optional(raw, "tree", dict, "", {}),
         score=_optional(raw, "score", dict, "", {}),
+        serve=_optional(raw, "serve", dict, "", {}),
         report=report,
         timeout_s=float(timeout_s),
         allow_insecure=allow_insecure,
