@@ -1,4 +1,4 @@
-"""Command line: ``python -m runtime {psi,train,tree,score,serve,run} --config job.json``.
+"""Command line: ``python -m runtime {psi,train,tree,score,serve,stream_join,run} --config job.json``.
 
 The same program runs as a local subprocess or inside a Kubernetes pod. It exits
 0 on success, 2 on a bad config or bad data (the message names the problem), and
@@ -24,6 +24,7 @@ STEP_MODULES = {
     "tree": "runtime.tree.step",
     "score": "runtime.train.score",
     "serve": "runtime.serve.step",
+    "stream_join": "runtime.stream.step",
 }
 
 

@@ -15,6 +15,7 @@ A config is JSON. Fields shared by every command::
       "output_dir": "var/jobs/<uuid>/alpha",
       "steps": ["psi", "train"],               # what `python -m runtime run` does
       "psi": {...}, "train": {...}, "tree": {...}, "score": {...}, "serve": {...},   # per-command parameters
+      "stream": {...},                         # stream_join: source and join parameters (runtime/stream/params.py)
       "report": {"url": "http://…/api/v1/runtime/jobs/<uuid>/report", "token": "…"} | null,
       "timeout_s": 3600
     }
@@ -33,7 +34,7 @@ from typing import Any
 from runtime.errors import ConfigError
 
 ROLES = ("leader", "follower")
-STEPS = ("psi", "train", "tree", "score", "serve")
+STEPS = ("psi", "train", "tree", "score", "serve", "stream_join")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class JobConfig:
     tree: dict[str, Any] = field(default_factory=dict)
     score: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
+    stream: dict[str, Any] = field(default_factory=dict)
     report: ReportConfig | None = None
     timeout_s: float = 3600.0
     allow_insecure: bool = False
@@ -143,16 +145,19 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
     if role not in ROLES:
         raise ConfigError(f"role: must be one of {', '.join(ROLES)}, got {role!r}")
     d = _require(raw, "data", dict, "")
+    stream = _optional(raw, "stream", dict, "", {})
+    # A stream job reading a NATS subject has no data path (its events come from the broker).
+    path_needed = not (stream and stream.get("source") == "nats")
     folders = _optional(d, "folders", list, "data.", [])
     if not all(isinstance(f, str) and f for f in folders):
         raise ConfigError("data.folders: must be a list of folder paths")
     data = DataConfig(
-        path=_require(d, "path", str, "data."),
+        path=_require(d, "path", str, "data.") if path_needed else _optional(d, "path", str, "data.", ""),
         id_column=_require(d, "id_column", str, "data."),
         label_column=_optional(d, "label_column", str, "data."),
         folders=tuple(folders),
     )
-    if data.folders:
+    if data.folders and data.path:
         _check_inside(data.path, data.folders)
     output_dir = _require(raw, "output_dir", str, "")
     tls_raw = raw.get("tls")
@@ -209,6 +214,7 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
         tree=_optional(raw, "tree", dict, "", {}),
         score=_optional(raw, "score", dict, "", {}),
         serve=_optional(raw, "serve", dict, "", {}),
+        stream=stream,
         report=report,
         timeout_s=float(timeout_s),
         allow_insecure=allow_insecure,

@@ -104,11 +104,11 @@ class Reporter:
             self._thread.start()
 
     # -- public API -------------------------------------------------------
-    def progress(self, value: float, stage: str) -> None:
-        """Overall progress of a stage in [0, 1]; rate-limited to 1% steps."""
+    def progress(self, value: float, stage: str, *, force: bool = False) -> None:
+        """Overall progress of a stage in [0, 1]; rate-limited to 1% steps unless `force` (a stage change)."""
         value = max(0.0, min(1.0, float(value)))
         last = self._last_progress.get(stage, -1.0)
-        if value < 1.0 and value - last < 0.01:
+        if not force and value < 1.0 and value - last < 0.01:
             return
         self._last_progress[stage] = value
         self._emit({"type": "progress", "value": round(value, 4), "stage": stage})

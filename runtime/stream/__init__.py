@@ -1,0 +1,1 @@
+"""The real-time sample join (``stream_join``): live event sources joined into data blocks on both sides."""

@@ -1,0 +1,294 @@
+"""The join's state on each side, with no I/O: what a round does to it.
+
+A match is the same example id on both sides with event times at most
+``max_delay`` apart (ids are unique per side; a repeated id is counted in
+``duplicate_events`` and joins at most once). Matches are emitted as soon as both
+halves have arrived; watermarks only decide when a waiting event can no longer
+match:
+
+- each side's watermark is the newest event time it has read minus ``lateness``;
+  an event older than its own side's watermark when read is *late* (counted);
+- a leader event with time ``t`` waits until the follower's watermark passes
+  ``t + max_delay`` (every follower event that could match it has then been read,
+  unless late), and a follower event likewise waits for the leader's watermark.
+
+For events that are not late, the matched set is therefore exactly the batch join,
+whatever the batching and timing of the two sources (docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from runtime.stream.sources import ID, TIME, EventBatch
+
+KEY = "_key"
+AUX = "_aux"
+PTIME = "_time"
+NEG_INF = float("-inf")
+
+
+def keyed_hashes(key: bytes, ids: list[str]) -> np.ndarray:
+    """HMAC-SHA256 of each id under the job key, truncated to 64 bits (uint64)."""
+    digest = hmac.digest
+    raw = b"".join([digest(key, s.encode(), "sha256")[:8] for s in ids])
+    return np.frombuffer(raw, dtype="<u8").copy()
+
+
+def late_mask(times: np.ndarray, max_before: float, lateness: float) -> np.ndarray:
+    """Which events (in read order) are older than their side's watermark when read."""
+    if not len(times):
+        return np.zeros(0, dtype=bool)
+    running = np.maximum.accumulate(np.concatenate([[max_before], times[:-1]]))
+    return times < running - lateness
+
+
+class Pending:
+    """Events waiting for a partner: optional rows, keys, times, an int64 tag; lazily deleted."""
+
+    def __init__(self, *, by_key: bool) -> None:
+        self.table: pa.Table | None = None
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.times = np.zeros(0, dtype=np.float64)
+        self.aux = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
+        self.by_key = by_key
+        self.index: dict[int, int] = {}
+        self.dead = 0
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def append(self, table: pa.Table | None, keys: np.ndarray, times: np.ndarray, aux: np.ndarray) -> tuple[int, int]:
+        """Add events; return (first index, duplicates skipped)."""
+        start = len(self.keys)
+        if table is not None:
+            self.table = (
+                table if self.table is None else pa.concat_tables([self.table, table], promote_options="permissive")
+            )
+        self.keys = np.concatenate([self.keys, keys.astype(np.uint64)])
+        self.times = np.concatenate([self.times, times.astype(np.float64)])
+        self.aux = np.concatenate([self.aux, aux.astype(np.int64)])
+        alive = np.ones(len(keys), dtype=bool)
+        dups = 0
+        if self.by_key:
+            index = self.index
+            for i, k in enumerate(keys.tolist(), start):
+                if k in index:
+                    alive[i - start] = False
+                    dups += 1
+                else:
+                    index[k] = i
+        self.alive = np.concatenate([self.alive, alive])
+        self.dead += dups
+        return start, dups
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        get = self.index.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+    def kill(self, idx: np.ndarray) -> None:
+        if not len(idx):
+            return
+        self.alive[idx] = False
+        self.dead += len(idx)
+        if self.by_key:
+            for k in self.keys[idx].tolist():
+                self.index.pop(k, None)
+
+    def by_aux(self, aux: np.ndarray) -> np.ndarray:
+        """Indices of live events with these tags (tags ascend with the index)."""
+        idx = np.searchsorted(self.aux, aux)
+        if len(aux) and (
+            idx.max() >= len(self.aux) or not np.array_equal(self.aux[idx], aux) or not self.alive[idx].all()
+        ):
+            raise ValueError("unknown or already used sequence numbers")
+        return idx
+
+    def evict_before(self, cutoff: float) -> int:
+        """Drop live events older than ``cutoff`` (they can no longer match); return how many."""
+        if cutoff == NEG_INF:
+            return 0
+        idx = np.flatnonzero(self.alive & (self.times < cutoff))
+        self.kill(idx)
+        self._maybe_compact()
+        return len(idx)
+
+    def take(self, idx: np.ndarray) -> pa.Table:
+        assert self.table is not None
+        return self.table.take(pa.array(idx, type=pa.int64()))
+
+    def _maybe_compact(self) -> None:
+        if self.dead < 50_000 or self.dead * 2 < len(self.keys):
+            return
+        keep = self.alive
+        if self.table is not None:
+            self.table = self.table.filter(pa.array(keep)).combine_chunks()
+        self.keys, self.times, self.aux = self.keys[keep], self.times[keep], self.aux[keep]
+        self.alive = np.ones(len(self.keys), dtype=bool)
+        self.dead = 0
+        if self.by_key:
+            self.index = {k: i for i, k in enumerate(self.keys.tolist())}
+
+    # -- checkpoints ----------------------------------------------------------
+    def snapshot(self) -> pa.Table:
+        keep = pa.array(self.alive)
+        extra = {
+            KEY: pa.array(self.keys, type=pa.uint64()).filter(keep),
+            PTIME: pa.array(self.times, type=pa.float64()).filter(keep),
+            AUX: pa.array(self.aux, type=pa.int64()).filter(keep),
+        }
+        if self.table is None:
+            return pa.table(extra)
+        t = self.table.filter(keep)
+        for name, col in extra.items():
+            t = t.append_column(name, col)
+        return t
+
+    @classmethod
+    def restore(cls, table: pa.Table, *, by_key: bool) -> Pending:
+        p = cls(by_key=by_key)
+        keys = table.column(KEY).to_numpy().astype(np.uint64)
+        times = table.column(PTIME).to_numpy().astype(np.float64)
+        aux = table.column(AUX).to_numpy().astype(np.int64)
+        rows = table.drop_columns([KEY, PTIME, AUX])
+        p.append(rows if rows.num_columns else None, keys, times, aux)
+        return p
+
+
+class _Side:
+    def __init__(self, key: bytes, max_delay: float, lateness: float) -> None:
+        self.key = key
+        self.max_delay = max_delay
+        self.lateness = lateness
+        self.max_time = NEG_INF
+        self.counters = {"events_read": 0, "late_events": 0, "matched": 0, "expired": 0, "duplicate_events": 0}
+
+    @property
+    def watermark(self) -> float:
+        return self.max_time - self.lateness
+
+    def _read(self, batch: EventBatch) -> tuple[np.ndarray, int]:
+        times = batch.times.astype(np.float64)
+        late = int(late_mask(times, self.max_time, self.lateness).sum())
+        self.counters["events_read"] += len(times)
+        self.counters["late_events"] += late
+        if len(times):
+            self.max_time = max(self.max_time, float(times.max()))
+        return times, late
+
+    def meta(self) -> dict[str, Any]:
+        return {"max_time": None if self.max_time == NEG_INF else self.max_time, "counters": dict(self.counters)}
+
+    def _restore_meta(self, meta: dict[str, Any]) -> None:
+        self.max_time = NEG_INF if meta.get("max_time") is None else float(meta["max_time"])
+        self.counters.update(meta.get("counters", {}))
+
+
+class LeaderJoin(_Side):
+    """The leader's pending events, numbered by leader sequence numbers (lsn) in event-time order."""
+
+    def __init__(self, key: bytes, max_delay: float, lateness: float) -> None:
+        super().__init__(key, max_delay, lateness)
+        self.next_lsn = 1
+        self.pending = Pending(by_key=False)
+
+    def add(self, batch: EventBatch | None) -> tuple[int, np.ndarray, np.ndarray, int]:
+        """Take new events: return (first lsn, keys, times) in event-time order, and how many were late."""
+        first = self.next_lsn
+        if batch is None or not len(batch):
+            return first, np.zeros(0, dtype=np.uint64), np.zeros(0), 0
+        times, late = self._read(batch)
+        order = np.argsort(times, kind="stable")
+        table = batch.table.take(pa.array(order, type=pa.int64()))
+        times = times[order]
+        keys = keyed_hashes(self.key, table.column(ID).to_pylist())
+        lsns = np.arange(first, first + len(times), dtype=np.int64)
+        self.pending.append(table, keys, times, lsns)
+        self.next_lsn += len(times)
+        return first, keys, times, late
+
+    def matched(self, lsns: np.ndarray) -> pa.Table:
+        """The block's rows (in the given lsn order), removed from the pending events."""
+        idx = self.pending.by_aux(lsns)
+        rows = self.pending.take(idx)
+        self.pending.kill(idx)
+        self.counters["matched"] += len(lsns)
+        return rows
+
+    def expire(self, follower_watermark: float) -> int:
+        n = self.pending.evict_before(follower_watermark - self.max_delay)
+        self.counters["expired"] += n
+        return n
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+        return {**self.meta(), "next_lsn": self.next_lsn}, {"leader": self.pending.snapshot()}
+
+    def restore(self, meta: dict[str, Any], parts: dict[str, pa.Table]) -> None:
+        self._restore_meta(meta)
+        self.next_lsn = int(meta["next_lsn"])
+        self.pending = Pending.restore(parts["leader"], by_key=False)
+
+
+class FollowerJoin(_Side):
+    """The follower's own pending events, and the leader's pending keyed hashes."""
+
+    def __init__(self, key: bytes, max_delay: float, lateness: float) -> None:
+        super().__init__(key, max_delay, lateness)
+        self.own = Pending(by_key=True)  # this side's events (rows), tag unused
+        self.theirs = Pending(by_key=True)  # the leader's hashes and times, tag = lsn
+
+    def round(
+        self, batch: EventBatch | None, keys: np.ndarray, times: np.ndarray, first_lsn: int, leader_watermark: float
+    ) -> tuple[np.ndarray, pa.Table]:
+        """One round: this side's new events and the leader's; return matched lsns (ascending) and our rows."""
+        d = self.max_delay
+        new_own = np.zeros(0, dtype=np.int64)
+        if batch is not None and len(batch):
+            own_times, _ = self._read(batch)
+            own_keys = keyed_hashes(self.key, batch.table.column(ID).to_pylist())
+            start, dups = self.own.append(batch.table, own_keys, own_times, np.zeros(len(own_times), dtype=np.int64))
+            self.counters["duplicate_events"] += dups
+            new_own = np.arange(start, start + len(own_times), dtype=np.int64)
+        lsns = np.arange(first_lsn, first_lsn + len(keys), dtype=np.int64)
+        # the leader's new events against all of ours
+        fi = self.own.lookup(keys)
+        ok = fi >= 0
+        ok[ok] = np.abs(times[ok] - self.own.times[fi[ok]]) <= d
+        m_lsn, m_own = [lsns[ok]], [fi[ok]]
+        self.own.kill(fi[ok])
+        _, dups = self.theirs.append(None, keys[~ok], times[~ok], lsns[~ok])
+        self.counters["duplicate_events"] += dups
+        # our new events against the leader's earlier ones
+        new_own = new_own[self.own.alive[new_own]]
+        if len(new_own):
+            li = self.theirs.lookup(self.own.keys[new_own])
+            ok2 = li >= 0
+            ok2[ok2] = np.abs(self.own.times[new_own[ok2]] - self.theirs.times[li[ok2]]) <= d
+            m_lsn.append(self.theirs.aux[li[ok2]])
+            m_own.append(new_own[ok2])
+            self.theirs.kill(li[ok2])
+            self.own.kill(new_own[ok2])
+        all_lsn, all_own = np.concatenate(m_lsn), np.concatenate(m_own)
+        order = np.argsort(all_lsn, kind="stable")
+        all_lsn, all_own = all_lsn[order], all_own[order]
+        rows = self.own.take(all_own) if len(all_own) else None
+        self.counters["matched"] += len(all_lsn)
+        # what can no longer match
+        self.counters["expired"] += self.own.evict_before(leader_watermark - d)
+        self.theirs.evict_before(self.watermark - d)
+        return all_lsn, rows if rows is not None else pa.table(
+            {ID: pa.array([], pa.string()), TIME: pa.array([], pa.float64())}
+        )
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+        return self.meta(), {"own": self.own.snapshot(), "theirs": self.theirs.snapshot()}
+
+    def restore(self, meta: dict[str, Any], parts: dict[str, pa.Table]) -> None:
+        self._restore_meta(meta)
+        self.own = Pending.restore(parts["own"], by_key=True)
+        self.theirs = Pending.restore(parts["theirs"], by_key=True)
