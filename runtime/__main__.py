@@ -33,6 +33,15 @@ def run_step(step: str, cfg: JobConfig, reporter: Reporter) -> dict:
     return module.run(cfg, reporter)
 
 
+def _result_dir(cfg: JobConfig) -> str:
+    """A partition worker of a partitioned PSI keeps its own result file (the merged one is the side's)."""
+    if "psi" in cfg.steps or "partitions" in cfg.psi:
+        from runtime.psi.partition import result_dir
+
+        return result_dir(cfg)
+    return cfg.output_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="Fedsite runtime (data plane)")
     parser.add_argument(
@@ -47,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    reporter = Reporter(cfg.report, output_dir=cfg.output_dir, retry_for_s=cfg.timeout_s)
+    reporter = Reporter(cfg.report, output_dir=_result_dir(cfg), retry_for_s=cfg.timeout_s)
     steps = list(cfg.steps) if args.command == "run" else [args.command]
     if not steps:
         reporter.failed("error: config has no steps to run")

@@ -12,13 +12,16 @@ from typing import Any
 
 from runtime.config import JobConfig
 from runtime.errors import ConfigError
-from runtime.psi import libpsi_engine
+from runtime.psi import libpsi_engine, partition
 from runtime.psi.builtin import run_builtin
 from runtime.psi.common import parse_params
 from runtime.report import Reporter
 
 
 def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
+    if partition.partitions_of(cfg) > 1:
+        return partition.run(cfg, reporter)  # psi.partitions: P pairs of ordinary PSI (runtime/psi/partition.py)
+    cfg = partition.engine_config(cfg)
     params = parse_params(cfg.psi)
     if params.engine == "builtin" and params.protocol in ("rr22", "kkrt"):
         raise ConfigError(f"psi.protocol: {params.protocol!r} runs only on the libpsi engine (psi.engine is 'builtin')")
