@@ -266,6 +266,8 @@ FEDSITE_K8S_DATA_MOUNT = env_str("FEDSITE_K8S_DATA_MOUNT", "")
 FEDSITE_K8S_OUTPUT_PVC = env_str("FEDSITE_K8S_OUTPUT_PVC", "")
 # Where the workers mount that PVC: the reconciler reads a finished job's result.json there.
 FEDSITE_K8S_OUTPUT_MOUNT = env_str("FEDSITE_K8S_OUTPUT_MOUNT", "")
+# Partitioned PSI: pods of a side's Indexed Job running at once (0 = all P partitions).
+FEDSITE_K8S_PSI_PARALLELISM = env_int("FEDSITE_K8S_PSI_PARALLELISM", 0, minimum=0)
 
 LOGGING = {
     "version": 1,

@@ -16,6 +16,8 @@ same job does nothing, a stop of a stopped runtime does nothing.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -100,18 +102,24 @@ def port_range() -> range:
     return range(lo_i, hi_i + 1)
 
 
-def choose_port(launcher: Launcher, job: Job) -> int:
-    """A port of FEDSITE_RUNTIME_PORTS that no other active job holds and the backend can bind."""
+def choose_port(launcher: Launcher, job: Job, count: int = 1) -> int:
+    """A port of FEDSITE_RUNTIME_PORTS that no other active job holds and the backend can bind.
+
+    With `count` > 1 (partitioned PSI on one machine), the `count` ports from it on are all free.
+    """
     used: set[int] = set()
     for handle in Job.objects.filter(status__in=ACTIVE).exclude(pk=job.pk).values_list("handle", flat=True):
         if isinstance(handle, dict) and isinstance(handle.get("port"), int):
-            used.add(handle["port"])
+            n = handle.get("port_count")
+            used.update(range(handle["port"], handle["port"] + (n if isinstance(n, int) and n > 0 else 1)))
     ports = list(port_range())
     start = random.randrange(len(ports))
+    available = getattr(launcher, "port_available", lambda p: True)
     for port in ports[start:] + ports[:start]:
-        if port in used:
+        span = range(port, port + count)
+        if span[-1] > ports[-1] or any(p in used for p in span):
             continue
-        if getattr(launcher, "port_available", lambda p: True)(port):
+        if all(available(p) for p in span):
             return port
     raise LaunchError(f"no free runtime port in FEDSITE_RUNTIME_PORTS={settings.FEDSITE_RUNTIME_PORTS}")
 
@@ -131,6 +139,24 @@ def runtime_tls_files(partner: Any) -> dict[str, str] | None:
 def report_url(job: Job) -> str:
     base = (_setting("FEDSITE_RUNTIME_REPORT_URL", "") or settings.FEDSITE_PUBLIC_URL).rstrip("/")
     return f"{base}/api/v1/runtime/jobs/{job.id}/report"
+
+
+def psi_partitions(job: Job) -> int:
+    """The ticket's ``psi.partitions`` (1 unless a psi job asks for more)."""
+    if job.ticket.kind != JobKind.PSI:
+        return 1
+    value = ((job.ticket.params or {}).get("psi") or {}).get("partitions", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def partition_key(job: Job) -> str:
+    """The leader's partition key: from this installation's secret and the ticket, never stored.
+
+    The same for every attempt of the ticket (a retry reuses the partitions already done);
+    the follower's runtimes receive it from the leader's over mutual TLS (runtime/psi/partition.py).
+    """
+    secret = str(settings.SECRET_KEY).encode()
+    return hmac.new(secret, f"fedsite-psi-partition-key:{job.ticket_id}".encode(), hashlib.sha256).hexdigest()
 
 
 def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
@@ -183,6 +209,15 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         config["peer_address"] = job.runtime_address
     if tls is None:
         config["allow_insecure"] = True
+    partitions = psi_partitions(job)
+    previous: list[str] = []
+    if partitions > 1:
+        from apps.jobs.services import job_id_for
+
+        config["psi"]["partition"] = {"ports": launcher.partition_ports}
+        if leader:
+            config["psi"]["partition"]["key"] = partition_key(job)
+        previous = [str(job_id_for(job.ticket_id, a)) for a in range(job.attempt - 1, 0, -1)]
     return RuntimeSpec(
         job_id=str(job.id),
         side=job.role,
@@ -191,6 +226,8 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         port=port,
         timeout_s=timeout_s,
         labels={"workspace": job.workspace.slug, "ticket": str(job.ticket_id)},
+        partitions=partitions,
+        previous_job_ids=previous,
     )
 
 
@@ -225,14 +262,18 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
         return "failed"
 
     port: int | None = None
+    count = 1  # ports this side's runtimes take from `port` on (partitioned PSI on one machine: P)
     with transaction.atomic():
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.status != J.PENDING or locked.handle:
             return "skipped"
         try:
             if leader:
-                port = choose_port(launcher, locked)
-                locked.runtime_address = launcher.runtime_host(str(job.id), job.role, port)
+                partitions = psi_partitions(job)
+                count = partitions if launcher.partition_ports == "offset" else 1
+                port = choose_port(launcher, locked, count)
+                host = launcher.runtime_host if partitions == 1 else launcher.partition_host
+                locked.runtime_address = host(str(job.id), job.role, port)
         except LaunchError as exc:
             port = None
             claim_error = str(exc)
@@ -244,6 +285,7 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
             "since": time.time(),
             "port": port,
             "worker": _this_worker(),
+            **({"port_count": count} if count > 1 else {}),
         }
         locked.save(update_fields=["handle", "runtime_address", "updated_at"])
     job.refresh_from_db()
@@ -310,6 +352,12 @@ def _finish(job: Job, state: RuntimeState, launcher: Launcher | None = None) -> 
     from apps.jobs.services import lock_job, set_job_status
 
     result = _stored_result(launcher, job.handle or {}) if state.state == SUCCEEDED else {}
+    if state.state != SUCCEEDED and launcher is not None and (job.handle or {}).get("partitions"):
+        # One partition failed: stop the others now (a finished handle is not stopped later).
+        try:
+            launcher.stop(job.handle)
+        except LaunchError as exc:
+            log.warning("could not stop the other partitions of job %s: %s", job.pk, exc)
     try:
         with transaction.atomic():
             locked = lock_job(job)  # ticket, then job: the order every path takes

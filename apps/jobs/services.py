@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from typing import Any
@@ -24,6 +25,8 @@ LOG_TAIL_LINES = 200
 PARTNER_FAILED = "the partner's job failed: "  # how a failure caused by the partner reads
 # Progress is mirrored to the partner at most this often (in progress units).
 REMOTE_PROGRESS_STEP = 0.05
+# A partition worker of a partitioned PSI reports its progress as stage "psi.p<i>of<P>".
+PARTITION_STAGE = re.compile(r"^(?P<stage>[a-z_]+)\.p(?P<index>\d{1,3})of(?P<count>\d{1,3})$")
 
 
 def job_id_for(ticket_id: uuid.UUID | str, attempt: int) -> uuid.UUID:
@@ -193,6 +196,33 @@ def cancel_job(job: Job, *, acting_user: Any = None, source: str = "api", reason
     return set_job_status(job, J.CANCELLED, error=reason or f"cancelled by {who}", source=source, actor=acting_user)
 
 
+def _partitions(job: Job) -> dict[str, Any]:
+    part = (job.result or {}).get("partitions")
+    return dict(part) if isinstance(part, dict) else {}
+
+
+def _partition_progress(job: Job, stage: str, value: float) -> tuple[float, str] | None:
+    """A partition's progress: kept per partition in ``result.partitions``; the job shows their mean."""
+    m = PARTITION_STAGE.match(stage)
+    if m is None:
+        return None
+    index, count = int(m["index"]), int(m["count"])
+    if not 0 <= index < count:
+        return None
+    part = _partitions(job)
+    progress = {str(k): float(v) for k, v in (part.get("progress") or {}).items()}
+    progress[str(index)] = value
+    job.result = {**(job.result or {}), "partitions": {**part, "count": count, "progress": progress}}
+    return sum(progress.values()) / count, m["stage"]
+
+
+def _partition_result(job: Job, stage: str, data: dict[str, Any]) -> None:
+    part = _partitions(job)
+    done = dict(part.get("done") or {})
+    done[str(data["partition"])] = data
+    job.result = {**(job.result or {}), "partitions": {**part, "count": data.get("partitions"), "done": done}}
+
+
 @transaction.atomic
 def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     """Apply a runtime's batch of progress/metric/log/result events; returns how many."""
@@ -219,8 +249,9 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
         if kind == "failed":
             continue  # applied below, after the log lines that explain it
         if kind == "progress":
-            job.progress = max(0.0, min(1.0, float(ev.get("value", 0.0))))
-            job.stage = str(ev.get("stage", ""))[:32]
+            value = max(0.0, min(1.0, float(ev.get("value", 0.0))))
+            stage = str(ev.get("stage", ""))[:32]
+            job.progress, job.stage = _partition_progress(job, stage, value) or (value, stage)
         elif kind == "metric":
             m = JobMetric(
                 job=job,
@@ -236,7 +267,12 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
         elif kind == "log":
             lines.append(str(ev.get("line", ""))[:2000])
         elif kind == "result":
-            job.result = {**job.result, str(ev.get("stage", "result")): ev.get("data") or {}}
+            data = ev.get("data") or {}
+            key = str(ev.get("stage", "result"))
+            if isinstance(data, dict) and isinstance(data.get("partition"), int):
+                _partition_result(job, key, data)  # one partition's share; the merged result comes under `key`
+            else:
+                job.result = {**job.result, key: data}
         else:
             raise ServiceError(f"unknown event type {kind!r}", field="events")
     if lines:

@@ -192,6 +192,13 @@ register_group(
             "auto", PSI_PROTOCOLS, "PSI protocol; `auto` picks the best both sides can run (see docs/psi.md)"
         ),
         "batch_size": Int(8192, 1_000, 1_000_000, "ids per batch (the unit of streaming, work and checkpoints)"),
+        "partitions": Int(
+            1,
+            1,
+            256,
+            "P > 1: split both sides' ids by a keyed hash into P partitions, one PSI pair each "
+            "(`psi` jobs only; see docs/psi.md, Partitioned PSI)",
+        ),
     },
     title="Private set intersection",
 )
@@ -310,6 +317,9 @@ def validate_params(kind: str, params: Any) -> dict[str, Any]:
     out: dict[str, Any] = {k: p.clean(f"params.{k}", params[k]) if k in params else p.default for k, p in TOP.items()}
     for g in groups:
         out[g] = validate_group(g, params.get(g))
+    if "psi" in out and out["psi"]["partitions"] > 1 and str(kind) != JobKind.PSI:
+        # Training reads one aligned table in one process; partitions would need a merge step before it.
+        raise ServiceError(f"more than 1 partition runs only for `{JobKind.PSI}` jobs", field="params.psi.partitions")
     if "train" in out:
         # One switch, two places a client may set it: the group's wins, else the top-level one.
         inner = (params.get("train") or {}).get("share_metrics")

@@ -48,7 +48,7 @@ import grpc
 
 from runtime.config import DataConfig, JobConfig
 from runtime.errors import ConfigError, DataError, PeerError, RuntimeJobError
-from runtime.psi.common import parse_params
+from runtime.psi.common import PsiParams, parse_params
 from runtime.psi.data import Table, atomic_file, atomic_write_json
 from runtime.report import RESULT_FILE, Reporter
 from runtime.tls import CHANNEL_OPTIONS, NO_PORT_SHARING, add_port, open_channel
@@ -70,8 +70,18 @@ class PartitionPlan:
     ports: str  # "offset": partition i on port + i (local); "same": one port, "{partition}" in the host (pods)
 
 
+def parse_psi(raw: dict[str, Any]) -> tuple[int, PsiParams]:
+    """The whole ``psi`` block a ticket sets: the partition count, and the engines' parameters."""
+    count = _count(raw)
+    return count, parse_params({k: v for k, v in raw.items() if k not in OWN_KEYS})
+
+
 def partitions_of(cfg: JobConfig) -> int:
-    p = cfg.psi.get("partitions", 1)
+    return _count(cfg.psi)
+
+
+def _count(psi: dict[str, Any]) -> int:
+    p = psi.get("partitions", 1)
     if p is None:
         return 1
     if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= MAX_PARTITIONS:

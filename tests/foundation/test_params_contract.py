@@ -17,7 +17,7 @@ from apps.tickets.params import (
     validate_params,
 )
 from runtime.errors import ConfigError
-from runtime.psi.common import parse_params as parse_psi_params
+from runtime.psi.partition import parse_psi as parse_psi_params
 from runtime.train.params import parse_train_params
 from runtime.tree.params import parse_tree_params
 

@@ -4,12 +4,14 @@ It parses the config with the real runtime's parser (so every config the
 launcher writes must be valid), then follows `psi.fake`:
 
     {"sleep": seconds, "exit": code, "message": "error: …", "child": true,
-     "results": {"<step>": {…}}, "flush_s": seconds}
+     "results": {"<step>": {…}}, "flush_s": seconds,
+     "partition": {"<i>": {…the same keys, for partition i of a partitioned PSI…}}}
 
 `child` starts a grandchild in the same process group (to prove cancel kills
 the whole group). `results` are reported through the real `Reporter` (to the
 config's report URL, and into `<output_dir>/result.json`), which then gets
-`flush_s` to deliver them. It writes `<output_dir>/fake.json` with its pid and config.
+`flush_s` to deliver them. It writes `<output_dir>/fake.json` (partition i: `fake.p<i>.json`)
+with its pid and config.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     fake = cfg.psi.get("fake", {})
+    index = (cfg.psi.get("partition") or {}).get("index")
+    if index is not None:  # a partition worker of a partitioned PSI: `partition_exit` {"<i>": code} fails one
+        fake = {**fake, **(fake.get("partition", {}).get(str(index)) or {})}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"pid": os.getpid(), "pgid": os.getpgid(0), "role": cfg.role, "peer_address": cfg.peer_address}
@@ -43,7 +48,7 @@ def main() -> int:
     if fake.get("child"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         info["child_pid"] = child.pid
-    (out / "fake.json").write_text(json.dumps(info))
+    (out / ("fake.json" if index is None else f"fake.p{index}.json")).write_text(json.dumps(info))
     print(f"fake runtime: {cfg.role} step(s) {','.join(cfg.steps)}", flush=True)
     time.sleep(float(fake.get("sleep", 0.0)))
     if fake.get("message"):

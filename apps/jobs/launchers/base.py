@@ -51,6 +51,10 @@ class RuntimeSpec:
     port: int | None = None
     timeout_s: int = 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
+    # Partitioned PSI (psi.partitions > 1): how many runtimes this side runs, one per partition,
+    # and the earlier attempts of the ticket whose completed partitions may be reused.
+    partitions: int = 1
+    previous_job_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +130,14 @@ class Launcher(abc.ABC):
     def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
         """The step results the runtime left in its output folder ({} where this backend cannot see it)."""
         return {}
+
+    # Partitioned PSI: "offset" = partition i of a side listens on the job's port + i (one
+    # machine); "same" = every partition on the job's port, in its own pod (Kubernetes).
+    partition_ports: str = "offset"
+
+    def partition_host(self, job_id: str, side: str, port: int) -> str:
+        """The leader's address for partitioned PSI; ``{partition}`` in it is replaced by the index."""
+        return self.runtime_host(job_id, side, port)
 
     def used_ports(self) -> set[int]:
         """Ports in use outside the database's knowledge (e.g. bound by other programs)."""

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = "/etc/fedsite/job"
 OUTPUT_DIR = "/var/fedsite/output"
+PREVIOUS_DIR = "/var/fedsite/previous"  # partitioned PSI: earlier attempts' outputs, read-only
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 CONTAINER = "runtime"
 LABEL_JOB = "fedsite.io/job-id"
 LABEL_SIDE = "fedsite.io/side"
@@ -154,6 +156,17 @@ class KubernetesLauncher(Launcher):
     def listen_address(self, port: int) -> str:
         return f"0.0.0.0:{port}"
 
+    # Partitioned PSI: one Indexed Job per side; pod i of the leader is `<job>-<i>.<service>`
+    # (the headless Service is the pods' subdomain), every pod on the same port.
+    partition_ports = "same"
+
+    def partition_host(self, job_id: str, side: str, port: int) -> str:
+        if self.service_type == "NodePort":
+            raise LaunchError("psi.partitions > 1 needs FEDSITE_K8S_SERVICE_TYPE=ClusterIP (pods reached by name)")
+        name = object_name(job_id, side)
+        domain = _s("FEDSITE_K8S_SERVICE_DOMAIN", "svc")
+        return f"{name}-{{partition}}.{name}.{self.namespace}.{domain}:{port}"
+
     # -- manifests (pure; validated in tests) --------------------------------
     def labels(self, spec: RuntimeSpec) -> dict[str, str]:
         out = {
@@ -180,7 +193,17 @@ class KubernetesLauncher(Launcher):
             }
         else:
             config["tls"] = None
+        if spec.partitions > 1:
+            psi = dict(config.get("psi") or {})
+            reuse = [f"{PREVIOUS_DIR}/{prev}" for prev in self._previous(spec)]
+            # No index: each pod of the Indexed Job reads JOB_COMPLETION_INDEX.
+            psi["partition"] = {**(psi.get("partition") or {}), "ports": "same", "reuse_from": reuse}
+            config["psi"] = psi
         return config
+
+    def _previous(self, spec: RuntimeSpec) -> list[str]:
+        """Earlier attempts whose outputs the pods can see (on the outputs claim; at most 3)."""
+        return spec.previous_job_ids[:3] if _s("FEDSITE_K8S_OUTPUT_PVC", "") else []
 
     def resources(self) -> dict[str, Any]:
         return {
@@ -258,7 +281,7 @@ class KubernetesLauncher(Launcher):
         pull_secret = _s("FEDSITE_K8S_IMAGE_PULL_SECRET", "")
         if pull_secret:
             pod_spec["imagePullSecrets"] = [{"name": pull_secret}]
-        return {
+        manifest: dict[str, Any] = {
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
@@ -270,6 +293,34 @@ class KubernetesLauncher(Launcher):
                 "template": {"metadata": {"labels": labels}, "spec": pod_spec},
             },
         }
+        if spec.partitions > 1:
+            self._make_indexed(manifest, spec)
+        return manifest
+
+    def _make_indexed(self, manifest: dict[str, Any], spec: RuntimeSpec) -> None:
+        """Partitioned PSI: an Indexed Job, pod i runs partition i; Kubernetes schedules them.
+
+        The pods' subdomain is the side's headless Service, so the leader's pod i is
+        ``<job>-<i>.<service>``. Every pod writes its part to the outputs claim (the last
+        one merges them), and sees the earlier attempts' outputs there read-only.
+        """
+        if not _s("FEDSITE_K8S_OUTPUT_PVC", ""):
+            raise LaunchError("psi.partitions > 1 on Kubernetes needs FEDSITE_K8S_OUTPUT_PVC (the pods merge there)")
+        parallelism = int(_s("FEDSITE_K8S_PSI_PARALLELISM", 0) or spec.partitions)
+        job_spec = manifest["spec"]
+        job_spec["completionMode"] = "Indexed"
+        job_spec["completions"] = spec.partitions
+        job_spec["parallelism"] = max(1, min(parallelism, spec.partitions))
+        pod_spec = job_spec["template"]["spec"]
+        pod_spec["subdomain"] = object_name(spec.job_id, "leader")
+        container = pod_spec["containers"][0]
+        claim = _s("FEDSITE_K8S_OUTPUT_PVC", "")
+        for prev in self._previous(spec):
+            vol = f"prev-{prev[:8]}"
+            pod_spec["volumes"].append({"name": vol, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+            container["volumeMounts"].append(
+                {"name": vol, "mountPath": f"{PREVIOUS_DIR}/{prev}", "subPath": f"{prev}/{spec.side}", "readOnly": True}
+            )
 
     def secret_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
         data = {"config.json": _b64(json.dumps(self.pod_config(spec), indent=2))}
@@ -286,6 +337,9 @@ class KubernetesLauncher(Launcher):
         redacted = copy.deepcopy(self.pod_config(spec))
         if isinstance(redacted.get("report"), dict):
             redacted["report"]["token"] = "<in the Secret>"  # noqa: S105 - a placeholder, not a secret
+        partition = (redacted.get("psi") or {}).get("partition")
+        if isinstance(partition, dict) and "key" in partition:
+            partition["key"] = "<in the Secret>"
         return self._meta("v1", "ConfigMap", spec, owner) | {"data": {"config.json": json.dumps(redacted, indent=2)}}
 
     def service_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -294,6 +348,12 @@ class KubernetesLauncher(Launcher):
         if self.service_type == "NodePort":
             port["nodePort"] = spec.port
         selector = {LABEL_JOB: spec.job_id, LABEL_SIDE: spec.side}
+        if spec.partitions > 1:
+            # Headless: a DNS name per pod of the Indexed Job (<job>-<i>.<service>), published before readiness.
+            headless = {"clusterIP": "None", "publishNotReadyAddresses": True}
+            return self._meta("v1", "Service", spec, owner) | {
+                "spec": {"type": "ClusterIP", **headless, "selector": selector, "ports": [port]}
+            }
         return self._meta("v1", "Service", spec, owner) | {
             "spec": {"type": self.service_type, "selector": selector, "ports": [port]}
         }
@@ -335,6 +395,8 @@ class KubernetesLauncher(Launcher):
             "port": spec.port,
             "service": bool(spec.port),
         }
+        if spec.partitions > 1:
+            handle["partition_count"] = spec.partitions
         ns = self.namespace
         try:
             created = self.batch.create_namespaced_job(ns, self.job_manifest(spec))
@@ -379,10 +441,13 @@ class KubernetesLauncher(Launcher):
     def _state_of(self, job: Any, handle: dict[str, Any]) -> RuntimeState:
         status = job.status
         conditions = {c.type: c for c in (getattr(status, "conditions", None) or []) if c.status == "True"}
-        if (getattr(status, "succeeded", None) or 0) >= 1 or "Complete" in conditions:
+        completions = getattr(job.spec, "completions", None) or 1  # an Indexed Job (partitioned PSI): P
+        if (getattr(status, "succeeded", None) or 0) >= completions or "Complete" in conditions:
             return RuntimeState(SUCCEEDED, exit_code=0, log_tail=self.log_tail(handle))
         if "Failed" in conditions:
             cond = conditions["Failed"]
+            if completions > 1:
+                return self._indexed_failure(job, handle, cond)
             tail = self.log_tail(handle)
             if cond.reason == "DeadlineExceeded":
                 error = f"error: the runtime ran past its deadline ({job.spec.active_deadline_seconds} s)"
@@ -397,6 +462,35 @@ class KubernetesLauncher(Launcher):
                     error = f"pod {pod.metadata.name}: {waiting.reason}: {waiting.message or ''}".strip()
                     return RuntimeState(FAILED, exit_code=None, error=error)
         return RuntimeState(RUNNING)
+
+    def _indexed_failure(self, job: Any, handle: dict[str, Any], cond: Any) -> RuntimeState:
+        """An Indexed Job failed: name the partition whose pod failed, with its last error line."""
+        count = job.spec.completions
+        failed = [p for p in self._pods(handle) if p.status and p.status.phase == "Failed"]
+        if cond.reason == "DeadlineExceeded":
+            error = f"error: the runtime ran past its deadline ({job.spec.active_deadline_seconds} s)"
+            return RuntimeState(FAILED, exit_code=1, error=error, log_tail=self.log_tail(handle))
+        if not failed:
+            return RuntimeState(FAILED, exit_code=1, error=f"{cond.reason or 'Failed'}: {cond.message or ''}".strip())
+        pod = failed[0]
+        index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION) or (pod.metadata.labels or {}).get(
+            INDEX_ANNOTATION, "?"
+        )
+        tail = self._pod_log(pod.metadata.name, handle["namespace"], 50)
+        line = error_summary(tail, None)
+        if f"partition {index} " not in line:
+            line = f"partition {index} of {count}: {line if 'error' in line.lower() else cond.reason or 'Failed'}"
+        return RuntimeState(FAILED, exit_code=1, error=line, log_tail=tail)
+
+    def _pod_log(self, pod: str, namespace: str, lines: int) -> str:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            text = self.core.read_namespaced_pod_log(pod, namespace, container=CONTAINER, tail_lines=lines)
+        except (ApiException, HTTPError):
+            return ""
+        return text if isinstance(text, str) else str(text)
 
     def poll(self, handle: dict[str, Any]) -> RuntimeState:
         from kubernetes.client.exceptions import ApiException

@@ -191,10 +191,14 @@ class LocalLauncher(Launcher):
         }
 
     def start(self, spec: RuntimeSpec) -> dict[str, Any]:
+        if spec.partitions > 1:
+            return self._start_partitions(spec)
         p = self.paths(spec.job_id, spec.side)
+        return self._start_process(spec, p, {**spec.config, "output_dir": str(p["output"]), "tls": spec.tls_files})
+
+    def _start_process(self, spec: RuntimeSpec, p: dict[str, Path], config: dict[str, Any]) -> dict[str, Any]:
         p["output"].mkdir(parents=True, exist_ok=True)
         p["exit"].unlink(missing_ok=True)
-        config = {**spec.config, "output_dir": str(p["output"]), "tls": spec.tls_files}
         fd = os.open(p["config"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(config, fh, indent=2)
@@ -255,6 +259,40 @@ class LocalLauncher(Launcher):
         p["pid"].write_text(json.dumps({"pid": proc.pid, "start_ticks": handle["start_ticks"], "handle": handle}))
         return handle
 
+    # -- partitioned PSI: P runtime processes for this side, one per partition ------------
+    def partition_paths(self, job_id: str, side: str, index: int) -> dict[str, Path]:
+        """Partition i's config, log, exit and pid files; the output folder is the side's (shared)."""
+        p = self.paths(job_id, side)
+        tag = f"{side}.p{index}"
+        return {
+            **p,
+            "config": p["dir"] / f"{tag}.json",
+            "log": p["dir"] / f"{tag}.log",
+            "exit": p["dir"] / f"{tag}.exit",
+            "pid": p["dir"] / f"{tag}.pid",
+        }
+
+    def _start_partitions(self, spec: RuntimeSpec) -> dict[str, Any]:
+        """Partition i listens on (leader) or dials (follower) the job's port + i (runtime/psi/partition.py)."""
+        p = self.paths(spec.job_id, spec.side)
+        reuse = [str(self.paths(prev, spec.side)["output"]) for prev in spec.previous_job_ids]
+        parts: list[dict[str, Any]] = []
+        try:
+            for i in range(spec.partitions):
+                psi = dict(spec.config.get("psi") or {})
+                psi["partition"] = {**(psi.get("partition") or {}), "index": i, "ports": "offset", "reuse_from": reuse}
+                config = {**spec.config, "psi": psi, "output_dir": str(p["output"]), "tls": spec.tls_files}
+                parts.append(self._start_process(spec, self.partition_paths(spec.job_id, spec.side, i), config))
+        except LaunchError:
+            for started in parts:
+                self.stop(started, grace_s=0)
+            raise
+        handle = {**parts[0], "partitions": parts, "port_count": spec.partitions}
+        p["pid"].write_text(
+            json.dumps({"pid": parts[0]["pid"], "start_ticks": parts[0]["start_ticks"], "handle": handle})
+        )
+        return handle
+
     def adopt(self, job_id: str, side: str) -> dict[str, Any] | None:
         try:
             info = json.loads(self.paths(job_id, side)["pid"].read_text())
@@ -278,6 +316,8 @@ class LocalLauncher(Launcher):
             raise LaunchError(f"the runtime runs on {host}, not on {socket.gethostname()}")
 
     def poll(self, handle: dict[str, Any]) -> RuntimeState:
+        if handle.get("partitions"):
+            return self._poll_partitions(handle["partitions"])
         if not handle.get("pid"):
             return RuntimeState(MISSING, error="the runtime was never started")
         self._check_host(handle)
@@ -301,7 +341,22 @@ class LocalLauncher(Launcher):
             FAILED, exit_code=code, error=done.get("reason") or error_summary(tail, code), log_tail=tail
         )
 
+    def _poll_partitions(self, parts: list[dict[str, Any]]) -> RuntimeState:
+        """All partitions succeeded: succeeded; one failed or vanished: the job fails, naming it."""
+        states = [self.poll(part) for part in parts]
+        for i, st in enumerate(states):
+            if st.state in (FAILED, MISSING):
+                error = st.error if f"partition {i} " in st.error else f"partition {i} of {len(parts)}: {st.error}"
+                return RuntimeState(st.state, exit_code=st.exit_code, error=error, log_tail=st.log_tail)
+        if all(st.state == SUCCEEDED for st in states):
+            return RuntimeState(SUCCEEDED, exit_code=0, log_tail=states[-1].log_tail)
+        return RuntimeState(RUNNING)
+
     def stop(self, handle: dict[str, Any], grace_s: float | None = None) -> None:
+        if handle.get("partitions"):
+            for part in handle["partitions"]:
+                self.stop(part, grace_s)
+            return
         pid = handle.get("pid")
         if not pid:
             return
@@ -340,6 +395,9 @@ class LocalLauncher(Launcher):
         return read_result_file(Path(output) / RESULT_FILE)
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
+        if handle.get("partitions"):
+            per = max(5, lines // len(handle["partitions"]))
+            return "\n".join(self.log_tail(part, per) for part in handle["partitions"])
         return _tail(Path(handle["log"]), lines) if handle.get("log") else ""
 
 
@@ -354,10 +412,12 @@ def kill_all(jobs_dir: Path | str) -> int:
             info = json.loads(pid_file.read_text())
         except (OSError, ValueError):
             continue
-        if is_alive(info["pid"], info.get("start_ticks")):
-            try:
-                os.killpg(info["pid"], signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
+        handle = info.get("handle") if isinstance(info.get("handle"), dict) else {}
+        for proc in handle.get("partitions") or [info]:  # a partitioned PSI side: every partition's group
+            if is_alive(proc["pid"], proc.get("start_ticks")):
+                try:
+                    os.killpg(proc["pid"], signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
     return killed
