@@ -238,6 +238,8 @@ FEDSITE_LEADER_WAIT_S = env_int("FEDSITE_LEADER_WAIT_S", 3600, minimum=10)
 FEDSITE_RUNTIME_REPORT_URL = env_str("FEDSITE_RUNTIME_REPORT_URL", "")  # default: FEDSITE_PUBLIC_URL
 FEDSITE_RUNTIME_BIND = env_str("FEDSITE_RUNTIME_BIND", "")  # default: FEDSITE_RUNTIME_HOST
 FEDSITE_RUNTIME_SERVER_NAME = env_str("FEDSITE_RUNTIME_SERVER_NAME", "fedsite-runtime")
+# The NATS server whose JetStream subjects stream jobs may name as their source.
+FEDSITE_NATS_URL = env_str("FEDSITE_NATS_URL", "nats://127.0.0.1:4222")
 FEDSITE_LOCAL_STOP_GRACE_S = env_float("FEDSITE_LOCAL_STOP_GRACE_S", 5.0)
 # Local runtimes run this much nicer than the installation (0-19), so approvals and pages stay fast.
 FEDSITE_LOCAL_RUNTIME_NICE = env_int("FEDSITE_LOCAL_RUNTIME_NICE", 10, minimum=0, maximum=19)

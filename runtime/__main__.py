@@ -1,4 +1,4 @@
-"""Command line: ``python -m runtime {psi,train,tree,score,serve,stream_join,run} --config job.json``.
+"""Command line: ``python -m runtime {psi,train,tree,score,serve,stream_join,stream_train,run} --config job.json``.
 
 The same program runs as a local subprocess or inside a Kubernetes pod. It exits
 0 on success, 2 on a bad config or bad data (the message names the problem), and
@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import queue
 import sys
+import threading
 import traceback
 
 from runtime.config import JobConfig, load_config
@@ -25,7 +27,11 @@ STEP_MODULES = {
     "score": "runtime.train.score",
     "serve": "runtime.serve.step",
     "stream_join": "runtime.stream.step",
+    "stream_train": "runtime.stream.train",
 }
+# Steps that run side by side, each in its own thread of one process, rather than one after the
+# other: the continual trainer follows the blocks the joiner commits, and neither ends by itself.
+CONCURRENT_STEPS = {("stream_join", "stream_train")}
 
 
 def run_step(step: str, cfg: JobConfig, reporter: Reporter) -> dict:
@@ -40,6 +46,28 @@ def _result_dir(cfg: JobConfig) -> str:
 
         return result_dir(cfg)
     return cfg.output_dir
+
+
+def run_concurrently(steps: list[str], cfg: JobConfig, reporter: Reporter) -> None:
+    """Run `steps` in threads; the first to fail fails the job (the others die with the process)."""
+    outcomes: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+
+    def one(step: str) -> None:
+        try:
+            reporter.log(f"step {step}: starting as {cfg.role}")
+            reporter.result(step, run_step(step, cfg, reporter) or {})
+            reporter.log(f"step {step}: done")
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it
+            outcomes.put((step, exc))
+            return
+        outcomes.put((step, None))
+
+    for step in steps:
+        threading.Thread(target=one, args=(step,), name=f"step-{step}", daemon=True).start()
+    for _ in steps:
+        _step, exc = outcomes.get()
+        if exc is not None:
+            raise exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     code = 0
     try:
-        for step in steps:
+        if tuple(steps) in CONCURRENT_STEPS:
+            run_concurrently(steps, cfg, reporter)
+        for step in steps if tuple(steps) not in CONCURRENT_STEPS else []:
             reporter.log(f"step {step}: starting as {cfg.role}")
             result = run_step(step, cfg, reporter)
             reporter.result(step, result or {})

@@ -15,7 +15,7 @@ A config is JSON. Fields shared by every command::
       "output_dir": "var/jobs/<uuid>/alpha",
       "steps": ["psi", "train"],               # what `python -m runtime run` does
       "psi": {...}, "train": {...}, "tree": {...}, "score": {...}, "serve": {...},   # per-command parameters
-      "stream": {...},                         # stream_join: source and join parameters (runtime/stream/params.py)
+      "stream": {...},                         # stream_join: source and join parameters (runtime/stream/params.py); stream_train: publish_every_*
       "report": {"url": "http://…/api/v1/runtime/jobs/<uuid>/report", "token": "…"} | null,
       "timeout_s": 3600
     }
@@ -34,7 +34,7 @@ from typing import Any
 from runtime.errors import ConfigError
 
 ROLES = ("leader", "follower")
-STEPS = ("psi", "train", "tree", "score", "serve", "stream_join")
+STEPS = ("psi", "train", "tree", "score", "serve", "stream_join", "stream_train")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,13 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             },
             "partner": {"type": "string", "description": "the partner's name"},
             "params": {"type": "object", "additionalProperties": True, "description": "the ticket's params"},
+            "parent": {
+                "type": "string",
+                "nullable": True,
+                "format": "uuid",
+                "description": "continual training: the version this one continued from",
+            },
+            "version": {"type": "integer", "description": "continual training: the version's number in its job"},
         },
         "additionalProperties": True,
     },

@@ -57,13 +57,13 @@ def _inside(path: Path, folders: Iterable[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
 
 
-def _outside(raw: str, folders: list[Path]) -> DataFileError:
+def _outside(raw: str, folders: list[Path], field: str = "uri") -> DataFileError:
     where = ", ".join(str(f) for f in folders)
-    return DataFileError(f"{raw} is outside this workspace's data folders ({where})", field="uri")
+    return DataFileError(f"{raw} is outside this workspace's data folders ({where})", field=field)
 
 
-def resolve_in_workspace(workspace: HasSlug, uri: str) -> Path:
-    """The real path of a data file of this workspace, from a path or file:// URI.
+def resolve_in_workspace(workspace: HasSlug, uri: str, *, folder: bool = False, field: str = "uri") -> Path:
+    """The real path of a data file (or, with `folder`, a folder) of this workspace, from a path or file:// URI.
 
     Relative paths are looked up in the workspace's folders in order. `..` is refused
     outright; an absolute path must be spelled under one of the workspace's folders
@@ -73,20 +73,20 @@ def resolve_in_workspace(workspace: HasSlug, uri: str) -> Path:
     if raw.startswith("file://"):
         raw = raw[len("file://") :]
     if not raw:
-        raise DataFileError("uri is empty", field="uri")
+        raise DataFileError("uri is empty", field=field)
     if "\x00" in raw:
-        raise DataFileError("uri contains a NUL byte", field="uri")
+        raise DataFileError("uri contains a NUL byte", field=field)
     folders = workspace_folders(workspace)
     given = Path(raw)
     if ".." in given.parts:
         raise DataFileError(
-            "uri: '..' is not allowed; give the file's path inside your workspace's folder", field="uri"
+            "uri: '..' is not allowed; give the file's path inside your workspace's folder", field=field
         )
     real_folders = _real(folders)
     if given.is_absolute():
         # Spelled under one of our folders (as configured, or as it really is), before touching the disk.
         if not _inside(given, folders) and not _inside(given, real_folders):
-            raise _outside(raw, folders)
+            raise _outside(raw, folders, field)
         candidates = [given]
     else:
         candidates = [folder / given for folder in folders]
@@ -94,21 +94,21 @@ def resolve_in_workspace(workspace: HasSlug, uri: str) -> Path:
         try:
             resolved = candidate.resolve()
         except RuntimeError:
-            raise DataFileError(f"{raw}: a symlink loop", field="uri") from None
+            raise DataFileError(f"{raw}: a symlink loop", field=field) from None
         except OSError as exc:
-            raise DataFileError(f"{raw}: {exc.strerror or exc}", field="uri") from None
+            raise DataFileError(f"{raw}: {exc.strerror or exc}", field=field) from None
         if not _inside(resolved, real_folders):
-            raise _outside(raw, folders)
+            raise _outside(raw, folders, field)
         try:
             exists, is_file = resolved.exists(), resolved.is_file()
         except OSError as exc:  # e.g. a name too long for the filesystem
-            raise DataFileError(f"{raw}: {exc.strerror or exc}", field="uri") from None
-        if is_file:
-            return resolved
+            raise DataFileError(f"{raw}: {exc.strerror or exc}", field=field) from None
+        if exists and is_file == folder:
+            raise DataFileError(f"{raw} is not a {'folder' if folder else 'file'}", field=field)
         if exists:
-            raise DataFileError(f"{raw} is not a file", field="uri")
+            return resolved
     where = ", ".join(str(f) for f in folders)
-    raise DataFileError(f"{raw} does not exist in this workspace's data folders ({where})", field="uri")
+    raise DataFileError(f"{raw} does not exist in this workspace's data folders ({where})", field=field)
 
 
 def workspace_files(workspace: HasSlug, *, limit: int = 200) -> list[str]:

@@ -43,7 +43,7 @@ from apps.jobs.launchers.base import (
     error_summary,
 )
 from apps.jobs.models import Job
-from apps.tickets.choices import JobKind, PartyRole
+from apps.tickets.choices import LONG_RUNNING_KINDS, JobKind, PartyRole
 
 log = logging.getLogger(__name__)
 J = JobStatus
@@ -54,7 +54,12 @@ STEPS_BY_KIND: dict[str, list[str]] = {
     JobKind.VERTICAL_NN: ["train"],
     JobKind.PSI_VERTICAL_TREE: ["psi", "tree"],
     JobKind.VERTICAL_TREE: ["tree"],
+    # Both steps run side by side in one runtime process (runtime/__main__.py, CONCURRENT_STEPS).
+    JobKind.STREAM_JOIN: ["stream_join"],
+    JobKind.STREAM_JOIN_TRAIN: ["stream_join", "stream_train"],
 }
+# How many consecutive ports a leader's runtime listens on: the join's, then continual training's.
+PORTS_BY_KIND: dict[str, int] = {JobKind.STREAM_JOIN_TRAIN: 2}
 
 # A claim ("launching") older than this without a handle means the worker died mid-launch.
 LAUNCH_STALE_S = 300
@@ -105,7 +110,7 @@ def port_range() -> range:
 def choose_port(launcher: Launcher, job: Job, count: int = 1) -> int:
     """A port of FEDSITE_RUNTIME_PORTS that no other active job holds and the backend can bind.
 
-    With `count` > 1 (partitioned PSI on one machine), the `count` ports from it on are all free.
+    With `count` > 1 (partitioned PSI on one machine; a stream_join_train leader), the `count` ports from it on are all free.
     """
     used: set[int] = set()
     for handle in Job.objects.filter(status__in=ACTIVE).exclude(pk=job.pk).values_list("handle", flat=True):
@@ -178,7 +183,9 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
     if not steps:
         raise LaunchError(f"no runtime steps for job kind {ticket.kind!r}")
     tls = runtime_tls_files(ticket.partner)
-    timeout_s = int(_setting("FEDSITE_JOB_TIMEOUT_S", 24 * 3600))
+    long_running = ticket.kind in LONG_RUNNING_KINDS
+    # A long-running job has no deadline; its config still bounds how long a report is retried.
+    timeout_s = 0 if long_running else int(_setting("FEDSITE_JOB_TIMEOUT_S", 24 * 3600))
     leader = job.role == PartyRole.LEADER
     params = ticket.params or {}
     config: dict[str, Any] = {
@@ -200,8 +207,10 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         if params.get("tree")
         else {},
         "report": {"url": report_url(job), "token": issue_runtime_token(job)},
-        "timeout_s": timeout_s,
+        "timeout_s": timeout_s or int(_setting("FEDSITE_JOB_TIMEOUT_S", 24 * 3600)),
     }
+    if "stream" in params:
+        config["stream"] = stream_config(ticket, config["data"])
     if leader:
         assert port is not None
         config["listen_address"] = launcher.listen_address(port)
@@ -224,11 +233,43 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         config=config,
         tls_files=tls,
         port=port,
+        port_count=PORTS_BY_KIND.get(ticket.kind, 1) if port else 1,
         timeout_s=timeout_s,
         labels={"workspace": job.workspace.slug, "ticket": str(job.ticket_id)},
         partitions=partitions,
         previous_job_ids=previous,
     )
+
+
+def stream_config(ticket: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The runtime's `stream` block from the ticket's shared parameters and this side's source
+    (runtime/stream/params.py reads it); a folder source becomes `data.path`, checked again where it now leads."""
+    from apps.tickets.sources import clean_stream_source
+
+    source = ticket.stream_source or {}
+    if not source:
+        raise LaunchError("the ticket names no stream source on this side")
+    named = {k: source[k] for k in ("kind", "location", "stream", "time_column") if k in source}
+    try:
+        cleaned = clean_stream_source(ticket.workspace, ticket.kind, named)
+    except ServiceError as exc:
+        raise LaunchError(f"stream source: {exc.message}") from None
+    shared = ticket.params.get("stream") or {}
+    out: dict[str, Any] = {
+        "source": cleaned["kind"],
+        "time_column": cleaned["time_column"],
+        "max_delay_s": shared.get("max_delay_s", 600.0),
+        "max_batch_events": shared.get("block_size", 4096),
+    }
+    if ticket.kind == JobKind.STREAM_JOIN_TRAIN:
+        out["publish_every_blocks"] = shared.get("publish_every_blocks", 10)
+        out["publish_every_minutes"] = shared.get("publish_every_minutes", 0.0)
+    if cleaned["kind"] == "nats":
+        out["nats"] = {"url": cleaned["url"], "stream": cleaned["stream"], "subject": cleaned["location"]}
+        data["path"] = ""
+    else:
+        data["path"] = cleaned["path"]
+    return out
 
 
 # -- launch --------------------------------------------------------------------
@@ -270,7 +311,11 @@ def launch(job_id: str, *, may_retry: bool = False) -> str:
         try:
             if leader:
                 partitions = psi_partitions(job)
-                count = partitions if launcher.partition_ports == "offset" else 1
+                count = (
+                    partitions
+                    if partitions > 1 and launcher.partition_ports == "offset"
+                    else PORTS_BY_KIND.get(job.ticket.kind, 1)
+                )
                 port = choose_port(launcher, locked, count)
                 host = launcher.runtime_host if partitions == 1 else launcher.partition_host
                 locked.runtime_address = host(str(job.id), job.role, port)

@@ -27,6 +27,8 @@ PARTNER_FAILED = "the partner's job failed: "  # how a failure caused by the par
 REMOTE_PROGRESS_STEP = 0.05
 # A partition worker of a partitioned PSI reports its progress as stage "psi.p<i>of<P>".
 PARTITION_STAGE = re.compile(r"^(?P<stage>[a-z_]+)\.p(?P<index>\d{1,3})of(?P<count>\d{1,3})$")
+# The result a continual-training runtime reports per published version (runtime/stream/train.py).
+STREAM_VERSION = "stream_version"
 
 
 def job_id_for(ticket_id: uuid.UUID | str, attempt: int) -> uuid.UUID:
@@ -279,6 +281,12 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
         job.log_tail = "\n".join((job.log_tail.splitlines() + lines)[-LOG_TAIL_LINES:])
     job.save(update_fields=["progress", "stage", "log_tail", "result", "updated_at"])
     JobMetric.objects.bulk_create(metrics)
+    for ev in events:
+        if ev.get("type") == "result" and ev.get("stage") == STREAM_VERSION:
+            # Continual training published a version: registered now, while the job keeps running.
+            from apps.registry.services import register_stream_version
+
+            register_stream_version(job, ev.get("data") or {})
     if failure:
         set_job_status(job, J.FAILED, error=failure, source="runtime")
     elif job.status == J.STARTING:

@@ -18,6 +18,17 @@ class ModelVersion(models.Model):
     artifact_uri = models.CharField(max_length=1024, help_text="TensorFlow SavedModel directory")
     metrics = models.JSONField(default=dict, blank=True)
     lineage = models.JSONField(default=dict, blank=True, help_text="ticket, job, datasets, parameters")
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        help_text="the version this one continued training from (continual training)",
+    )
+    sequence = models.PositiveIntegerField(
+        null=True, blank=True, help_text="continual training: the version's number within its job (1, 2, …)"
+    )
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.CANDIDATE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 
 from apps.audit.services import record
+from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
 from apps.registry.choices import STAGE_MACHINE, Stage
 from apps.registry.models import ModelVersion
@@ -16,6 +17,26 @@ from apps.registry.models import ModelVersion
 def model_version_id(job_id: uuid.UUID | str) -> uuid.UUID:
     """Both sides derive the same model version id from the shared job id."""
     return uuid.uuid5(uuid.UUID(str(job_id)), "model-version")
+
+
+def stream_version_id(job_id: uuid.UUID | str, sequence: int) -> uuid.UUID:
+    """Version `sequence` of a continual-training job: both sides derive the same id."""
+    return uuid.uuid5(uuid.UUID(str(job_id)), f"stream-version-{sequence}")
+
+
+def _lineage(job: Any) -> dict[str, Any]:
+    ticket = job.ticket
+    return {
+        "ticket": str(ticket.id),
+        "job": str(job.id),
+        "local_dataset": {
+            "id": str(ticket.local_dataset_id),
+            "name": ticket.local_dataset.name if ticket.local_dataset else "",
+        },
+        "remote_dataset": {"id": str(ticket.remote_dataset_id), "name": ticket.remote_dataset_name},
+        "partner": ticket.partner.name,
+        "params": ticket.params,
+    }
 
 
 @transaction.atomic
@@ -31,22 +52,66 @@ def register_model_version(job: Any, *, artifact_uri: str, metrics: dict[str, An
             "role": job.role,
             "artifact_uri": artifact_uri,
             "metrics": metrics,
-            "lineage": {
-                "ticket": str(ticket.id),
-                "job": str(job.id),
-                "local_dataset": {
-                    "id": str(ticket.local_dataset_id),
-                    "name": ticket.local_dataset.name if ticket.local_dataset else "",
-                },
-                "remote_dataset": {"id": str(ticket.remote_dataset_id), "name": ticket.remote_dataset_name},
-                "partner": ticket.partner.name,
-                "params": ticket.params,
-            },
+            "lineage": _lineage(job),
         },
     )
     if created:
         record(job.workspace, "model_version.registered", mv, source="runtime", data={"job": str(job.id)})
     return mv
+
+
+@transaction.atomic
+def register_stream_version(job: Any, data: dict[str, Any]) -> ModelVersion:
+    """Register version N of a continual-training job from its runtime's `stream_version` result (idempotent).
+
+    Its parent is version N-1 of the same job (the weights it continued from), so the versions
+    form a chain; its metrics are the progressive validation on the newest block before training on it.
+    """
+    try:
+        sequence = int(data["version"])
+        artifact_uri = str(data["model_dir"])
+    except (KeyError, TypeError, ValueError):
+        raise ServiceError("a stream_version result needs a version number and a model_dir", field="events") from None
+    if sequence < 1:
+        raise ServiceError("a stream version number starts at 1", field="events")
+    ticket = job.ticket
+    parent = ModelVersion.objects.filter(id=stream_version_id(job.id, sequence - 1)).first() if sequence > 1 else None
+    keys = ("round", "blocks", "newest_block", "event_time_max", "rows_trained", "published_at")
+    mv, created = ModelVersion.objects.get_or_create(
+        id=stream_version_id(job.id, sequence),
+        defaults={
+            "workspace": job.workspace,
+            "ticket": ticket,
+            "job": job,
+            "name": f"{ticket.name} v{sequence}",
+            "role": job.role,
+            "artifact_uri": artifact_uri[:1024],
+            "metrics": {**(data.get("metrics") or {}), **{k: data[k] for k in keys if k in data}},
+            "lineage": {**_lineage(job), "parent": str(parent.id) if parent else None, "version": sequence},
+            "parent": parent,
+            "sequence": sequence,
+        },
+    )
+    if created:
+        record(
+            job.workspace,
+            "model_version.registered",
+            mv,
+            source="runtime",
+            data={"job": str(job.id), "version": sequence, "parent": str(parent.id) if parent else None},
+        )
+    return mv
+
+
+def lineage_chain(mv: ModelVersion, limit: int = 200) -> list[ModelVersion]:
+    """The versions of `mv`'s continual-training job, oldest first (just `mv` for a one-off model)."""
+    if mv.sequence is None:
+        return [mv]
+    return list(
+        ModelVersion.objects.filter(workspace=mv.workspace, job=mv.job, sequence__isnull=False).order_by("sequence")[
+            :limit
+        ]
+    )
 
 
 def register_from_job(job: Any) -> ModelVersion | None:

@@ -11,11 +11,17 @@ class JobKind(models.TextChoices):
     VERTICAL_NN = "vertical_nn", "Vertical NN training on aligned data"
     PSI_VERTICAL_TREE = "psi_vertical_tree", "PSI join, then vertical boosted trees (SecureBoost)"
     VERTICAL_TREE = "vertical_tree", "Vertical boosted trees (SecureBoost) on aligned data"
+    STREAM_JOIN = "stream_join", "Real-time join of two event streams into data blocks"
+    STREAM_JOIN_TRAIN = "stream_join_train", "Real-time join, then continual vertical NN training"
 
 
 TREE_KINDS = (JobKind.PSI_VERTICAL_TREE, JobKind.VERTICAL_TREE)
 TRAINING_KINDS = (JobKind.PSI_VERTICAL_NN, JobKind.VERTICAL_NN, *TREE_KINDS)
 PSI_KINDS = (JobKind.PSI, JobKind.PSI_VERTICAL_NN, JobKind.PSI_VERTICAL_TREE)
+# Each side names a stream source (where its live events arrive) besides its dataset.
+STREAM_KINDS = (JobKind.STREAM_JOIN, JobKind.STREAM_JOIN_TRAIN)
+# Run until either side stops them: no job deadline, and a runtime that is up is "running", not late.
+LONG_RUNNING_KINDS: tuple[str, ...] = (*STREAM_KINDS,)
 
 
 class PartyRole(models.TextChoices):

@@ -22,6 +22,11 @@ class Ticket(models.Model):
     remote_dataset_id = models.UUIDField(null=True, blank=True, help_text="the partner's dataset id")
     remote_dataset_name = models.CharField(max_length=120, blank=True)
     params = models.JSONField(default=dict, blank=True)
+    stream_source = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="stream kinds: where this side's live events arrive ({kind: folder|nats, location}); never sent",
+    )
     status = models.CharField(max_length=16, choices=TicketStatus.choices, default=TicketStatus.DRAFT, db_index=True)
     comment = models.TextField(blank=True, help_text="the proposal's note")
     decision_comment = models.TextField(blank=True)

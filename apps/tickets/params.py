@@ -264,11 +264,32 @@ register_group(
     title="Vertical boosted trees (SecureBoost)",
 )
 
+register_group(
+    "stream",
+    {
+        "max_delay_s": Num(
+            600.0, 0.0, 7 * 86_400.0, "two halves of one example match when their event times are at most this apart"
+        ),
+        "block_size": Int(
+            4096, 16, 1_000_000, "events each side reads per join round at most: a data block holds at most this many"
+        ),
+        "publish_every_blocks": Int(
+            10, 1, 1_000_000, "stream_join_train: a new model version after this many new blocks"
+        ),
+        "publish_every_minutes": Num(
+            0.0, 0.0, 7 * 1440.0, "stream_join_train: also a new version after this long with new blocks; 0 = off"
+        ),
+    },
+    title="Real-time join (stream)",
+)
+
 register_kind(JobKind.PSI, "psi")
 register_kind(JobKind.PSI_VERTICAL_NN, "psi", "train")
 register_kind(JobKind.VERTICAL_NN, "train")
 register_kind(JobKind.PSI_VERTICAL_TREE, "psi", "tree")
 register_kind(JobKind.VERTICAL_TREE, "tree")
+register_kind(JobKind.STREAM_JOIN, "stream")
+register_kind(JobKind.STREAM_JOIN_TRAIN, "stream", "train")
 
 
 def defaults(group: str) -> dict[str, Any]:
@@ -370,7 +391,7 @@ def markdown_table(group: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-DOC_TABLES = {"docs/training.md": "train", "docs/psi.md": "psi", "docs/trees.md": "tree"}
+DOC_TABLES = {"docs/training.md": "train", "docs/psi.md": "psi", "docs/trees.md": "tree", "docs/streaming.md": "stream"}
 _MARK = re.compile(r"(<!-- params:(\w+) -->\n)(.*?)(<!-- /params:\2 -->)", re.S)
 
 

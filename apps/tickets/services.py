@@ -25,6 +25,7 @@ from apps.partners.models import Partner
 from apps.peer.outbox import enqueue
 from apps.tickets.choices import (
     NOT_APPROVED_OUTCOMES,
+    STREAM_KINDS,
     TICKET_MACHINE,
     TICKET_RECONCILE,
     TRAINING_KINDS,
@@ -34,6 +35,7 @@ from apps.tickets.choices import (
 )
 from apps.tickets.models import Ticket, TicketEvent
 from apps.tickets.params import validate_params
+from apps.tickets.sources import clean_stream_source
 from apps.workspaces.models import Workspace
 
 S = TicketStatus
@@ -95,7 +97,7 @@ def _label_refusal(kind: str, role: str, dataset: Dataset | None) -> str | None:
     Judged from the statistics stored at registration, so a dataset registered before labels were
     checked is caught here, before the partner approves, not when the job fails.
     """
-    if kind not in TRAINING_KINDS or role != PartyRole.LEADER or dataset is None:
+    if kind not in (*TRAINING_KINDS, JobKind.STREAM_JOIN_TRAIN) or role != PartyRole.LEADER or dataset is None:
         return None
     if not dataset.label_column:
         return f"dataset {dataset.name} has no label column; the leading side of training holds the labels"
@@ -115,10 +117,14 @@ def propose_ticket(
     name: str = "",
     params: dict[str, Any] | None = None,
     comment: str = "",
+    stream_source: dict[str, Any] | None = None,
     acting_user: Any = None,
     source: str = "api",
 ) -> Ticket:
-    """Propose a joint job to `partner`; its copy appears there as pending."""
+    """Propose a joint job to `partner`; its copy appears there as pending.
+
+    Stream kinds also name this side's `stream_source` (apps/tickets/sources.py), kept on this copy only.
+    """
     if kind not in JobKind.values:
         raise ServiceError(f"unknown job kind {kind!r}", field="kind")
     if partner.workspace_id != workspace.id:
@@ -130,6 +136,7 @@ def propose_ticket(
     if remote_dataset.partner_id != partner.id or remote_dataset.revoked:
         raise ServiceError(f"{partner.name} has not granted this dataset to you", field="remote_dataset")
     validated = validate_params(kind, params)
+    own_source = clean_stream_source(workspace, kind, stream_source)
     role = _roles(kind, local_dataset, remote_dataset)
     if refusal := _label_refusal(kind, role, local_dataset):
         raise ServiceError(refusal, field="local_dataset")
@@ -144,6 +151,7 @@ def propose_ticket(
         remote_dataset_id=remote_dataset.remote_id,
         remote_dataset_name=remote_dataset.name,
         params=validated,
+        stream_source=own_source,
         comment=comment,
         expires_at=timezone.now() + dt.timedelta(hours=settings.FEDSITE_TICKET_TTL_HOURS),
         created_by=acting_user if getattr(acting_user, "is_authenticated", False) else None,
@@ -243,6 +251,9 @@ def receive_proposal(workspace: Workspace, partner: Partner, payload: dict[str, 
     if refusal := _label_refusal(kind, ticket.role, dataset):
         return reject_ticket(ticket, reason=refusal, acting_user=None, source="system", _policy=True)
     policy = partner.policy_for(kind)
+    if policy == Policy.ALWAYS_ALLOW and kind in STREAM_KINDS:
+        # Only a person can say where this side's events arrive: the ticket waits for them.
+        return ticket
     if policy == Policy.ALWAYS_ALLOW:
         return approve_ticket(ticket, comment=f"approved by policy ({policy})", acting_user=None, source="system")
     elif policy == Policy.ALWAYS_REFUSE:
@@ -259,18 +270,27 @@ def _require_receiver(ticket: Ticket, action: str) -> None:
 
 @transaction.atomic
 def approve_ticket(
-    ticket: Ticket, *, comment: str = "", dataset: Dataset | None = None, acting_user: Any = None, source: str = "api"
+    ticket: Ticket,
+    *,
+    comment: str = "",
+    dataset: Dataset | None = None,
+    stream_source: dict[str, Any] | None = None,
+    acting_user: Any = None,
+    source: str = "api",
 ) -> Ticket:
-    """The receiver approves (optionally binding its dataset); both sides then create their job."""
+    """The receiver approves (optionally binding its dataset; naming its stream source for stream kinds);
+    both sides then create their job."""
     ticket = Ticket.objects.select_for_update().get(pk=ticket.pk)
     _require_receiver(ticket, "approve")
+    if stream_source or (ticket.kind in STREAM_KINDS and not ticket.stream_source):
+        ticket.stream_source = clean_stream_source(ticket.workspace, ticket.kind, stream_source)
     if dataset is not None:
         if dataset.workspace_id != ticket.workspace_id:
             raise ServiceError("unknown dataset", field="dataset")
         if not DatasetGrant.objects.filter(dataset=dataset, partner=ticket.partner).exists():
             raise ServiceError(f"dataset {dataset.name} is not granted to {ticket.partner.name}", field="dataset")
         ticket.local_dataset = dataset
-        ticket.save(update_fields=["local_dataset"])
+    ticket.save(update_fields=["local_dataset", "stream_source"])
     if ticket.local_dataset is None:
         raise ServiceError("choose which of your datasets this ticket runs on", field="dataset")
     if refusal := _label_refusal(ticket.kind, ticket.role, ticket.local_dataset):

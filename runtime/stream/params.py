@@ -76,6 +76,10 @@ KNOWN = {
     "peer_timeout_s",
     "connect_timeout_s",
     "stop_file",
+    # read by the continual trainer (runtime/stream/train.py), not by the join
+    "publish_every_blocks",
+    "publish_every_minutes",
+    "stop_after_versions",
 }
 
 

@@ -13,7 +13,7 @@ from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.dashboard.views.jobs import metric_points
 from apps.registry.choices import STAGE_MACHINE, Stage
 from apps.registry.models import ModelVersion
-from apps.registry.services import set_stage
+from apps.registry.services import lineage_chain, set_stage
 from apps.workspaces.choices import Role
 
 
@@ -28,7 +28,7 @@ def summary(mv: ModelVersion) -> list[tuple[str, object]]:
     nested: dict = nested_metrics if isinstance(nested_metrics, dict) else {}
     out: list[tuple[str, object]] = []
     for source in (nested, top):
-        for split in ("validation", "train", "test", "score"):
+        for split in ("progressive", "validation", "train", "test", "score"):
             values = source.get(split)
             if isinstance(values, dict):
                 out += [(f"{split} {NAMES.get(k, k)}", v) for k, v in values.items() if _number(v)]
@@ -49,7 +49,14 @@ def importance(mv: ModelVersion) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
-NAMES = {"auc": "AUC", "ks": "KS", "best_epoch": "best epoch", "rows": "rows trained on"}
+NAMES = {
+    "auc": "AUC",
+    "ks": "KS",
+    "best_epoch": "best epoch",
+    "rows": "rows trained on",
+    "rows_trained": "rows trained on (all versions)",
+    "newest_block": "newest block",
+}
 
 
 def _number(value: object) -> bool:
@@ -88,7 +95,19 @@ def model_detail(request, pk):
         can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
         others=ModelVersion.objects.filter(workspace=request.workspace).exclude(pk=mv.pk)[:100],
         curves=[{"label": mv.name[:40], "metrics": metric_points(mv.job)}],
+        lineage=lineage_chain(mv) if mv.sequence is not None else [],
+        lineage_points=version_points(mv) if mv.sequence is not None else [],
     )
+
+
+def version_points(mv: ModelVersion) -> list[dict]:
+    """AUC (and loss) over the versions of `mv`'s continual-training job, for the lineage chart."""
+    out = []
+    for v in lineage_chain(mv):
+        prog = (v.metrics or {}).get("progressive") if isinstance(v.metrics, dict) else None
+        prog = prog if isinstance(prog, dict) else {}
+        out.append({"version": v.sequence, "id": str(v.id), "auc": prog.get("auc"), "loss": prog.get("loss")})
+    return out
 
 
 def _pick(request, key: str) -> ModelVersion | None:

@@ -49,6 +49,9 @@ class RuntimeSpec:
     config: dict[str, Any]
     tls_files: dict[str, str] | None = None
     port: int | None = None
+    # Consecutive ports from `port` the runtime listens on (a stream_join_train leader: join, then training).
+    port_count: int = 1
+    # 0: no deadline (long-running kinds run until a person stops them).
     timeout_s: int = 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
     # Partitioned PSI (psi.partitions > 1): how many runtimes this side runs, one per partition,

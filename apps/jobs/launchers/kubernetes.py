@@ -90,6 +90,11 @@ def object_name(job_id: str, side: str) -> str:
     return f"fs-{job_id}-{side}"
 
 
+def _port_name(i: int) -> str:
+    """`grpc` for the first port (as before), `grpc-1`… for the others."""
+    return "grpc" if i == 0 else f"grpc-{i}"
+
+
 def _b64(data: bytes | str) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode()
@@ -240,7 +245,10 @@ class KubernetesLauncher(Launcher):
             ],
         }
         if spec.port:
-            container["ports"] = [{"name": "grpc", "containerPort": spec.port, "protocol": "TCP"}]
+            container["ports"] = [
+                {"name": _port_name(i), "containerPort": spec.port + i, "protocol": "TCP"}
+                for i in range(spec.port_count)
+            ]
         volumes: list[dict[str, Any]] = [
             {"name": "job", "secret": {"secretName": name, "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {}},
@@ -288,7 +296,7 @@ class KubernetesLauncher(Launcher):
             "spec": {
                 "suspend": True,
                 "backoffLimit": int(_s("FEDSITE_K8S_BACKOFF_LIMIT", 0)),
-                "activeDeadlineSeconds": int(spec.timeout_s),
+                **({"activeDeadlineSeconds": int(spec.timeout_s)} if spec.timeout_s else {}),
                 "ttlSecondsAfterFinished": int(_s("FEDSITE_K8S_TTL_AFTER_FINISHED_S", 3600)),
                 "template": {"metadata": {"labels": labels}, "spec": pod_spec},
             },
@@ -344,9 +352,13 @@ class KubernetesLauncher(Launcher):
 
     def service_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
         assert spec.port
-        port: dict[str, Any] = {"name": "grpc", "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}
-        if self.service_type == "NodePort":
-            port["nodePort"] = spec.port
+        ports: list[dict[str, Any]] = []
+        for i in range(spec.port_count):
+            number = spec.port + i
+            port: dict[str, Any] = {"name": _port_name(i), "port": number, "targetPort": number, "protocol": "TCP"}
+            if self.service_type == "NodePort":
+                port["nodePort"] = number
+            ports.append(port)
         selector = {LABEL_JOB: spec.job_id, LABEL_SIDE: spec.side}
         if spec.partitions > 1:
             # Headless: a DNS name per pod of the Indexed Job (<job>-<i>.<service>), published before readiness.
@@ -355,7 +367,7 @@ class KubernetesLauncher(Launcher):
                 "spec": {"type": "ClusterIP", **headless, "selector": selector, "ports": [port]}
             }
         return self._meta("v1", "Service", spec, owner) | {
-            "spec": {"type": self.service_type, "selector": selector, "ports": [port]}
+            "spec": {"type": self.service_type, "selector": selector, "ports": ports}
         }
 
     def _meta(self, api_version: str, kind: str, spec: RuntimeSpec, owner: dict[str, Any] | None) -> dict[str, Any]:
@@ -393,6 +405,7 @@ class KubernetesLauncher(Launcher):
             "job_id": spec.job_id,
             "side": spec.side,
             "port": spec.port,
+            "port_count": spec.port_count,
             "service": bool(spec.port),
         }
         if spec.partitions > 1:

@@ -252,6 +252,7 @@ class LocalLauncher(Launcher):
             "exit_file": str(p["exit"]),
             "output_dir": str(p["output"]),
             "port": spec.port,
+            "port_count": spec.port_count,
             "host": socket.gethostname(),
             "started": time.time(),
         }

@@ -21,6 +21,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "artifact_uri",
             "metrics",
             "lineage",
+            "parent",
+            "sequence",
             "stage",
             "created_at",
             "updated_at",

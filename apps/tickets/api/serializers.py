@@ -25,13 +25,19 @@ class TicketSerializer(serializers.ModelSerializer):
         model = Ticket
         fields = [
             "id", "name", "kind", "role", "is_proposer", "partner", "local_dataset", "remote_dataset_id", "remote_dataset_name",
-            "params", "status", "comment", "decision_comment", "expires_at", "created_at", "updated_at", "decided_at", "events",
+            "params", "stream_source", "status", "comment", "decision_comment", "expires_at", "created_at", "updated_at", "decided_at", "events",
             "undelivered_messages",
         ]  # fmt: skip
         read_only_fields = fields
 
     def get_undelivered_messages(self, obj: Ticket) -> int:
         return undelivered(obj.workspace_id, obj.pk).count
+
+
+STREAM_SOURCE_HELP = (
+    "stream kinds only: where your live events arrive, kept on your side: "
+    '{"kind": "folder", "location": "<folder inside your data folder>"} or {"kind": "nats", "location": "<subject>"}'
+)
 
 
 class TicketCreateSerializer(serializers.Serializer):
@@ -42,6 +48,7 @@ class TicketCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     params = serializers.JSONField(required=False, default=dict)
     comment = serializers.CharField(required=False, allow_blank=True, default="")
+    stream_source = serializers.JSONField(required=False, allow_null=True, default=None, help_text=STREAM_SOURCE_HELP)
 
 
 class ApproveSerializer(serializers.Serializer):
@@ -49,6 +56,7 @@ class ApproveSerializer(serializers.Serializer):
     dataset = serializers.UUIDField(
         required=False, allow_null=True, default=None, help_text="bind one of your datasets"
     )
+    stream_source = serializers.JSONField(required=False, allow_null=True, default=None, help_text=STREAM_SOURCE_HELP)
 
 
 class ReasonSerializer(serializers.Serializer):

@@ -48,6 +48,7 @@ class TicketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             name=d["name"],
             params=d["params"],
             comment=d["comment"],
+            stream_source=d["stream_source"],
             acting_user=request.user,
             source=self.source,
         )
@@ -63,6 +64,7 @@ class TicketViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             self.get_object(),
             comment=ser.validated_data["comment"],
             dataset=ds,
+            stream_source=ser.validated_data["stream_source"],
             acting_user=request.user,
             source=self.source,
         )
