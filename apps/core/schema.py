@@ -91,7 +91,40 @@ STEP_RESULT = {
     "description": "a step's result as the runtime reported it",
     "additionalProperties": True,
 }
+_STREAM_SIDE = {
+    "type": "object",
+    "description": "a side's latest join counters (null: not reported yet)",
+    "properties": {
+        k: NUM for k in ("events_read", "matched", "match_rate", "late_events", "blocks_committed", "lag_s")
+    },
+}
 COMPONENTS: dict[str, dict[str, Any]] = {
+    "StreamStatus": {
+        "type": "object",
+        "nullable": True,
+        "description": "stream jobs only (null otherwise): live join figures of both sides and the versions published",
+        "properties": {
+            "source": {"type": "string", "description": "this side's stream source"},
+            "waiting_for_data": {
+                "type": "boolean",
+                "description": "the sources deliver nothing new right now (a state, not a failure)",
+            },
+            "local": _STREAM_SIDE,
+            "partner": _STREAM_SIDE,
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "version": {"type": "integer"},
+                        "auc": NUM,
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
+        },
+    },
     "SplitMetrics": SPLIT_METRICS,
     "TrainingMetrics": TRAINING_METRICS,
     "TrainingSummary": TRAINING_SUMMARY,

@@ -6,7 +6,7 @@ from django import forms
 
 from apps.datasets.choices import Visibility
 from apps.partners.choices import Policy
-from apps.tickets.choices import JobKind
+from apps.tickets.choices import STREAM_KINDS, JobKind
 from apps.tickets.params import (
     ACTIVATIONS,
     HE_SCHEMES,
@@ -14,6 +14,7 @@ from apps.tickets.params import (
     KIND_GROUPS,
     OPTIMIZERS,
     PSI_PROTOCOLS,
+    STREAM_DEFAULTS,
     TRAIN_DEFAULTS,
     TREE_DEFAULTS,
     TREE_OBJECTIVES,
@@ -167,6 +168,27 @@ class TicketForm(forms.Form):
 
     TREE_FIELDS = [f"tree_{k}" for k in TREE_DEFAULTS]
 
+    # Stream kinds: where this side's events arrive (kept here), and the join's shared parameters.
+    stream_source_kind = forms.ChoiceField(
+        label="Your events arrive in",
+        choices=[("folder", "a folder of part files"), ("nats", "a NATS subject")],
+        required=False,
+    )
+    stream_source_location = forms.CharField(
+        label="Folder or subject",
+        required=False,
+        help_text="A folder inside your data folder (e.g. events/clicks), or a JetStream subject",
+    )
+    stream_source_stream = forms.CharField(label="JetStream stream", required=False, help_text="NATS only")
+    stream_max_delay_s = forms.FloatField(label="Max delay (s)", required=False, initial=STREAM_DEFAULTS["max_delay_s"])
+    stream_block_size = forms.IntegerField(label="Block size", required=False, initial=STREAM_DEFAULTS["block_size"])
+    stream_publish_every_blocks = forms.IntegerField(
+        label="Publish every (blocks)", required=False, initial=STREAM_DEFAULTS["publish_every_blocks"]
+    )
+    stream_publish_every_minutes = forms.FloatField(
+        label="…or every (minutes)", required=False, initial=STREAM_DEFAULTS["publish_every_minutes"]
+    )
+
     def __init__(self, *args, partners=(), local_datasets=(), remote_datasets=(), **kwargs):
         super().__init__(*args, **kwargs)
         partner_field, local_field, remote_field = (
@@ -214,8 +236,18 @@ class TicketForm(forms.Form):
                 for key in TREE_DEFAULTS
             },
         }
+        groups["stream"] = {
+            key: d[f"stream_{key}"] for key in STREAM_DEFAULTS if d.get(f"stream_{key}") not in (None, "")
+        }
         used = KIND_GROUPS.get(str(d.get("kind")), tuple(groups))
         return {"share_metrics": bool(d.get("share_metrics"))} | {g: v for g, v in groups.items() if g in used}
+
+    def stream_source(self) -> dict | None:
+        """This side's stream source (stream kinds only), as apps.tickets.sources checks it."""
+        d = self.cleaned_data
+        if d.get("kind") not in STREAM_KINDS:
+            return None
+        return source_from_post(d)
 
     @staticmethod
     def field_for(service_field: str | None) -> str | None:
@@ -228,7 +260,22 @@ class TicketForm(forms.Form):
             return "tree_" + service_field.removeprefix("params.tree.")
         if service_field.startswith("params.psi"):
             return "psi_protocol"
+        if service_field.startswith(("params.stream.", "stream_source.")):
+            return service_field.removeprefix("params.").replace(".", "_")
+        if service_field == "stream_source":
+            return "stream_source_location"
         return {"params": None}.get(service_field, service_field)
 
 
 TicketForm.TRAIN_FIELDS = [f"train_{k}" for k in TRAIN_DEFAULTS if f"train_{k}" in TicketForm.base_fields]
+
+
+def source_from_post(data) -> dict:
+    """A stream source from form fields `stream_source_kind`, `…_location` and `…_stream` (blank: none)."""
+    source = {
+        "kind": data.get("stream_source_kind") or "folder",
+        "location": (data.get("stream_source_location") or "").strip(),
+    }
+    if (data.get("stream_source_stream") or "").strip():
+        source["stream"] = data["stream_source_stream"].strip()
+    return source if source["location"] else {}

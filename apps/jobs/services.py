@@ -8,6 +8,7 @@ import secrets
 import uuid
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -29,6 +30,12 @@ REMOTE_PROGRESS_STEP = 0.05
 PARTITION_STAGE = re.compile(r"^(?P<stage>[a-z_]+)\.p(?P<index>\d{1,3})of(?P<count>\d{1,3})$")
 # The result a continual-training runtime reports per published version (runtime/stream/train.py).
 STREAM_VERSION = "stream_version"
+# What a stream join reports (runtime/stream/step.py): its counters, under split "stream", and the
+# stage it shows while its sources deliver nothing.
+STREAM_SPLIT = "stream"
+STREAM_STATS = ("events_read", "matched", "match_rate", "late_events", "blocks_committed", "lag_s")
+STREAM_WAITING = "waiting for data"
+STREAM_STATS_EVERY_S = 2
 
 
 def job_id_for(ticket_id: uuid.UUID | str, attempt: int) -> uuid.UUID:
@@ -291,14 +298,62 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
         set_job_status(job, J.FAILED, error=failure, source="runtime")
     elif job.status == J.STARTING:
         set_job_status(job, J.RUNNING, source="runtime")
-    elif abs(job.progress - old_progress) >= REMOTE_PROGRESS_STEP or (
-        shared and job.ticket.params.get("share_metrics", True)
-    ):
-        payload = _state_payload(job)
-        if job.ticket.params.get("share_metrics", True):
-            payload["metrics"] = shared
-        enqueue(job.ticket.partner, "job.progress", payload, ticket_id=job.ticket_id)
+    else:
+        share = bool(job.ticket.params.get("share_metrics", True))
+        # A stream job's counters (events read, match rate, lag…) are operational, like progress: the
+        # partner's dashboard shows them beside its own, at most every STREAM_STATS_EVERY_S.
+        latest = {m.name: m for m in metrics if m.split == STREAM_SPLIT and m.name in STREAM_STATS}
+        stream = [
+            {"name": m.name, "split": m.split, "step": m.step, "epoch": None, "value": m.value} for m in latest.values()
+        ]
+        if stream and not cache.add(f"stream-stats-sent:{job.id}", 1, timeout=STREAM_STATS_EVERY_S):
+            stream = []
+        if abs(job.progress - old_progress) >= REMOTE_PROGRESS_STEP or (shared and share) or stream:
+            payload = _state_payload(job)
+            payload["metrics"] = (shared if share else []) + stream
+            enqueue(job.ticket.partner, "job.progress", payload, ticket_id=job.ticket_id)
     return len(events)
+
+
+def stream_status(job: Job) -> dict[str, Any] | None:
+    """A stream job's live figures for its page and the API (None for other kinds).
+
+    Each side's latest join counters (the partner's as it last reported them), whether the
+    sources are idle ("waiting for data" is a state, not a failure) and the versions published.
+    """
+    from apps.registry.models import ModelVersion
+    from apps.tickets.choices import STREAM_KINDS
+    from apps.tickets.sources import describe
+
+    if job.ticket.kind not in STREAM_KINDS:
+        return None
+    sides: dict[str, dict[str, float | None]] = {}
+    for side in (JobMetric.Side.LOCAL, JobMetric.Side.REMOTE):
+        sides[side] = {}
+        for name in STREAM_STATS:
+            point = (
+                JobMetric.objects.filter(job=job, side=side, name=name, split=STREAM_SPLIT)
+                .order_by("-id")
+                .values_list("value", flat=True)
+                .first()
+            )
+            sides[side][name] = point
+    versions = [
+        {
+            "id": str(mv.id),
+            "version": mv.sequence,
+            "auc": ((mv.metrics or {}).get("progressive") or {}).get("auc"),
+            "created_at": mv.created_at.isoformat(),
+        }
+        for mv in ModelVersion.objects.filter(job=job, sequence__isnull=False).order_by("sequence")
+    ]
+    return {
+        "source": describe(job.ticket.stream_source),
+        "waiting_for_data": job.status in ACTIVE and job.stage == STREAM_WAITING,
+        "local": sides[JobMetric.Side.LOCAL],
+        "partner": sides[JobMetric.Side.REMOTE],
+        "versions": versions,
+    }
 
 
 @transaction.atomic

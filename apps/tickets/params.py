@@ -300,6 +300,7 @@ def defaults(group: str) -> dict[str, Any]:
 PSI_DEFAULTS = defaults("psi")
 TRAIN_DEFAULTS = defaults("train")
 TREE_DEFAULTS = defaults("tree")
+STREAM_DEFAULTS = defaults("stream")
 
 
 # ---------------------------------------------------------------------------------------------

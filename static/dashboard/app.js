@@ -44,6 +44,7 @@
     var owner = mapNode ? JSON.parse(mapNode.textContent) : {};
     var training = (ticketForm.getAttribute("data-training-kinds") || "").split(",");
     var trees = (ticketForm.getAttribute("data-tree-kinds") || "").split(",");
+    var streams = (ticketForm.getAttribute("data-stream-kinds") || "").split(",");
     var syncDatasets = function () {
       Array.prototype.forEach.call(remote.options, function (opt) {
         if (!opt.value) return;
@@ -55,7 +56,10 @@
     };
     var syncKind = function () {
       var trains = training.indexOf(kind.value) >= 0;
-      var psi = kind.value.indexOf("vertical_") !== 0;
+      var stream = streams.indexOf(kind.value) >= 0;
+      var psi = kind.value.indexOf("vertical_") !== 0 && !stream;
+      var streamParams = ticketForm.querySelector("[data-stream-params]");
+      if (streamParams) streamParams.hidden = !stream;
       ticketForm.querySelector("[data-train-params]").hidden = !trains;
       var treeParams = ticketForm.querySelector("[data-tree-params]");
       if (treeParams) treeParams.hidden = trees.indexOf(kind.value) < 0;

@@ -74,6 +74,7 @@
     var localNames = {};
     var remoteBuffer = [];
     var lossChart = makeChart(document.getElementById("chart-loss"), "step", "loss");
+    var versionChart = makeChart(document.getElementById("chart-versions"), "version", "progressive AUC");
     var aucChart = makeChart(document.getElementById("chart-auc"), "epoch", "AUC");
 
     var addMetric = function (m) {
@@ -157,8 +158,47 @@
           links.appendChild(p);
         });
       }
+      if (job.stream) renderStream(job.stream);
       if (!job.active) {
         document.querySelectorAll("[data-hide-when-done]").forEach(function (n) { n.hidden = true; });
+      }
+    };
+
+    /* Stream jobs: both sides' counters, "waiting for data", versions and their AUC. */
+    var fmt = function (key, v) {
+      if (v === null || v === undefined) return "—";
+      if (key === "match_rate") return (v * 100).toFixed(1) + "%";
+      if (key === "lag_s") return v.toFixed(1);
+      return Math.round(v).toLocaleString();
+    };
+    var shownVersions = -1;
+    var renderStream = function (s) {
+      var waiting = document.querySelector("[data-stream-waiting]");
+      if (waiting) waiting.hidden = !s.waiting_for_data;
+      document.querySelectorAll("[data-stream-field]").forEach(function (cell) {
+        var path = cell.getAttribute("data-stream-field").split(".");
+        cell.textContent = fmt(path[1], (s[path[0]] || {})[path[1]]);
+      });
+      if (s.versions.length === shownVersions) return;
+      shownVersions = s.versions.length;
+      var list = document.querySelector("[data-stream-versions]");
+      if (list && s.versions.length) {
+        list.replaceChildren();
+        s.versions.forEach(function (v) {
+          var li = document.createElement("li");
+          var a = document.createElement("a");
+          a.href = modelsUrl + v.id + "/";
+          a.textContent = "v" + v.version;
+          li.appendChild(a);
+          if (v.auc !== null && v.auc !== undefined) li.appendChild(document.createTextNode(" · progressive AUC " + v.auc.toFixed(4)));
+          list.appendChild(li);
+        });
+      }
+      if (versionChart) {
+        var series = new Series();
+        s.versions.forEach(function (v) { if (v.auc !== null) series.add("auc", "AUC on the newest block, before training on it", v.version, v.auc); });
+        versionChart.data.datasets = series.datasets();
+        versionChart.update("none");
       }
     };
 
@@ -177,6 +217,20 @@
         .catch(function () { setTimeout(poll, 3000); });
     };
     poll();
+  }
+
+  /* ---------------- Continual training: AUC over a lineage's versions ---------------- */
+  var lineageNode = document.getElementById("lineage-data");
+  if (lineageNode) {
+    var chart = makeChart(document.getElementById("chart-lineage"), "version", "progressive AUC");
+    if (chart) {
+      var lineage = new Series();
+      JSON.parse(lineageNode.textContent).forEach(function (p) {
+        if (p.auc !== null && p.auc !== undefined) lineage.add("auc", "AUC on the newest block, before training on it", p.version, p.auc);
+      });
+      chart.data.datasets = lineage.datasets();
+      chart.update("none");
+    }
   }
 
   /* ---------------- Model comparison ---------------- */

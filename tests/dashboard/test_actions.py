@@ -9,6 +9,7 @@ from apps.datasets.models import Dataset, DatasetGrant
 from apps.jobs.models import Job
 from apps.partners.models import Partner
 from apps.registry.models import ModelVersion
+from apps.tickets.choices import JobKind
 from apps.tickets.models import Ticket
 
 # -- refused: (who, url template, form) ---------------------------------------------
@@ -127,6 +128,7 @@ def test_admin_sets_policies_and_suspends(world, browser_client):
         "psi_vertical_tree": "always_allow",
         "vertical_tree": "manual",
     }
+    policies |= {kind: "manual" for kind in JobKind.values if kind not in policies}  # kinds added since
     client.post(f"/w/acme/partners/{pk}/policies", policies)
     partner = Partner.objects.get(pk=pk)
     assert partner.policies == policies

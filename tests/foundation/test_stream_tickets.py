@@ -195,3 +195,94 @@ def test_each_published_version_is_registered_with_its_parent(api, setup, clicks
     # a report delivered twice registers nothing new
     apply_report(job, [{"type": "result", "stage": "stream_version", "data": {"version": 2, "model_dir": "/x/v2"}}])
     assert ModelVersion.objects.filter(job=job).count() == 2
+
+
+def _report_stats(job: Job, *, events_read: float, stage: str = "stream join") -> None:
+    stats = {"events_read": events_read, "matched": events_read * 0.7, "match_rate": 0.7, "late_events": 3.0}
+    apply_report(
+        job,
+        [{"type": "progress", "value": 0.0, "stage": stage}]
+        + [{"type": "metric", "name": k, "value": v, "step": 1, "split": "stream"} for k, v in stats.items()],
+    )
+
+
+def test_the_stream_page_shows_both_sides_waiting_for_data_and_the_versions(api, setup, clicks, users):
+    from django.test import Client
+
+    from apps.jobs.services import apply_remote_job_state
+
+    job = _stream_job(api, setup, clicks)
+    _report_stats(job, events_read=1000, stage="waiting for data")
+    # the partner's counters travel with its job.progress message (operational, like progress)
+    sent = OutboxMessage.objects.filter(kind="job.progress").order_by("-id").first()
+    assert sent is not None and {m["name"] for m in sent.payload["metrics"]} >= {"events_read", "match_rate"}
+    apply_remote_job_state(
+        job, {"status": "running", "metrics": [dict(m, value=m["value"] * 2) for m in sent.payload["metrics"]]}
+    )
+    apply_report(
+        job,
+        [
+            {
+                "type": "result",
+                "stage": "stream_version",
+                "data": {"version": 1, "model_dir": "/x/v1", "metrics": {"progressive": {"auc": 0.71}}},
+            }
+        ],
+    )
+    status = api("dave").get(f"/api/v1/workspaces/acme/jobs/{job.id}/").json()["stream"]
+    assert status["waiting_for_data"] is True and status["local"]["events_read"] == 1000.0
+    assert status["partner"]["events_read"] == 2000.0 and status["partner"]["match_rate"] == 1.4
+    assert status["versions"] == [
+        {
+            "id": str(stream_version_id(job.id, 1)),
+            "version": 1,
+            "auc": 0.71,
+            "created_at": status["versions"][0]["created_at"],
+        }
+    ]
+    client = Client()
+    client.force_login(users["dave"])
+    page = client.get(f"/w/acme/jobs/{job.pk}/").content.decode()
+    assert "Waiting for data." in page and "This is not a failure" in page and "Stop job" in page
+    assert "folder events/clicks" in page and 'data-stream-field="partner.events_read"' in page
+    live = client.get(f"/w/acme/jobs/{job.pk}/live").json()["job"]["stream"]
+    assert live["versions"][0]["version"] == 1
+    # a new report of events: no longer waiting
+    _report_stats(job, events_read=1500)
+    assert api("dave").get(f"/api/v1/workspaces/acme/jobs/{job.id}/").json()["stream"]["waiting_for_data"] is False
+    # the model page shows the lineage
+    apply_report(
+        job,
+        [
+            {
+                "type": "result",
+                "stage": "stream_version",
+                "data": {"version": 2, "model_dir": "/x/v2", "metrics": {"progressive": {"auc": 0.74}}},
+            }
+        ],
+    )
+    v2 = client.get(f"/w/acme/models/{stream_version_id(job.id, 2)}/").content.decode()
+    assert "Lineage: versions of this continual training" in v2 and "v2 (this version)" in v2
+    assert f"/w/acme/models/{stream_version_id(job.id, 1)}/" in v2 and "lineage-data" in v2
+    body = api("dave").get(f"/api/v1/workspaces/acme/model-versions/{stream_version_id(job.id, 2)}/").json()
+    assert body["parent"] == str(stream_version_id(job.id, 1)) and body["sequence"] == 2
+
+
+def test_the_approve_form_takes_the_receivers_source(setup, clicks, users):
+    from django.test import Client
+
+    DatasetGrant.objects.create(dataset=setup["features"], partner=setup["partner"])
+    ticket = receive_proposal(
+        setup["acme"], setup["partner"], proposal_payload(setup, setup["features"].id, kind=JobKind.STREAM_JOIN_TRAIN)
+    )
+    client = Client()
+    client.force_login(users["carol"])
+    page = client.get(f"/w/acme/tickets/{ticket.pk}/").content.decode()
+    assert 'name="stream_source_location"' in page
+    url = f"/w/acme/tickets/{ticket.pk}/approve"
+    client.post(url, {"stream_source_kind": "folder", "stream_source_location": "../globex"})
+    ticket.refresh_from_db()
+    assert ticket.status == TicketStatus.PENDING and not ticket.stream_source
+    client.post(url, {"stream_source_kind": "folder", "stream_source_location": "events/clicks"})
+    ticket.refresh_from_db()
+    assert ticket.status == TicketStatus.APPROVED and ticket.stream_source["path"] == str(clicks)

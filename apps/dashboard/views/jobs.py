@@ -16,6 +16,14 @@ from apps.jobs.models import Job, JobMetric
 from apps.workspaces.choices import Role
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+STREAM_ROWS = [
+    ("events_read", "Events read"),
+    ("matched", "Matched"),
+    ("match_rate", "Match rate"),
+    ("late_events", "Late events"),
+    ("blocks_committed", "Blocks committed"),
+    ("lag_s", "Lag (s)"),
+]
 MAX_POINTS = 5000
 
 
@@ -49,6 +57,8 @@ def job_state(job: Job) -> dict:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "model_versions": [{"id": str(mv.id), "name": mv.name} for mv in job.model_versions.all()],
+        # Stream jobs: both sides' join counters, "waiting for data", the versions published.
+        "stream": job_services.stream_status(job),
     }
 
 
@@ -78,6 +88,7 @@ def job_detail(request, pk):
         job=job,
         ticket=job.ticket,
         state=job_state(job),
+        stream_rows=STREAM_ROWS,
         can_cancel=job.status in ACTIVE and request.can.write,
         can_retry=job.status in RETRYABLE
         and request.can.approve

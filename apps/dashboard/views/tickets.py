@@ -10,15 +10,16 @@ from django.views.decorators.http import require_POST
 
 from apps.core.errors import ServiceError
 from apps.dashboard.access import workspace_page
-from apps.dashboard.forms import DecisionForm, TicketForm
+from apps.dashboard.forms import DecisionForm, TicketForm, source_from_post
 from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.datasets.models import Dataset, RemoteDataset
 from apps.partners.choices import PartnerStatus
 from apps.partners.models import Partner
 from apps.peer.reachability import undelivered
-from apps.tickets.choices import JobKind, TicketStatus
+from apps.tickets.choices import STREAM_KINDS, JobKind, TicketStatus
 from apps.tickets.models import Ticket
 from apps.tickets.services import approve_ticket, propose_ticket, reject_ticket, withdraw_ticket
+from apps.tickets.sources import describe
 from apps.workspaces.choices import Role
 
 DECIDABLE = (TicketStatus.PENDING,)
@@ -67,6 +68,7 @@ def propose(request):
                     name=d["name"],
                     params=form.params(),
                     comment=d["comment"],
+                    stream_source=form.stream_source(),
                     acting_user=request.user,
                     source="ui",
                 )
@@ -85,7 +87,8 @@ def propose(request):
         has_partners=partners.exists(),
         has_local=local.exists(),
         has_remote=remote.exists(),
-        training_kinds=[JobKind.PSI_VERTICAL_NN.value, JobKind.VERTICAL_NN.value],
+        training_kinds=[JobKind.PSI_VERTICAL_NN.value, JobKind.VERTICAL_NN.value, JobKind.STREAM_JOIN_TRAIN.value],
+        stream_kinds=[k.value for k in STREAM_KINDS],
         tree_kinds=[JobKind.PSI_VERTICAL_TREE.value, JobKind.VERTICAL_TREE.value],
     )
     response.status_code = status
@@ -113,6 +116,8 @@ def ticket_detail(request, pk):
         can_decide=can_decide,
         can_withdraw=ticket.is_proposer and ticket.status in WITHDRAWABLE and request.can.write,
         needs_dataset=can_decide and ticket.local_dataset_id is None,
+        is_stream=ticket.kind in STREAM_KINDS,
+        stream_source_label=describe(ticket.stream_source),
         bindable=bindable,
         decision_form=DecisionForm(),
     )
@@ -129,10 +134,16 @@ def approve(request, pk):
     form = DecisionForm(request.POST)
     form.is_valid()
     dataset = _dataset(request, request.POST.get("dataset", ""))
+    source = source_from_post(request.POST) if ticket.kind in STREAM_KINDS else None
     return act(
         request,
         lambda: approve_ticket(
-            ticket, comment=form.cleaned_data.get("comment", ""), dataset=dataset, acting_user=request.user, source="ui"
+            ticket,
+            comment=form.cleaned_data.get("comment", ""),
+            dataset=dataset,
+            stream_source=source,
+            acting_user=request.user,
+            source="ui",
         ),
         success="Approved. Both sides are starting the job.",
         then=_back(request),

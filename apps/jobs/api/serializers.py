@@ -1,20 +1,29 @@
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.schema import ref, typed_json
 from apps.jobs.models import Job, JobMetric
+from apps.jobs.services import stream_status
 
 
 class JobSerializer(serializers.ModelSerializer):
     ticket = serializers.UUIDField(source="ticket_id", read_only=True)
     result = typed_json(ref("JobResult"))
+    stream = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = [
             "id", "ticket", "attempt", "role", "status", "stage", "progress", "launcher", "log_tail", "error", "result",
-            "remote_status", "remote_progress", "remote_error", "remote_updated_at", "started_at", "finished_at", "created_at", "updated_at",
+            "remote_status", "remote_progress", "remote_error", "remote_updated_at", "started_at", "finished_at", "created_at", "updated_at", "stream",
         ]  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(ref("StreamStatus"))
+    def get_stream(self, obj: Job) -> dict[str, Any] | None:
+        return stream_status(obj)
 
 
 class JobMetricSerializer(serializers.ModelSerializer):
