@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from fedsite_proto.runtime.v1 import train_pb2 as pb
+from runtime.common import check_hello as common_check_hello
+from runtime.common import clean, expect
 from runtime.config import JobConfig
-from runtime.errors import ConfigError, DataError, PeerError
+from runtime.errors import DataError, PeerError
 from runtime.report import Reporter
 from runtime.train.data import (
     Preprocessor,
@@ -110,48 +112,7 @@ def make_hello(
 
 def check_hello(mine: pb.Hello, theirs: pb.Hello) -> None:
     """Both sides run this on the other's hello; a mismatch fails the job on both."""
-    if theirs.protocol_version != PROTOCOL_VERSION:
-        raise PeerError(
-            f"the partner speaks training protocol {theirs.protocol_version}, this runtime {PROTOCOL_VERSION}"
-        )
-    if theirs.role == mine.role:
-        raise ConfigError(f"role: both sides are configured as {mine.role}")
-    if theirs.job_id != mine.job_id:
-        raise ConfigError(f"job_id: this side runs job {mine.job_id}, the partner job {theirs.job_id}")
-    if theirs.mode != mine.mode:
-        raise ConfigError(f"the partner runs '{theirs.mode}' while this side runs '{mine.mode}'")
-    if theirs.rows != mine.rows:
-        raise DataError(
-            f"misaligned data: this side has {mine.rows} rows, the partner {theirs.rows}; align the datasets (PSI) again"
-        )
-    if theirs.ids_digest != mine.ids_digest:
-        raise DataError(
-            "misaligned data: the ids (or their order) differ from the partner's; align the datasets (PSI) again"
-        )
-    if theirs.shared_params != mine.shared_params:
-        a, b = json.loads(mine.shared_params or "{}"), json.loads(theirs.shared_params or "{}")
-        diff = ", ".join(
-            f"{k}: {a.get(k)!r} here, {b.get(k)!r} there" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-        )
-        raise ConfigError(f"train: parameters differ between the sides ({diff})")
-
-
-def expect(msg: Any, body: str) -> Any:
-    got = msg.WhichOneof("body")
-    if got != body:
-        raise PeerError(f"protocol error: expected {body} from the partner, got {got}")
-    return getattr(msg, body)
-
-
-def clean(obj: Any) -> Any:
-    """NaN and infinities become null, so result files are strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    return obj
+    common_check_hello(mine, theirs, version=PROTOCOL_VERSION, protocol="training", stage="train")
 
 
 def export_half(half: Any, prep: Prepared, cfg: JobConfig, params: TrainParams, path: Path) -> None:

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from fedsite_proto.runtime.v1 import tree_pb2 as pb
+from runtime.common import check_hello as common_check_hello
+from runtime.common import clean, expect, write_atomically
 from runtime.config import JobConfig
-from runtime.errors import ConfigError, DataError, PeerError
+from runtime.errors import DataError, PeerError
 from runtime.report import Reporter
 from runtime.train.data import Table, aligned_path, ids_digest, read_table, split_rows
-from runtime.train.step import clean, expect
 from runtime.tree import core
 from runtime.tree.binning import apply_bins, fit_bins
 from runtime.tree.link import PROTOCOL_VERSION, TreeFollowerLink, TreeLeaderLink
@@ -112,28 +113,7 @@ def make_hello(cfg: JobConfig, shared: str, rows: int, digest: bytes, mode: str,
 
 def check_hello(mine: Any, theirs: Any) -> None:
     """Both sides run this on the other's hello; a mismatch fails the job on both."""
-    if theirs.protocol_version != PROTOCOL_VERSION:
-        raise PeerError(f"the partner speaks tree protocol {theirs.protocol_version}, this runtime {PROTOCOL_VERSION}")
-    if theirs.role == mine.role:
-        raise ConfigError(f"role: both sides are configured as {mine.role}")
-    if theirs.job_id != mine.job_id:
-        raise ConfigError(f"job_id: this side runs job {mine.job_id}, the partner job {theirs.job_id}")
-    if theirs.mode != mine.mode:
-        raise ConfigError(f"the partner runs '{theirs.mode}' while this side runs '{mine.mode}'")
-    if theirs.rows != mine.rows:
-        raise DataError(
-            f"misaligned data: this side has {mine.rows} rows, the partner {theirs.rows}; align the datasets (PSI) again"
-        )
-    if theirs.ids_digest != mine.ids_digest:
-        raise DataError(
-            "misaligned data: the ids (or their order) differ from the partner's; align the datasets (PSI) again"
-        )
-    if theirs.shared_params != mine.shared_params:
-        a, b = json.loads(mine.shared_params or "{}"), json.loads(theirs.shared_params or "{}")
-        diff = ", ".join(
-            f"{k}: {a.get(k)!r} here, {b.get(k)!r} there" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-        )
-        raise ConfigError(f"tree: parameters differ between the sides ({diff})")
+    common_check_hello(mine, theirs, version=PROTOCOL_VERSION, protocol="tree", stage="tree")
 
 
 # -- bits ----------------------------------------------------------------------
@@ -148,13 +128,6 @@ def from_bits(data: bytes, count: int, what: str) -> np.ndarray:
 
 
 # -- checkpoints and files ---------------------------------------------------------
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 class Checkpoints:
     """One JSON state (and, for the leader, the margins) per finished tree; the last two are kept."""
 

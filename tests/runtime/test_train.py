@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +19,8 @@ import pytest
 
 from runtime.config import parse_config
 from runtime.errors import ConfigError, DataError, PeerError
-from runtime.report import Reporter
-from tests.pki import make_party, tls_config
+from tests.pki import make_party
+from tests.runtime.helpers import Recorder, free_port, make_data, pair_configs, run_threads, spawn, wait_for
 
 pytestmark = pytest.mark.runtime
 
@@ -37,50 +33,6 @@ TRAIN = {
     "top_layers": [8],
     "log_every_steps": 10,
 }
-
-
-class Recorder(Reporter):
-    """A reporter that keeps its events for assertions."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.events: list[dict[str, Any]] = []
-
-    def _emit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_data(directory: Path, n: int, seed: int, prefix: str = "") -> tuple[Path, Path]:
-    """Leader: 3 numbers + 1 category + label; follower: 4 numbers + 1 category. The label needs both."""
-    rng = np.random.default_rng(seed)
-    xl = rng.normal(size=(n, 3))
-    xf = rng.normal(size=(n, 4))
-    cl = rng.choice(["a", "b", "c"], size=n)
-    cf = rng.choice(["x", "y", "z", "w"], size=n)
-    z = (
-        1.2 * xl[:, 0]
-        - 0.8 * xl[:, 1]
-        + 1.0 * xf[:, 0]
-        + 0.9 * xf[:, 1] * xl[:, 2]
-        + (cl == "a")
-        - 0.8 * (cf == "x")
-        + 0.5 * np.sin(2 * xf[:, 2])
-    )
-    y = (rng.random(n) < 1 / (1 + np.exp(-1.5 * z))).astype(int)
-    ids = [f"{prefix}u{i:05d}" for i in range(n)]
-    leader = pd.DataFrame({"id": ids, **{f"l{i}": xl[:, i] for i in range(3)}, "lcat": cl, "label": y})
-    follower = pd.DataFrame({"id": ids, **{f"f{i}": xf[:, i] for i in range(4)}, "fcat": cf})
-    directory.mkdir(parents=True, exist_ok=True)
-    lp, fp = directory / "leader.csv", directory / "follower.csv"
-    leader.to_csv(lp, index=False)
-    follower.to_csv(fp, index=False)
-    return lp, fp
 
 
 @pytest.fixture(scope="module")
@@ -98,50 +50,16 @@ def configs(
     score: dict | None = None,
     job: str = "job-1",
 ):
-    alpha, beta = pki
-    port = free_port()
     train = dict(TRAIN if train is None else train)
     common = {"job_id": job, "train": train, "score": score or {}}
-    leader = {
-        **common,
-        "role": "leader",
-        "listen_address": f"127.0.0.1:{port}",
-        "tls": tls_config(alpha, beta),
-        "data": {"path": str(leader_csv), "id_column": "id", "label_column": "label"},
-        "output_dir": str(workdir / "alpha"),
-    }
-    follower = {
-        **common,
-        "role": "follower",
-        "peer_address": f"127.0.0.1:{port}",
-        "tls": tls_config(beta, alpha),
-        "data": {"path": str(follower_csv), "id_column": "id"},
-        "output_dir": str(workdir / "beta"),
-    }
-    return leader, follower
+    return pair_configs(pki, workdir, leader_csv, follower_csv, common)
 
 
 def run_pair(leader: dict, follower: dict, command: str = "train") -> tuple[Any, Any, Recorder, Recorder]:
     """Run both sides as threads; each outcome is the result dict or the exception raised."""
     from runtime.train import score, step
 
-    module = step if command == "train" else score
-    out: dict[str, Any] = {}
-    reps = {"leader": Recorder(), "follower": Recorder()}
-
-    def go(name: str, raw: dict) -> None:
-        try:
-            out[name] = module.run(parse_config(raw), reps[name])
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            out[name] = exc
-
-    threads = [threading.Thread(target=go, args=(k, v)) for k, v in (("leader", leader), ("follower", follower))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a side hung"
-    return out["leader"], out["follower"], reps["leader"], reps["follower"]
+    return run_threads(step if command == "train" else score, leader, follower)
 
 
 def centralized_auc(leader_csv: Path, follower_csv: Path, train: dict) -> float:
@@ -394,29 +312,11 @@ def test_resume_agrees_on_the_last_common_checkpoint(pki, tmp_path: Path) -> Non
 
 # -- real processes -----------------------------------------------------------------
 def _spawn(raw: dict, path: Path) -> tuple[subprocess.Popen, Path]:
-    path.write_text(json.dumps(raw))
-    log = path.with_suffix(".log")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "train", "--config", str(path)],
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return proc, log
+    return spawn("train", raw, path, {"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 150) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in {log}")
+    wait_for(log, text, proc, timeout, 0.1)
 
 
 @pytest.mark.parametrize("victim", ["follower", "leader"])

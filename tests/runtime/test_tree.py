@@ -11,9 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,8 @@ import pytest
 
 from runtime.config import parse_config
 from runtime.errors import ConfigError, DataError, PeerError
-from tests.pki import make_party, tls_config
-from tests.runtime.test_train import Recorder, free_port, make_data
+from tests.pki import make_party
+from tests.runtime.helpers import Recorder, make_data, pair_configs, run_threads, spawn, wait_for
 
 pytestmark = pytest.mark.runtime
 
@@ -40,27 +37,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
 
 
 def configs(pki, workdir: Path, lp: Path, fp: Path, tree: dict | None = None, job: str = "job-t", **extra):
-    alpha, beta = pki
-    port = free_port()
     common = {"job_id": job, "tree": dict(TREE if tree is None else tree), **extra}
-    leader = {
-        **common,
-        "tree": dict(common["tree"]),
-        "role": "leader",
-        "listen_address": f"127.0.0.1:{port}",
-        "tls": tls_config(alpha, beta),
-        "data": {"path": str(lp), "id_column": "id", "label_column": "label"},
-        "output_dir": str(workdir / "alpha"),
-    }
-    follower = {
-        **common,
-        "tree": dict(common["tree"]),
-        "role": "follower",
-        "peer_address": f"127.0.0.1:{port}",
-        "tls": tls_config(beta, alpha),
-        "data": {"path": str(fp), "id_column": "id"},
-        "output_dir": str(workdir / "beta"),
-    }
+    leader, follower = pair_configs(pki, workdir, lp, fp, common)
+    leader["tree"], follower["tree"] = dict(common["tree"]), dict(common["tree"])
     return leader, follower
 
 
@@ -68,23 +47,7 @@ def run_pair(leader: dict, follower: dict, command: str = "tree") -> tuple[Any, 
     from runtime.train import score
     from runtime.tree import step
 
-    module = step if command == "tree" else score
-    out: dict[str, Any] = {}
-    reps = {"leader": Recorder(), "follower": Recorder()}
-
-    def go(name: str, raw: dict) -> None:
-        try:
-            out[name] = module.run(parse_config(raw), reps[name])
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            out[name] = exc
-
-    threads = [threading.Thread(target=go, args=(k, v)) for k, v in (("leader", leader), ("follower", follower))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a side hung"
-    return out["leader"], out["follower"], reps["leader"], reps["follower"]
+    return run_threads(step if command == "tree" else score, leader, follower)
 
 
 def central(lp: Path, fp: Path, tree: dict) -> tuple[dict[str, Any], list[str], list[str]]:
@@ -271,29 +234,11 @@ def test_paillier_and_regression(pki, tmp_path: Path) -> None:
 
 
 def _spawn(raw: dict, path: Path) -> tuple[subprocess.Popen, Path]:
-    path.write_text(json.dumps(raw))
-    log = path.with_suffix(".log")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "tree", "--config", str(path)],
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    return proc, log
+    return spawn("tree", raw, path)
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} never appeared in {log}")
+    wait_for(log, text, proc, timeout, 0.05)
 
 
 def test_killed_follower_fails_the_leader_and_the_job_resumes(pki, tmp_path: Path) -> None:
