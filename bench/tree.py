@@ -166,6 +166,9 @@ def centralized(lp: Path, fp: Path, tree: dict[str, Any]) -> dict[str, Any]:
         "max_bin": tree["max_bin"],
         "lambda": tree["reg_lambda"],
         "min_child_weight": tree["min_child_weight"],
+        "min_split_loss": tree.get("gamma", 0.0),
+        # The runtimes start from the training rows' log-odds (XGBoost 3's own estimate too); said, not left implicit.
+        "base_score": float(np.clip(np.mean(y[tr]), 1e-6, 1 - 1e-6)),
         "nthread": os.cpu_count() or 1,
         "seed": tree["seed"],
     }
