@@ -4,6 +4,12 @@ The leader holds the key pair: it encrypts one packed (gradient, hessian) plaint
 per row and decrypts the follower's histogram sums. The follower holds only the
 public key: it adds ciphertexts per node and bin (HEU's feature-wise bucket sums,
 which run on all cores) and can decrypt nothing.
+
+Before sending a node's sums the follower packs several into one ciphertext
+(Horner's rule under encryption: ``acc = acc * 2**SLOT_BITS + next``), as many as
+the key's plaintext space holds; the leader decrypts each packed ciphertext once
+and splits it into its slots. Every slot is a signed (hessian, gradient) sum below
+2**(SLOT_BITS - 1) in magnitude, so slots never carry into each other.
 """
 
 from __future__ import annotations
@@ -19,6 +25,53 @@ from runtime.tree.core import PACK_BITS, SUM_BITS, pack, unpack
 
 # A packed sum is below 2**(PACK_BITS + SUM_BITS); anything larger did not come from our ciphertexts.
 RANGE_BITS = PACK_BITS + SUM_BITS + 2
+# One slot of a packed ciphertext: a (hessian, gradient) sum, signed, below 2**(SLOT_BITS - 1) in magnitude.
+SLOT_BITS = RANGE_BITS
+
+
+class HeadroomError(PeerError):
+    """More slots per ciphertext than the key's plaintext space holds."""
+
+
+def plaintext_bits(kit: Any) -> int:
+    """Bits of the largest plaintext magnitude the key holds (HEU's plaintext bound)."""
+    return int(str(kit.public_key().plaintext_bound())).bit_length()
+
+
+def max_slots(kit: Any) -> int:
+    """How many SLOT_BITS-bit slots fit in one plaintext, one bit kept for the sign."""
+    return max(1, (plaintext_bits(kit) - 1) // SLOT_BITS)
+
+
+def check_slots(slots: int, kit: Any, what: str) -> None:
+    if slots < 1:
+        raise HeadroomError(f"{what}: {slots} sums per ciphertext is not a packing")
+    need, have = slots * SLOT_BITS + 1, plaintext_bits(kit)
+    if need > have:
+        raise HeadroomError(
+            f"{what}: packing {slots} sums of {SLOT_BITS} bits per ciphertext needs {need} bits of plaintext, "
+            f"the key's plaintext space holds {have} (at most {max_slots(kit)} sums); refused, as they would overflow"
+        )
+
+
+def slots_for(count: int, limit: int) -> int:
+    """The most slots (<= limit) that divide `count` sums into equal packed ciphertexts."""
+    return next(k for k in range(max(1, min(limit, count)), 0, -1) if count % k == 0) if count else 1
+
+
+def unpack_slots(packed: np.ndarray, slots: int) -> np.ndarray:
+    """Packed plaintexts (Python ints) back to the `slots` sums each held, in the order they were packed."""
+    half = 1 << (SLOT_BITS - 1)
+    mask = (1 << SLOT_BITS) - 1
+    x = packed.ravel()
+    parts = []
+    for _ in range(slots):
+        v = ((x + half) & mask) - half
+        parts.append(v)
+        x = (x - v) >> SLOT_BITS
+    if slots > 1 and np.any(x != 0):
+        raise PeerError("the follower's packed histogram sums overflow their slots (tampered ciphertexts)")
+    return np.concatenate(parts[::-1])
 
 
 def use_threads(threads: int) -> None:
@@ -56,18 +109,23 @@ class KeyPair:
         ct = self._enc.encrypt(self.kit.array(packed))
         return ct.serialize()
 
-    def decrypt_sums(self, blob: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(G, H) from serialized ciphertext sums; a wrong key or tampered data is a PeerError."""
-        _, hnp = _heu()
-        ct = load_ciphertexts(blob, count, "the follower's histogram")
+    def decrypt_sums(self, blob: bytes, count: int, slots: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(G, H) of `count` sums from serialized ciphertexts, `slots` sums packed in each.
+
+        A wrong key, tampered data or more slots than the key holds is a PeerError.
+        """
+        check_slots(slots, self.kit, "the follower's histogram")
+        if count % slots:
+            raise PeerError(f"the follower's histogram: {count} sums do not pack {slots} to a ciphertext")
+        ct = load_ciphertexts(blob, count // slots, "the follower's histogram")
         try:
-            plain = self._dec.decrypt_in_range(ct, RANGE_BITS)
+            plain = self._dec.decrypt_in_range(ct, slots * SLOT_BITS)
         except Exception as exc:  # noqa: BLE001 - HEU raises its own runtime errors
             raise PeerError(
                 "the follower's histogram sums do not decrypt under this leader's key "
                 f"(wrong key or tampered ciphertexts): {exc.__class__.__name__}"
             ) from None
-        return unpack(plain.to_numpy())
+        return unpack(unpack_slots(plain.to_numpy(), slots))
 
 
 def load_ciphertexts(blob: bytes, count: int, what: str) -> Any:
@@ -95,13 +153,31 @@ class PublicKey:
         self.kit = hnp.setup(pk)
         self.fingerprint = fingerprint(public_key)
         self._ev = self.kit.evaluator()
+        self.max_slots = max_slots(self.kit)
 
-    def bucket_sums(self, ct: Any, masks: list[np.ndarray], bins: np.ndarray, nbins: int) -> list[bytes]:
-        """Per mask (node): cumulative per-feature, per-bin sums of the masked rows' ciphertexts, serialized."""
+    def bucket_sums(
+        self, ct: Any, masks: list[np.ndarray], bins: np.ndarray, nbins: int, slots: int = 1
+    ) -> list[bytes]:
+        """Per mask (node): cumulative per-feature, per-bin sums of the masked rows' ciphertexts, packed, serialized."""
         if not masks:
             return []
         sums = self._ev.batch_feature_wise_bucket_sum(ct, masks, bins, nbins, True)
-        return [s.serialize() for s in sums]
+        return [self.pack(s, slots).serialize() for s in sums]
+
+    def pack(self, sums: Any, slots: int) -> Any:
+        """`slots` sums per ciphertext: the first m sums in the top slot, the next m below, and so on."""
+        check_slots(slots, self.kit, "packing the histogram")
+        if slots == 1:
+            return sums
+        count = sums.size
+        if count % slots:
+            raise ValueError(f"{count} sums do not pack {slots} to a ciphertext")
+        m = count // slots
+        shift = self.kit.array(np.full((m, 1), 1 << SLOT_BITS, dtype=object))
+        acc = sums[0:m]
+        for j in range(1, slots):
+            acc = self._ev.add(self._ev.mul(acc, shift), sums[j * m : (j + 1) * m])
+        return acc
 
 
 def random_key_ciphertexts(scheme: str, key_bits: int, count: int) -> tuple[Any, bytes]:

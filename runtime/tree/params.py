@@ -34,6 +34,7 @@ class TreeParams:
     share_metrics: bool = True
     data_path: str | None = None
     threads: int = 0  # 0: number of CPUs
+    pack_slots: int = 0  # histogram sums per ciphertext: 0 = as many as the key holds, 1 = no packing
     peer_timeout_s: float = 600.0
     connect_timeout_s: float = 600.0
     fault: str = ""
@@ -107,6 +108,7 @@ def parse_tree_params(raw: dict[str, Any] | None) -> TreeParams:
         share_metrics=share,
         data_path=data_path,
         threads=_num(raw, "threads", 0, 0, 1024, integer=True),
+        pack_slots=_num(raw, "pack_slots", 0, 0, 64, integer=True),
         peer_timeout_s=_num(raw, "peer_timeout_s", 600.0, 0.001, 1e7, integer=False),
         connect_timeout_s=_num(raw, "connect_timeout_s", 600.0, 0.001, 1e7, integer=False),
         fault=_choice(raw, "fault", "", FAULTS),

@@ -169,7 +169,9 @@ def importance(entries: list[tuple[str, float]]) -> dict[str, dict[str, float]]:
 def threshold_text(c: dict[str, Any], k: int) -> str:
     if c["kind"] == "numeric":
         cuts = c["cuts"]
-        return f"<= {cuts[k]:.6g}" if k < len(cuts) else "any value"
+        if k >= len(cuts):
+            return "any value"
+        return f"< {cuts[k]:.9g}" if c.get("rule") == "lt" else f"<= {cuts[k]:.6g}"
     return "in {" + ", ".join(repr(v) for v in c["vocab"][: k + 1]) + "}"
 
 
@@ -426,7 +428,7 @@ def _leader_tree(
                     "(tampered or truncated message)"
                 )
             t_dec = time.perf_counter()
-            gsum, hsum = kp.decrypt_sums(hm.ciphertexts, hm.count)
+            gsum, hsum = kp.decrypt_sums(hm.ciphertexts, hm.count, hm.slots or 1)
             dec_s += time.perf_counter() - t_dec
             out[hm.node] = np.stack([gsum, hsum])
         return out
@@ -545,7 +547,11 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
             pos[sample] = np.arange(len(sample))
 
             open_nodes: dict[int, np.ndarray] = {0: sample}
-            hist0 = _node_sums(key, ct, order, pos, len(sample), open_nodes, p.max_bin) if p.max_depth > 0 else []
+            hist0 = (
+                _node_sums(key, ct, order, pos, len(sample), open_nodes, p.max_bin, p.pack_slots)
+                if p.max_depth > 0
+                else []
+            )
             link.send(
                 pb.FollowerMessage(level_answer=pb.LevelAnswer(tree=t, depth=0, histograms=hist0, key_fingerprint=fp))
             )
@@ -598,7 +604,7 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
                     small = 2 * d.node + 1 if core.smaller_first(lr, rr) else 2 * d.node + 2
                     smaller[small] = nxt[small]
                 hists = (
-                    _node_sums(key, ct, order, pos, len(sample), smaller, p.max_bin)
+                    _node_sums(key, ct, order, pos, len(sample), smaller, p.max_bin, p.pack_slots)
                     if depth + 1 < p.max_depth and smaller
                     else []
                 )
@@ -676,16 +682,30 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
 
 
 def _node_sums(
-    key: Any, ct: Any, order: np.ndarray, pos: np.ndarray, n_sample: int, nodes: dict[int, np.ndarray], nbins: int
+    key: Any,
+    ct: Any,
+    order: np.ndarray,
+    pos: np.ndarray,
+    n_sample: int,
+    nodes: dict[int, np.ndarray],
+    nbins: int,
+    pack_slots: int,
 ) -> list[Any]:
-    """Encrypted cumulative histograms of `nodes` (rows as training positions), one message each."""
+    """Encrypted cumulative histograms of `nodes` (rows as training positions), packed, one message each.
+
+    `pack_slots` sums per ciphertext (0: as many as the key holds); a number that divides
+    the sums, so every ciphertext is full. More than the key holds is refused.
+    """
+    from runtime.tree.he import slots_for
+
     masks = []
     for rows in nodes.values():
         m = np.zeros(n_sample, dtype=np.int8)
         m[pos[rows]] = 1
         masks.append(m)
-    blobs = key.bucket_sums(ct, masks, order, nbins)
+    count = order.shape[1] * nbins
+    slots = slots_for(count, pack_slots or key.max_slots)
+    blobs = key.bucket_sums(ct, masks, order, nbins, slots)
     return [
-        pb.NodeHistogram(node=nid, count=order.shape[1] * nbins, ciphertexts=b)
-        for nid, b in zip(nodes, blobs, strict=True)
+        pb.NodeHistogram(node=nid, count=count, ciphertexts=b, slots=slots) for nid, b in zip(nodes, blobs, strict=True)
     ]

@@ -128,7 +128,9 @@ def test_halves_are_readable_json_with_importance_and_checkpoints(trained) -> No
         v["splits"] >= 1 and v["gain"] > 0 for v in {**lm["feature_importance"], **fm["feature_importance"]}.values()
     )
     assert sum(v["splits"] for v in fm["feature_importance"].values()) == len(fm["splits"])
-    assert all(s["threshold"].startswith(("<=", "in {")) for s in fm["splits"])
+    # numeric splits follow XGBoost's rule (value < cut goes left), categorical ones a set of values
+    assert all(s["threshold"].startswith(("< ", "in {")) for s in fm["splits"])
+    assert all(c.get("rule") == "lt" for c in fm["features"] if c["kind"] == "numeric")
     # nothing of the follower's bins is in the leader's half, and no leaf weight in the follower's
     assert "f0" not in json.dumps(lm) and "leaf" not in json.dumps(fm)
     built = lres["trees_built"]
@@ -286,3 +288,106 @@ def test_the_link_carries_messages_beyond_grpcs_4_mb_default(pki, tmp_path: Path
     finally:
         foll.close(2)
         lead.close(2)
+
+
+def _encrypted_histograms(scheme: str, slots: list[int]) -> tuple[Any, Any, list[tuple[np.ndarray, np.ndarray]], Any]:
+    """The same encrypted cumulative histograms, packed `slots` sums per ciphertext, decrypted by the leader."""
+    from runtime.tree import core
+    from runtime.tree.he import KeyPair, PublicKey, load_ciphertexts
+
+    rng = np.random.default_rng(11)
+    n, f, nbins = 300, 5, 8
+    g, h = rng.normal(size=n), rng.random(size=n)
+    gq, hq, _ = core.quantize(g, h)
+    bins = np.ascontiguousarray(rng.integers(0, nbins, size=(n, f)).astype(np.int8))
+    kp = KeyPair(scheme, 1024)
+    key = PublicKey(kp.public_key)
+    ct = load_ciphertexts(kp.encrypt(gq, hq), n, "test")
+    mask = (rng.random(n) < 0.6).astype(np.int8)
+    out = []
+    for k in slots:
+        (blob,) = key.bucket_sums(ct, [mask], bins, nbins, k)
+        out.append(kp.decrypt_sums(blob, f * nbins, k))
+    clear = core.histograms(bins, np.flatnonzero(mask), gq, hq, nbins)
+    return kp, key, out, clear
+
+
+def test_packed_histogram_sums_equal_unpacked_ones() -> None:
+    kp, key, (plain, two), clear = _encrypted_histograms("ou", [1, 2])
+    assert key.max_slots >= 2
+    np.testing.assert_array_equal(np.stack(plain), clear)
+    np.testing.assert_array_equal(np.stack(two), clear)
+    # the most the key holds (40 sums: 2 or more per ciphertext) gives the same sums too
+    from runtime.tree.he import slots_for
+
+    k = slots_for(40, key.max_slots)
+    assert k >= 2
+    _, _, (most,), _ = _encrypted_histograms("ou", [k])
+    np.testing.assert_array_equal(np.stack(most), clear)
+
+
+def test_packing_beyond_the_plaintext_headroom_is_refused() -> None:
+    from runtime.tree.he import SLOT_BITS, HeadroomError, KeyPair, PublicKey, load_ciphertexts, plaintext_bits
+
+    kp = KeyPair("ou", 1024)
+    key = PublicKey(kp.public_key)
+    too_many = key.max_slots + 1
+    assert too_many * SLOT_BITS + 1 > plaintext_bits(key.kit)
+    ct = load_ciphertexts(kp.encrypt(np.arange(4.0), np.ones(4)), 4, "test")
+    bins = np.zeros((4, too_many), dtype=np.int8)
+    with pytest.raises(HeadroomError, match=rf"packing {too_many} sums of {SLOT_BITS} bits .* refused"):
+        key.bucket_sums(ct, [np.ones(4, dtype=np.int8)], bins, 1, too_many)
+    # the leader refuses a histogram that announces more slots than its key holds, before decrypting
+    with pytest.raises(HeadroomError, match="overflow"):
+        kp.decrypt_sums(b"", too_many, too_many)
+
+
+def test_numeric_bins_are_xgboosts_hist_cuts_so_the_trees_match_xgboost() -> None:
+    """The runtimes' cut points are XGBoost hist's: boosting on our bins predicts as XGBoost on the raw data."""
+    import xgboost as xgb
+
+    from runtime.train.metrics import binary_metrics
+    from runtime.tree import core
+    from runtime.tree.binning import apply_bins, column_codes, fit_bins
+    from runtime.tree.params import parse_tree_params
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.normal(size=(n, 6))
+    x[:, 5] = np.round(x[:, 5] * 2)  # few distinct values: ties at the cuts
+    y = (rng.random(n) < 1 / (1 + np.exp(-(x[:, 0] - x[:, 1] * x[:, 2] + 0.5 * x[:, 5] - 2.5)))).astype(np.float64)
+    df = pd.DataFrame(x, columns=[f"c{i}" for i in range(6)])
+    tr, va = np.arange(0, 2400), np.arange(2400, n)
+    p = parse_tree_params({"num_trees": 20, "max_depth": 4, "max_bin": 16, "early_stopping_rounds": 0})
+    spec = fit_bins(df, tr, p.max_bin)
+    dm = xgb.QuantileDMatrix(x[tr].astype(np.float32), max_bin=p.max_bin)
+    ptr, vals = dm.get_quantile_cut()
+    for j, c in enumerate(spec):
+        np.testing.assert_array_equal(
+            np.asarray(c["cuts"], dtype=np.float32), vals[int(ptr[j]) + 1 : int(ptr[j + 1]) - 1]
+        )
+    bins = apply_bins(df, spec)
+    ref = core.train_central(bins[:, :3], bins[:, 3:], y, tr, va, p)
+    booster = xgb.train(
+        {
+            "tree_method": "hist",
+            "objective": "binary:logistic",
+            "max_depth": 4,
+            "eta": p.learning_rate,
+            "max_bin": p.max_bin,
+            "lambda": p.reg_lambda,
+            "min_child_weight": p.min_child_weight,
+            "base_score": float(np.mean(y[tr])),
+        },
+        xgb.DMatrix(x[tr].astype(np.float32), label=y[tr]),
+        num_boost_round=p.num_trees,
+    )
+    ours = ref["history"][-1]["validation"]["auc"]
+    theirs = binary_metrics(y[va], booster.predict(xgb.DMatrix(x[va].astype(np.float32))))["auc"]
+    assert abs(ours - theirs) < 1e-4, (ours, theirs)
+    # A spec written before the rule existed keeps its own: "bin <= k" is "value <= cuts[k]".
+    old = {"name": "c", "kind": "numeric", "cuts": [0.0, 1.0]}
+    new = {**old, "rule": "lt"}
+    col = pd.Series([-1.0, 0.0, 0.5, 1.0, 2.0, np.nan])
+    assert column_codes(col, old).tolist() == [0, 0, 1, 1, 2, 0]
+    assert column_codes(col, new).tolist() == [0, 1, 1, 2, 2, 0]

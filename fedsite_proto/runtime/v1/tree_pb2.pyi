@@ -86,14 +86,16 @@ class LevelDecision(_message.Message):
     def __init__(self, tree: _Optional[int] = ..., depth: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeDecision, _Mapping]]] = ...) -> None: ...
 
 class NodeHistogram(_message.Message):
-    __slots__ = ("node", "count", "ciphertexts")
+    __slots__ = ("node", "count", "ciphertexts", "slots")
     NODE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     node: int
     count: int
     ciphertexts: bytes
-    def __init__(self, node: _Optional[int] = ..., count: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+    slots: int
+    def __init__(self, node: _Optional[int] = ..., count: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class Partition(_message.Message):
     __slots__ = ("node", "left")
