@@ -138,6 +138,8 @@ def federated(work: Path, lp: Path, fp: Path, tree: dict[str, Any]) -> dict[str,
         "tree_s_each": [round(h["tree_s"], 3) for h in hist],
         "encrypt_s_median": float(np.median([h["encrypt_s"] for h in hist])),
         "decrypt_s_median": float(np.median([h["decrypt_s"] for h in hist])),
+        "decrypts_median": float(np.median([h.get("decrypts", 0) for h in hist])),
+        "pack_slots": max(h.get("pack_slots", 1) for h in hist),
         "he_adds_median": float(np.median([h["he_adds"] for h in hist])),
         "sampled_rows": hist[0]["sampled_rows"],
         "wall_s_including_startup": wall,
@@ -254,7 +256,9 @@ def run_shape(name: str, work: Path, rows: int, fl: int, ff: int, positives: flo
     )
     fed = federated(work / f"{name}-run", lp, fp, tree)
     print(
-        f"[{name}] federated: {fed['trees_built']} trees, {fed['s_per_tree']:.2f} s/tree, AUC {fed['auc']:.4f}",
+        f"[{name}] federated: {fed['trees_built']} trees, {fed['s_per_tree']:.2f} s/tree, AUC {fed['auc']:.4f}; "
+        f"{fed['decrypts_median']:.0f} decryptions a tree ({fed['pack_slots']} sums each), "
+        f"{fed['decrypt_s_median']:.2f} s",
         flush=True,
     )
     cen = centralized(lp, fp, tree)
@@ -281,6 +285,9 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=100_000, help="rows of the large shape")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument(
+        "--pack-slots", type=int, default=0, help="histogram sums per ciphertext (0: as many as the key holds; 1: none)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "tree.json"))
     args = ap.parse_args()
     base = {
@@ -296,6 +303,7 @@ def main() -> int:
         "he_scheme": "ou",
         "key_bits": 2048,
         "peer_timeout_s": 7200,
+        "pack_slots": args.pack_slots,
     }
     large_trees = args.large_trees or (2 if args.quick else 10)
     shapes: dict[str, Any] = {}
@@ -355,6 +363,7 @@ def main() -> int:
             "s/tree",
             "ceiling s/tree",
             "ratio (<= 2)",
+            "decrypt s/tree (sums per ct)",
         )
     ]
     for name, s in shapes.items():
@@ -368,6 +377,7 @@ def main() -> int:
                 f"{s['federated']['s_per_tree']:.2f}",
                 f"{s['ceiling']['s_per_tree']:.2f}",
                 f"{s['ceiling_ratio']:.2f}",
+                f"{s['federated']['decrypt_s_median']:.2f} ({s['federated']['pack_slots']})",
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

@@ -264,7 +264,9 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
                     tree_start=pb.TreeStart(tree=t, count=len(sample), ciphertexts=blob, sample=to_bits(in_sample))
                 )
             )
-            tree, dec_s, hist_rows = _leader_tree(link, kp, p, t, sample, bl, cols_l, gq, hq, scale, n_cand_f, timeout)
+            tree, (dec_s, decrypts, slots), hist_rows = _leader_tree(
+                link, kp, p, t, sample, bl, cols_l, gq, hq, scale, n_cand_f, timeout
+            )
             # Routing: the follower's reachable leaves, intersected with ours.
             leaves = tree.leaves()
             r = expect(link.recv(timeout, f"the follower's leaf reach of tree {t + 1}"), "reach")
@@ -311,6 +313,8 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
                         "tree_s": tree_s,
                         "encrypt_s": enc_s,
                         "decrypt_s": dec_s,
+                        "decrypts": decrypts,
+                        "pack_slots": slots,
                         "sampled_rows": len(sample),
                         "he_adds": hist_rows * (n_cand_f // p.max_bin),
                         "leaves": len(leaves),
@@ -393,12 +397,16 @@ def _leader_tree(
     scale: float,
     n_cand_f: int,
     timeout: float,
-) -> tuple[core.Tree, float, int]:
-    """Grow one tree level by level; returns it, the seconds spent decrypting and the rows the follower summed."""
+) -> tuple[core.Tree, tuple[float, int, int], int]:
+    """Grow one tree level by level.
+
+    Returns it, (seconds spent decrypting, ciphertexts decrypted, sums per ciphertext) and the rows the follower summed.
+    """
     tree = core.Tree()
     open_nodes: dict[int, np.ndarray] = {0: sample}
     fhist: dict[int, np.ndarray] = {}  # the follower's decrypted cumulative sums of each open node
     dec_s = 0.0
+    decrypts, slots = 0, 1
     n_cand_l = len(cols_l) * p.max_bin
 
     def answer(depth: int) -> Any:
@@ -411,7 +419,7 @@ def _leader_tree(
         return ans
 
     def decrypt(ans: Any, expected: set[int]) -> dict[int, np.ndarray]:
-        nonlocal dec_s
+        nonlocal dec_s, decrypts, slots
         got = {hm.node for hm in ans.histograms}
         if got != expected:
             raise PeerError(f"protocol error: histograms for nodes {sorted(got)}, expected {sorted(expected)}")
@@ -430,6 +438,8 @@ def _leader_tree(
             t_dec = time.perf_counter()
             gsum, hsum = kp.decrypt_sums(hm.ciphertexts, hm.count, hm.slots or 1)
             dec_s += time.perf_counter() - t_dec
+            slots = hm.slots or 1
+            decrypts += hm.count // slots
             out[hm.node] = np.stack([gsum, hsum])
         return out
 
@@ -493,7 +503,7 @@ def _leader_tree(
                 fhist[sibling] = parent_hist[nid] - got[small]
         open_nodes = nxt
         depth += 1
-    return tree, dec_s, hist_rows
+    return tree, (dec_s, decrypts, slots), hist_rows
 
 
 # -- follower --------------------------------------------------------------------
