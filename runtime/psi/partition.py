@@ -290,6 +290,21 @@ def _valid_manifest(part_dir: Path, plan: PartitionPlan, kid: str, input_sha: st
     return m if ok else None
 
 
+def _records(f: Any) -> Iterator[tuple[bytes, list[str], str]]:
+    """(id as UTF-8 bytes, the parsed record, its raw text) of a CSV file; a record spanning lines stays whole."""
+    consumed: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for line in f:
+            consumed.append(line)
+            yield line
+
+    for row in csv.reader(lines()):
+        raw = "".join(consumed)
+        consumed.clear()
+        yield (row[0] if row else "").encode("utf-8"), row, raw
+
+
 def part_dir(output_dir: str | Path, index: int) -> Path:
     return Path(output_dir) / "psi" / "parts" / f"{index:03d}"
 
@@ -321,15 +336,16 @@ def _merge(root: Path, plan: PartitionPlan, kid: str) -> dict[str, Any] | None:
             for i in range(plan.count)
         ]
         try:
-            readers = [csv.reader(f) for f in files]
-            headers = [next(r, None) for r in readers]
-            if any(h != headers[0] for h in headers):
+            parts = [_records(f) for f in files]
+            headers = [next(p, None) for p in parts]
+            first_header = headers[0]
+            if first_header is None or any(h is None or h[1] != first_header[1] for h in headers):
                 raise DataError("partitions' outputs have different columns (the input changed between partitions?)")
-            rows: Iterator[list[str]] = heapq.merge(*readers, key=lambda r: r[0].encode("utf-8"))
+            # Records are copied as the engine wrote them, so the file is byte for byte what P = 1 writes.
             with atomic_file(root / "aligned.csv", "w") as out:
-                w = csv.writer(out, lineterminator="\n")
-                w.writerow(headers[0] or [])
-                w.writerows(rows)
+                out.write(first_header[2])
+                for _, _, raw in heapq.merge(*parts, key=lambda r: r[0]):
+                    out.write(raw)
         finally:
             for f in files:
                 f.close()

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.config import parse_config
 from runtime.errors import DataError
-from runtime.psi import partition
+from runtime.psi import libpsi_engine, partition
 from runtime.psi.step import run
 from runtime.report import Reporter
 from tests.pki import make_party, tls_config
@@ -98,6 +98,7 @@ def run_partitioned(
     job: str = "job-p",
     reuse: list[str] | None = None,
     only: list[int] | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> dict[tuple[str, int], Any]:
     """Every partition worker of both sides, each in a thread (its own gRPC server or channel)."""
     port = port_base(count)
@@ -105,7 +106,7 @@ def run_partitioned(
 
     def go(role: str, i: int) -> None:
         data, col = (a, "id") if role == "leader" else (b, "uid")
-        psi: dict[str, Any] = {"partitions": count}
+        psi: dict[str, Any] = {"partitions": count, **(engine or {})}
         if count > 1:
             psi["partition"] = {"index": i, "reuse_from": reuse or []} | ({"key": KEY} if role == "leader" else {})
         try:
@@ -129,16 +130,27 @@ def aligned(out: Path, role: str) -> bytes:
     return (out / role / "psi" / "aligned.csv").read_bytes()
 
 
-def test_partitions_1_2_4_give_exactly_the_single_pair_result(pki, tmp_path):
+ENGINES = [
+    pytest.param({"protocol": "ecdh", "engine": "builtin"}, id="builtin-ecdh"),
+    pytest.param(
+        {"protocol": "rr22", "engine": "libpsi"},
+        id="libpsi-rr22",
+        marks=pytest.mark.skipif(libpsi_engine.available() is not None, reason="libpsi does not import here"),
+    ),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_partitions_1_2_4_give_exactly_the_single_pair_result(pki, tmp_path, engine):
     a, b, common = datasets(tmp_path / "data")
     base = tmp_path / "p1"
-    res = run_partitioned(pki, a, b, base, 1)
+    res = run_partitioned(pki, a, b, base, 1, engine=engine)
     assert res[("leader", 0)]["intersection_size"] == len(common)
     ids = [r[0] for r in csv.reader(aligned(base, "leader").decode().splitlines()[1:])]
     assert set(ids) == common and ids == sorted(ids, key=lambda s: s.encode())
     for count in (2, 4):
         out = tmp_path / f"p{count}"
-        res = run_partitioned(pki, a, b, out, count)
+        res = run_partitioned(pki, a, b, out, count, engine=engine)
         errors = [v for v in res.values() if isinstance(v, Exception)]
         assert not errors, errors
         for role in ("leader", "follower"):
