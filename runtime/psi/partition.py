@@ -57,6 +57,7 @@ MAX_PARTITIONS = 256
 SERVICE = "fedsite.runtime.v1.PsiPartition"
 MANIFEST = "done.json"
 MANIFEST_VERSION = 1
+PERSON = b"fedsite-psi-part"  # BLAKE2b personalisation of the partition hash
 # Keys of ``cfg.psi`` that belong to this module, not to the engines.
 OWN_KEYS = ("partitions", "partition")
 
@@ -133,14 +134,19 @@ def key_id(key: bytes) -> str:
 
 def partition_of(key: bytes, ident: str, count: int) -> int:
     """The partition of one id: a keyed BLAKE2b (a PRF) of its UTF-8 bytes, mod P."""
-    h = hashlib.blake2b(ident.encode("utf-8"), key=key[:64], digest_size=8, person=b"fedsite-psi-part")
+    h = hashlib.blake2b(ident.encode("utf-8"), key=key[:64], digest_size=8, person=PERSON)
     return int.from_bytes(h.digest(), "big") % count
 
 
-def _address(address: str, plan: PartitionPlan) -> str:
+def _address(address: str, plan: PartitionPlan, *, listen: bool) -> str:
+    """Partition i's address: ``{partition}`` replaced by i, else port + i.
+
+    Listening, this side's own convention decides (``ports: same``: every pod on the one port).
+    Dialling, the leader's address decides: a name with ``{partition}`` (pods), else port + i.
+    """
     if "{partition}" in address:
         return address.replace("{partition}", str(plan.index))
-    if plan.ports == "offset":
+    if plan.ports == "offset" or not listen:
         host, _, port = address.rpartition(":")
         if not port.isdigit() or int(port) + plan.index > 65535:
             raise ConfigError(f"address {address!r}: no port for partition {plan.index}")
@@ -168,7 +174,8 @@ class _Handshake:
         self.offer_ready = threading.Event()
         self.decided = threading.Event()
         self.reuse = False
-        self.error: str = ""
+        self.error: str = ""  # why the pair cannot go on (the follower's word)
+        self.local_error: str = ""  # the leader's own failure, told to the follower
 
     def _check(self, req: dict[str, Any]) -> str:
         if req.get("job_id") != self.cfg.job_id:
@@ -195,7 +202,14 @@ class _Handshake:
             self.error = error
             self.decided.set()
             return {"ok": False, "error": error}
+        if req.get("error"):
+            self.error = f"the follower's partition failed: {req['error']}"
+            self.decided.set()
+            return {"ok": True, "reuse": False}
         self.offer_ready.wait(max(0.1, self.cfg.timeout_s))
+        if self.local_error:
+            self.decided.set()
+            return {"ok": False, "error": f"the leader's partition failed: {self.local_error}"}
         theirs = str(req.get("offer") or "")
         self.reuse = bool(self.own_offer) and self.own_offer == theirs
         self.decided.set()
@@ -221,32 +235,85 @@ def _call(channel: grpc.Channel, method: str, req: dict[str, Any], timeout: floa
 # -- splitting, manifests, merging -----------------------------------------------------
 
 
+def _plain_after_header(path: Path) -> bool:
+    """No quote and no CR after the first line: every line is one record, fields split on commas."""
+    import mmap
+
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return True
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            start = m.find(b"\n") + 1
+            if start == 0:
+                return True
+            return m.find(b'"', start) < 0 and m.find(b"\r", start) < 0
+
+
 def _split(table: Table, key: bytes, plan: PartitionPlan, out: Path, sentinel: str) -> tuple[int, str]:
-    """Write this side's share (its rows whose id falls into the partition); returns (rows, sha256).
+    """Write this side's share (its rows whose id falls into the partition); returns (rows, sha256 of the share).
 
     An empty share gets one placeholder id that cannot match anything (random, with the role in
     it), so the pair still runs and the partner is not left waiting.
     """
     k = table.id_index
     n = 0
-    digest = hashlib.sha256()
+    keyed = hashlib.blake2b(key=key[:64], digest_size=8, person=PERSON)
+    count, index = plan.count, plan.index
     with atomic_file(out, "w") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(table.columns)
-        row_no = 0
-        for rows in table.iter_rows(65536):
-            for r in rows:
-                row_no += 1
-                ident = r[k]
-                if ident == "":
-                    raise DataError(f"data.path: {table.path.name} row {row_no} (line {row_no + 1}): empty id")
-                if partition_of(key, ident, plan.count) == plan.index:
-                    w.writerow(r)
-                    digest.update(json.dumps(r).encode() + b"\n")
-                    n += 1
+        if not table.is_parquet and _plain_after_header(table.path):
+            n = _split_plain(table, keyed, count, index, f)
+        else:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(table.columns)
+            row_no = 0
+            for rows in table.iter_rows(65536):
+                for r in rows:
+                    row_no += 1
+                    ident = r[k]
+                    if ident == "":
+                        raise DataError(f"data.path: {table.path.name} row {row_no} (line {row_no + 1}): empty id")
+                    h = keyed.copy()
+                    h.update(ident.encode("utf-8"))
+                    if int.from_bytes(h.digest(), "big") % count == index:
+                        w.writerow(r)
+                        n += 1
         if n == 0:
-            w.writerow([sentinel if i == k else "" for i in range(len(table.columns))])
-    return n, digest.hexdigest()
+            csv.writer(f, lineterminator="\n").writerow([sentinel if i == k else "" for i in range(len(table.columns))])
+    return n, _file_sha256(out)
+
+
+def _split_plain(table: Table, keyed: Any, count: int, index: int, out: Any) -> int:
+    """The fast path for CSV without quotes or CRs: lines are copied as they are."""
+    k = table.id_index
+    name = table.path.name
+    n = 0
+    line_no = 1
+    try:
+        with table.path.open(encoding="utf-8", newline="") as f:
+            header = f.readline()
+            out.write(header if header.endswith("\n") else header + "\n")
+            for line in f:
+                line_no += 1
+                text = line[:-1] if line.endswith("\n") else line
+                if not text:
+                    continue
+                fields = text.split(",", k + 1)
+                if len(fields) <= k:
+                    raise DataError(
+                        f"data.path: {name} line {line_no}: expected {len(table.columns)} fields, "
+                        f"got {text.count(',') + 1}"
+                    )
+                ident = fields[k]
+                if ident == "":
+                    raise DataError(f"data.path: {name} row {line_no - 1} (line {line_no}): empty id")
+                h = keyed.copy()
+                h.update(ident.encode("utf-8"))
+                if int.from_bytes(h.digest(), "big") % count == index:
+                    out.write(text + "\n")
+                    n += 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data.path: {name} near line {line_no + 1} is not valid UTF-8 ({exc.reason})") from None
+    return n
 
 
 def _file_sha256(path: Path) -> str:
@@ -262,10 +329,10 @@ def _ids_digest(aligned: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
     with aligned.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        for row in reader:
-            h.update(row[0].encode("utf-8") + b"\n")
+        records = _records(f, _plain_after_header(aligned))
+        next(records, None)
+        for ident, _, _ in records:
+            h.update(ident + b"\n")
             n += 1
     return n, h.hexdigest()
 
@@ -290,8 +357,19 @@ def _valid_manifest(part_dir: Path, plan: PartitionPlan, kid: str, input_sha: st
     return m if ok else None
 
 
-def _records(f: Any) -> Iterator[tuple[bytes, list[str], str]]:
-    """(id as UTF-8 bytes, the parsed record, its raw text) of a CSV file; a record spanning lines stays whole."""
+def _records(f: Any, plain: bool) -> Iterator[tuple[bytes, list[str], str]]:
+    """(id as UTF-8 bytes, the parsed record, its raw text) of an aligned CSV, the header first.
+
+    `plain` (no quotes or CRs after the header): one record per line, the id up to the first comma.
+    Otherwise the csv module parses, and a record spanning lines stays whole.
+    """
+    header_line = f.readline()
+    yield b"", next(csv.reader([header_line]), []), header_line
+    if plain:
+        for line in f:
+            i = line.find(",")
+            yield (line[:i] if i >= 0 else line.rstrip("\n")).encode("utf-8"), [], line
+        return
     consumed: list[str] = []
 
     def lines() -> Iterator[str]:
@@ -331,12 +409,10 @@ def _merge(root: Path, plan: PartitionPlan, kid: str) -> dict[str, Any] | None:
                 return cast(dict[str, Any], done)
         except (OSError, ValueError):
             pass
-        files = [
-            (part_dir(root.parent, i) / "psi" / "aligned.csv").open(newline="", encoding="utf-8")
-            for i in range(plan.count)
-        ]
+        paths = [part_dir(root.parent, i) / "psi" / "aligned.csv" for i in range(plan.count)]
+        files = [p.open(newline="", encoding="utf-8") for p in paths]
         try:
-            parts = [_records(f) for f in files]
+            parts = [_records(f, _plain_after_header(p)) for f, p in zip(files, paths, strict=True)]
             headers = [next(p, None) for p in parts]
             first_header = headers[0]
             if first_header is None or any(h is None or h[1] != first_header[1] for h in headers):
@@ -418,13 +494,15 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
     root = Path(cfg.output_dir) / "psi"
     mine.mkdir(parents=True, exist_ok=True)
     (mine / MANIFEST).unlink(missing_ok=True)
-    (root / "stats.json").unlink(missing_ok=True)  # the merged result of an earlier run is not this one's
+    # The merged result of an earlier run is not this one's.
+    (root / "stats.json").unlink(missing_ok=True)
+    (root / "aligned.csv").unlink(missing_ok=True)
     preporter = cast(Reporter, _PartReporter(reporter, plan))
     if cfg.is_leader:
-        listen = _address(cfg.listen_address or "", plan)
+        listen = _address(cfg.listen_address or "", plan, listen=True)
         sub = dataclasses.replace(base, listen_address=listen)
     else:
-        peer = _address(cfg.peer_address or "", plan)
+        peer = _address(cfg.peer_address or "", plan, listen=False)
         sub = dataclasses.replace(base, peer_address=peer)
     deadline = started + cfg.timeout_s
 
@@ -470,9 +548,11 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
         try:
             try:
                 n, input_sha, offer = split(key)
-            except DataError:
-                hs.own_offer = ""
+            except DataError as exc:
+                hs.local_error = str(exc)
                 hs.offer_ready.set()
+                hs.decided.wait(min(30.0, max(0.1, deadline - time.monotonic())))  # tell the follower why
+                time.sleep(0.2)
                 raise
             hs.own_offer = offer.partition(":")[0]
             hs.offer_ready.set()
@@ -500,10 +580,10 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
             key = bytes.fromhex(str(reply["key"]))
             try:
                 n, input_sha, offer = split(key)
-            except DataError:
+            except DataError as exc:
                 # Tell the leader's worker (so it does not wait for us), then fail with our own reason.
                 try:
-                    _call(channel, "Reuse", {**req, "offer": ""}, 10.0)
+                    _call(channel, "Reuse", {**req, "offer": "", "error": str(exc)}, 10.0)
                 except grpc.RpcError:
                     pass
                 raise
@@ -561,6 +641,7 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
             "stats": stats,
         }
         atomic_write_json(mine / MANIFEST, manifest)
+        preporter.progress(1.0, "psi")
     merged = _merge(root, plan, kid)
     part_result = {
         "partition": plan.index,

@@ -7,6 +7,7 @@ import json
 import random
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,17 @@ def test_partitions_1_2_4_give_exactly_the_single_pair_result(pki, tmp_path, eng
             assert all(m["intersection_size"] < len(common) for m in sizes)
 
 
+def test_partition_addresses():
+    plan = partition.PartitionPlan(index=3, count=4, key=None, reuse_from=(), ports="same")
+    pods = "fs-j-leader-{partition}.fs-j-leader.ns.svc:17042"
+    assert partition._address(pods, plan, listen=False) == "fs-j-leader-3.fs-j-leader.ns.svc:17042"
+    assert partition._address("0.0.0.0:17042", plan, listen=True) == "0.0.0.0:17042"  # a pod of its own
+    # Dialling a leader on one machine (no placeholder): port + i, whatever this side's convention.
+    assert partition._address("10.0.0.5:17040", plan, listen=False) == "10.0.0.5:17043"
+    local = partition.PartitionPlan(index=2, count=4, key=None, reuse_from=(), ports="offset")
+    assert partition._address("127.0.0.1:17040", local, listen=True) == "127.0.0.1:17042"
+
+
 def test_partition_of_is_keyed():
     ids = [f"id{i}" for i in range(2000)]
     k1, k2 = bytes(32), b"\x01" * 32
@@ -239,3 +251,32 @@ def test_bad_partition_settings_name_the_field(pki, tmp_path):
     raw = cfg(pki, "leader", a, "id", tmp_path, 1, {"partitions": 300}, "j")
     with pytest.raises(Exception, match=r"psi.partitions: must be an integer in \[1, 256\]"):
         run(parse_config(raw), Reporter(None))
+
+
+def test_bad_input_on_one_side_fails_every_pair_at_once_on_both_sides(pki, tmp_path):
+    a, b, _ = datasets(tmp_path / "data", n=100)
+    rows = list(csv.reader(a.open()))
+    bad = write_csv(tmp_path / "data" / "a_bad.csv", rows[0], rows[1:] + [["", "1", "x"]])
+    t0 = time.monotonic()
+    res = run_partitioned(pki, bad, b, tmp_path / "out", 2)
+    assert time.monotonic() - t0 < 45  # told in the handshake, not left waiting for timeout_s
+    for i in range(2):
+        leader, follower = res[("leader", i)], res[("follower", i)]
+        assert isinstance(leader, DataError) and str(leader).startswith(f"partition {i} of 2: data.path: a_bad.csv row")
+        assert "empty id" in str(leader)
+        assert f"partition {i} of 2: the leader's partition failed: data.path: a_bad.csv" in str(follower)
+
+
+def test_quoted_csv_takes_the_csv_path_and_still_matches_the_single_pair(pki, tmp_path):
+    a, b, common = datasets(tmp_path / "data", n=150)
+    rows = list(csv.reader(a.open()))
+    # Fields with a comma, a quote and a line break: written quoted, so lines are not records.
+    quoted = [[r[0], r[1], f'a,"{r[2]}"\nnext' if i % 3 == 0 else r[2]] for i, r in enumerate(rows[1:])]
+    a2 = write_csv(tmp_path / "data" / "a_quoted.csv", rows[0], quoted)
+    assert not partition._plain_after_header(a2) and partition._plain_after_header(b)
+    run_partitioned(pki, a2, b, tmp_path / "p1", 1)
+    res = run_partitioned(pki, a2, b, tmp_path / "p2", 2)
+    assert not [v for v in res.values() if isinstance(v, Exception)]
+    for role in ("leader", "follower"):
+        assert aligned(tmp_path / "p2", role) == aligned(tmp_path / "p1", role)
+    assert b'"' in aligned(tmp_path / "p2", "leader")
