@@ -63,11 +63,13 @@ class ServeParams:
     model_dir: str
     data_path: str
     api_address: str = "127.0.0.1:0"
+    api_advertise: str = ""  # the address to report for api_address ("" : the bound one)
     api_token: str = ""
     deadline_ms: float = 200.0
     max_ids: int = 10_000
     report_every_s: float = 10.0
     retry_max_s: float = 2.0
+    tf_threads: int = 1
 
 
 def parse_serve_params(cfg: JobConfig) -> ServeParams:
@@ -87,10 +89,11 @@ def parse_serve_params(cfg: JobConfig) -> ServeParams:
         if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
             raise ConfigError(f"serve.{key}: must be a number from {lo:g} to {hi:g}, got {v!r}")
         raw[key] = float(v)
-    v = raw.get("max_ids", ServeParams.max_ids)
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1_000_000:
-        raise ConfigError(f"serve.max_ids: must be an integer from 1 to 1000000, got {v!r}")
-    for key in ("api_address", "api_token", "data_path"):
+    for key, hi in (("max_ids", 1_000_000), ("tf_threads", 1024)):
+        v = raw.get(key, getattr(ServeParams, key))
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ConfigError(f"serve.{key}: must be an integer from 1 to {hi}, got {v!r}")
+    for key in ("api_address", "api_advertise", "api_token", "data_path"):
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"serve.{key}: must be a string")
     if cfg.is_leader and not raw.get("api_token") and not cfg.allow_insecure:
@@ -235,7 +238,7 @@ class LeaderServing:
         if not self.api_port:
             raise ConfigError(f"serve.api_address: cannot listen on {params.api_address} (in use?)")
         host = params.api_address.rpartition(":")[0] or "127.0.0.1"
-        self.api_address = f"{host}:{self.api_port}"
+        self.api_address = params.api_advertise or f"{host}:{self.api_port}"
 
     def start(self) -> None:
         self.server.start()

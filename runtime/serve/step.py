@@ -4,7 +4,7 @@ Params in the config's ``serve`` block: ``model_dir`` (this side's half, require
 ``data_path`` (default: the dataset), ``api_address`` (leader: where its web
 process calls ``ServingApi``; default ``127.0.0.1:0``, the port chosen is reported),
 ``api_token`` (leader: the bearer token that call presents), ``deadline_ms`` (200),
-``max_ids`` (10000), ``report_every_s`` (10), ``retry_max_s`` (2).
+``max_ids`` (10000), ``report_every_s`` (10), ``retry_max_s`` (2), ``tf_threads`` (1).
 
 It builds the indexed feature store, starts serving and reports
 ``result.serve = {"api_address", "rows", "family"}`` (the job shows as running);
@@ -49,12 +49,7 @@ class Serving:
 def start(cfg: JobConfig, reporter: Reporter) -> Serving:
     """Load the half, build the store, start serving; returns at once."""
     params = parse_serve_params(cfg)
-    if cfg.train:
-        from runtime.train.nn import configure_threads
-        from runtime.train.params import parse_train_params
-
-        configure_threads(parse_train_params(cfg.train))
-    half = load_half(params.model_dir, cfg.role)
+    half = load_half(params.model_dir, cfg.role, tf_threads=params.tf_threads)
     reporter.log(f"serve: indexing {params.data_path}")
     t0 = time.perf_counter()
     store = build_store(cfg, params, half)

@@ -135,13 +135,19 @@ def whole_nn(models: dict[str, Any], ids: list[str], leader_rows: pd.DataFrame |
 
 
 def whole_tree(models: dict[str, Any], ids: list[str]) -> np.ndarray:
+    ml, mf = models["tree"]
+    return whole_tree_scores(ml, mf, models["leader_csv"], models["follower_csv"], ids)
+
+
+def whole_tree_scores(
+    ml: Path, mf: Path, leader_csv: Path, follower_csv: Path, ids: list[str], id_column: str = "id"
+) -> np.ndarray:
     """Walk every tree row by row, each split decided by the half that owns it."""
     from runtime.tree.binning import column_codes
 
-    ml, mf = models["tree"]
     lh, fh = json.loads((ml / "model.json").read_text()), json.loads((mf / "model.json").read_text())
-    ldf = pd.read_csv(models["leader_csv"]).set_index("id").loc[ids]
-    fdf = pd.read_csv(models["follower_csv"]).set_index("id").loc[ids]
+    ldf = pd.read_csv(leader_csv, dtype={id_column: str}).set_index(id_column).loc[ids]
+    fdf = pd.read_csv(follower_csv, dtype={id_column: str}).set_index(id_column).loc[ids]
     lspec = {c["name"]: c for c in lh["features"]}
     fspec = {c["name"]: c for c in fh["features"]}
     fsplits = {(s["tree"], s["node"]): s for s in fh["splits"]}
@@ -204,7 +210,10 @@ def serve_configs(pki, models: dict[str, Any], family: str, tmp: Path, **serve: 
 
 @pytest.fixture(scope="module")
 def nn_pair(pki, models, tmp_path_factory: pytest.TempPathFactory):
-    leader, follower = serve_configs(pki, models, "nn", tmp_path_factory.mktemp("serve-nn"), report_every_s=0.2)
+    # A generous deadline: this machine is shared, and only the frozen-follower test is about the deadline.
+    leader, follower = serve_configs(
+        pki, models, "nn", tmp_path_factory.mktemp("serve-nn"), report_every_s=0.2, deadline_ms=5000
+    )
     pair = Pair(leader, follower)
     yield pair
     pair.close()
@@ -306,7 +315,7 @@ def test_the_store_is_searched_by_primary_key(nn_pair: Pair) -> None:
 
 
 def test_tree_predictions_equal_the_whole_model(pki, models, tmp_path: Path) -> None:
-    leader, follower = serve_configs(pki, models, "tree", tmp_path)
+    leader, follower = serve_configs(pki, models, "tree", tmp_path, deadline_ms=5000)
     pair = Pair(leader, follower)
     try:
         ids = [f"u{i:05d}" for i in range(0, 580, 7)]
