@@ -27,6 +27,12 @@ tenant.register("audit-events", AuditEventViewSet, basename="audit-event")
 
 urlpatterns = [
     path("", include(root.urls)),
+    # The predict call as documented (an action outside the router: no trailing slash).
+    path(
+        "workspaces/<slug:workspace_slug>/model-versions/<uuid:pk>/predict",
+        ModelVersionViewSet.as_view({"post": "predict"}),
+        name="model-version-predict",
+    ),
     path("workspaces/<slug:workspace_slug>/", include(tenant.urls)),
     path("runtime/jobs/<uuid:job_id>/report", RuntimeReportView.as_view(), name="runtime-report"),
 ]

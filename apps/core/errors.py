@@ -37,3 +37,10 @@ class Forbidden(ServiceError):
 
     status_code = 403
     code = "forbidden"
+
+
+class Unavailable(ServiceError):
+    """A service this answer depends on is down or too slow (the partner's serving runtime): try again later."""
+
+    status_code = 503
+    code = "unavailable"

@@ -43,7 +43,7 @@ from apps.jobs.launchers.base import (
     error_summary,
 )
 from apps.jobs.models import Job
-from apps.tickets.choices import LONG_RUNNING_KINDS, JobKind, PartyRole
+from apps.tickets.choices import LONG_RUNNING_KINDS, SERVICE_KINDS, JobKind, PartyRole
 
 log = logging.getLogger(__name__)
 J = JobStatus
@@ -57,6 +57,7 @@ STEPS_BY_KIND: dict[str, list[str]] = {
     # Both steps run side by side in one runtime process (runtime/__main__.py, CONCURRENT_STEPS).
     JobKind.STREAM_JOIN: ["stream_join"],
     JobKind.STREAM_JOIN_TRAIN: ["stream_join", "stream_train"],
+    JobKind.SERVE: ["serve"],
 }
 # How many consecutive ports a leader's runtime listens on: the join's, then continual training's.
 PORTS_BY_KIND: dict[str, int] = {JobKind.STREAM_JOIN_TRAIN: 2}
@@ -209,6 +210,13 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         "report": {"url": report_url(job), "token": issue_runtime_token(job)},
         "timeout_s": timeout_s or int(_setting("FEDSITE_JOB_TIMEOUT_S", 24 * 3600)),
     }
+    if ticket.kind == JobKind.SERVE:
+        from apps.registry.serving import runtime_params
+
+        try:
+            config["serve"] = runtime_params(job, *launcher.serving_api_address(str(job.id), job.role, port))
+        except ServiceError as exc:
+            raise LaunchError(f"cannot serve: {exc.message}") from None
     if "stream" in params:
         config["stream"] = stream_config(ticket, config["data"])
     if leader:
@@ -235,6 +243,7 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         port=port,
         port_count=PORTS_BY_KIND.get(ticket.kind, 1) if port else 1,
         timeout_s=timeout_s,
+        keep_running=ticket.kind in SERVICE_KINDS,
         labels={"workspace": job.workspace.slug, "ticket": str(job.ticket_id)},
         partitions=partitions,
         previous_job_ids=previous,

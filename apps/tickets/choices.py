@@ -13,6 +13,7 @@ class JobKind(models.TextChoices):
     VERTICAL_TREE = "vertical_tree", "Vertical boosted trees (SecureBoost) on aligned data"
     STREAM_JOIN = "stream_join", "Real-time join of two event streams into data blocks"
     STREAM_JOIN_TRAIN = "stream_join_train", "Real-time join, then continual vertical NN training"
+    SERVE = "serve", "Online serving of a production model version"
 
 
 TREE_KINDS = (JobKind.PSI_VERTICAL_TREE, JobKind.VERTICAL_TREE)
@@ -21,7 +22,10 @@ PSI_KINDS = (JobKind.PSI, JobKind.PSI_VERTICAL_NN, JobKind.PSI_VERTICAL_TREE)
 # Each side names a stream source (where its live events arrive) besides its dataset.
 STREAM_KINDS = (JobKind.STREAM_JOIN, JobKind.STREAM_JOIN_TRAIN)
 # Run until either side stops them: no job deadline, and a runtime that is up is "running", not late.
-LONG_RUNNING_KINDS: tuple[str, ...] = (*STREAM_KINDS,)
+LONG_RUNNING_KINDS: tuple[str, ...] = (*STREAM_KINDS, JobKind.SERVE)
+# Long-running kinds that are services: a runtime that dies is restarted (Kubernetes: a Deployment
+# plus a Service rather than a Job), and it never "completes".
+SERVICE_KINDS: tuple[str, ...] = (JobKind.SERVE,)
 
 
 class PartyRole(models.TextChoices):

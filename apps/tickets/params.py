@@ -283,6 +283,20 @@ register_group(
     title="Real-time join (stream)",
 )
 
+register_group(
+    "serve",
+    {
+        "model_version": Param(
+            "string", "", "the production model version both sides serve (its id, the same on both installations)"
+        ),
+        "deadline_ms": Num(
+            200.0, 1.0, 60_000.0, "how long a predict call waits for the partner's half before failing with 503"
+        ),
+        "max_ids": Int(1000, 1, 100_000, "ids per predict call"),
+    },
+    title="Online serving",
+)
+
 register_kind(JobKind.PSI, "psi")
 register_kind(JobKind.PSI_VERTICAL_NN, "psi", "train")
 register_kind(JobKind.VERTICAL_NN, "train")
@@ -290,6 +304,7 @@ register_kind(JobKind.PSI_VERTICAL_TREE, "psi", "tree")
 register_kind(JobKind.VERTICAL_TREE, "tree")
 register_kind(JobKind.STREAM_JOIN, "stream")
 register_kind(JobKind.STREAM_JOIN_TRAIN, "stream", "train")
+register_kind(JobKind.SERVE, "serve")
 
 
 def defaults(group: str) -> dict[str, Any]:
@@ -392,7 +407,13 @@ def markdown_table(group: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-DOC_TABLES = {"docs/training.md": "train", "docs/psi.md": "psi", "docs/trees.md": "tree", "docs/streaming.md": "stream"}
+DOC_TABLES = {
+    "docs/training.md": "train",
+    "docs/psi.md": "psi",
+    "docs/trees.md": "tree",
+    "docs/streaming.md": "stream",
+    "docs/serving.md": "serve",
+}
 _MARK = re.compile(r"(<!-- params:(\w+) -->\n)(.*?)(<!-- /params:\2 -->)", re.S)
 
 

@@ -106,6 +106,15 @@ def _label_refusal(kind: str, role: str, dataset: Dataset | None) -> str | None:
     return f"dataset {dataset.name}: {problem}" if problem else None
 
 
+def _serving_refusal(ticket: Ticket) -> str | None:
+    """A serve ticket: why this side cannot serve the model version it names (not here, not production…), or None."""
+    if ticket.kind != JobKind.SERVE:
+        return None
+    from apps.registry.serving import serving_refusal
+
+    return serving_refusal(ticket)
+
+
 @transaction.atomic
 def propose_ticket(
     workspace: Workspace,
@@ -137,7 +146,13 @@ def propose_ticket(
         raise ServiceError(f"{partner.name} has not granted this dataset to you", field="remote_dataset")
     validated = validate_params(kind, params)
     own_source = clean_stream_source(workspace, kind, stream_source)
-    role = _roles(kind, local_dataset, remote_dataset)
+    if kind == JobKind.SERVE:
+        from apps.registry.serving import model_version_for
+
+        # Each side serves its half of the model version: the side holding the leader's half leads.
+        role = model_version_for(workspace, partner, validated).role
+    else:
+        role = _roles(kind, local_dataset, remote_dataset)
     if refusal := _label_refusal(kind, role, local_dataset):
         raise ServiceError(refusal, field="local_dataset")
     ticket = Ticket.objects.create(
@@ -248,7 +263,7 @@ def receive_proposal(workspace: Workspace, partner: Partner, payload: dict[str, 
             source="system",
             _policy=True,
         )
-    if refusal := _label_refusal(kind, ticket.role, dataset):
+    if refusal := _label_refusal(kind, ticket.role, dataset) or _serving_refusal(ticket):
         return reject_ticket(ticket, reason=refusal, acting_user=None, source="system", _policy=True)
     policy = partner.policy_for(kind)
     if policy == Policy.ALWAYS_ALLOW and kind in STREAM_KINDS:
@@ -295,6 +310,8 @@ def approve_ticket(
         raise ServiceError("choose which of your datasets this ticket runs on", field="dataset")
     if refusal := _label_refusal(ticket.kind, ticket.role, ticket.local_dataset):
         raise ServiceError(refusal, field="dataset")
+    if refusal := _serving_refusal(ticket):
+        raise ServiceError(refusal, field="params.serve.model_version")
     _move(
         ticket,
         S.APPROVED,

@@ -13,6 +13,7 @@ from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.jobs import services as job_services
 from apps.jobs.choices import ACTIVE, JobStatus
 from apps.jobs.models import Job, JobMetric
+from apps.registry.serving import serving_summary
 from apps.workspaces.choices import Role
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
@@ -89,6 +90,7 @@ def job_detail(request, pk):
         ticket=job.ticket,
         state=job_state(job),
         stream_rows=STREAM_ROWS,
+        serving=serving_summary(job),
         can_cancel=job.status in ACTIVE and request.can.write,
         can_retry=job.status in RETRYABLE
         and request.can.approve

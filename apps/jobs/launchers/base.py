@@ -53,6 +53,9 @@ class RuntimeSpec:
     port_count: int = 1
     # 0: no deadline (long-running kinds run until a person stops them).
     timeout_s: int = 24 * 3600
+    # A service (apps.tickets.choices.SERVICE_KINDS: serving): runs until stopped and is restarted if it
+    # dies; Kubernetes runs it as a Deployment plus a Service rather than a run-to-completion Job.
+    keep_running: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     # Partitioned PSI (psi.partitions > 1): how many runtimes this side runs, one per partition,
     # and the earlier attempts of the ticket whose completed partitions may be reused.
@@ -109,6 +112,11 @@ class Launcher(abc.ABC):
 
     def listen_address(self, port: int) -> str:
         return f"0.0.0.0:{port}"
+
+    def serving_api_address(self, job_id: str, side: str, port: int | None) -> tuple[str, str]:
+        """(bind, advertise): where a leader's serving runtime listens for its own web process, and the address
+        that web process dials ("" : the bound one, which the runtime reports; port 0: it picks a free one)."""
+        return "127.0.0.1:0", ""
 
     @abc.abstractmethod
     def start(self, spec: RuntimeSpec) -> dict[str, Any]:

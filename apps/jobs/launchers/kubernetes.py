@@ -8,6 +8,11 @@ references to it, so deleting the Job garbage-collects the rest; then the Job is
 resumed. `activeDeadlineSeconds`, `backoffLimit` and `ttlSecondsAfterFinished`
 bound its life; image, resources and security context come from settings.
 
+A service kind (serving: `RuntimeSpec.keep_running`) runs as an apps/v1 Deployment
+instead (one replica, created at zero replicas and scaled to one once its Secret,
+ConfigMap and Service exist; no deadline; the pod restarts if it dies), owning the
+same objects; the leader's Service also exposes the serving API port its web calls.
+
 Auth: in-cluster service account when running in a pod (KUBERNETES_SERVICE_HOST),
 else a kubeconfig (FEDSITE_K8S_KUBECONFIG / FEDSITE_K8S_CONTEXT, or the default).
 """
@@ -53,6 +58,10 @@ LABEL_WORKSPACE = "fedsite.io/workspace"
 LABEL_TICKET = "fedsite.io/ticket-id"
 # Pod states that will not fix themselves before the deadline: fail the job now.
 STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+# A Deployment restarts a runtime that exits; one that keeps failing is given up on.
+STUCK_SERVICE = {*STUCK_REASONS, "CrashLoopBackOff"}
+# Where a leader's serving runtime listens for its installation's web process, in its pod.
+SERVING_API_PORT = 8081
 
 _client_lock = threading.Lock()
 _client: Any = None
@@ -161,6 +170,13 @@ class KubernetesLauncher(Launcher):
     def listen_address(self, port: int) -> str:
         return f"0.0.0.0:{port}"
 
+    def serving_api_address(self, job_id: str, side: str, port: int | None) -> tuple[str, str]:
+        domain = _s("FEDSITE_K8S_SERVICE_DOMAIN", "svc")
+        return (
+            f"0.0.0.0:{SERVING_API_PORT}",
+            f"{object_name(job_id, side)}.{self.namespace}.{domain}:{SERVING_API_PORT}",
+        )
+
     # Partitioned PSI: one Indexed Job per side; pod i of the leader is `<job>-<i>.<service>`
     # (the headless Service is the pods' subdomain), every pod on the same port.
     partition_ports = "same"
@@ -222,9 +238,8 @@ class KubernetesLauncher(Launcher):
             },
         }
 
-    def job_manifest(self, spec: RuntimeSpec) -> dict[str, Any]:
+    def pod_spec(self, spec: RuntimeSpec) -> dict[str, Any]:
         name = object_name(spec.job_id, spec.side)
-        labels = self.labels(spec)
         user = int(_s("FEDSITE_K8S_RUN_AS_USER", 10001))
         container: dict[str, Any] = {
             "name": CONTAINER,
@@ -249,6 +264,8 @@ class KubernetesLauncher(Launcher):
                 {"name": _port_name(i), "containerPort": spec.port + i, "protocol": "TCP"}
                 for i in range(spec.port_count)
             ]
+            if self._serves_api(spec):
+                container["ports"].append({"name": "api", "containerPort": SERVING_API_PORT, "protocol": "TCP"})
         volumes: list[dict[str, Any]] = [
             {"name": "job", "secret": {"secretName": name, "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {}},
@@ -270,7 +287,7 @@ class KubernetesLauncher(Launcher):
                 {"name": "data", "mountPath": f"{mount}/{slug}", "subPath": slug, "readOnly": True}
             )
         pod_spec: dict[str, Any] = {
-            "restartPolicy": "Never",
+            "restartPolicy": "Always" if spec.keep_running else "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
@@ -289,6 +306,19 @@ class KubernetesLauncher(Launcher):
         pull_secret = _s("FEDSITE_K8S_IMAGE_PULL_SECRET", "")
         if pull_secret:
             pod_spec["imagePullSecrets"] = [{"name": pull_secret}]
+        return pod_spec
+
+    @staticmethod
+    def _serves_api(spec: RuntimeSpec) -> bool:
+        return bool(spec.port) and isinstance(spec.config.get("serve"), dict)
+
+    def job_manifest(self, spec: RuntimeSpec) -> dict[str, Any]:
+        """The runtime's object: a batch/v1 Job, or for a service kind an apps/v1 Deployment."""
+        if spec.keep_running:
+            return self.deployment_manifest(spec)
+        name = object_name(spec.job_id, spec.side)
+        labels = self.labels(spec)
+        pod_spec = self.pod_spec(spec)
         manifest: dict[str, Any] = {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -330,6 +360,22 @@ class KubernetesLauncher(Launcher):
                 {"name": vol, "mountPath": f"{PREVIOUS_DIR}/{prev}", "subPath": f"{prev}/{spec.side}", "readOnly": True}
             )
 
+    def deployment_manifest(self, spec: RuntimeSpec) -> dict[str, Any]:
+        """One replica, started at zero (scaled up once its Secret exists), replaced (not surged) on change."""
+        name = object_name(spec.job_id, spec.side)
+        labels = self.labels(spec)
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "spec": {
+                "replicas": 0,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": {LABEL_JOB: spec.job_id, LABEL_SIDE: spec.side}},
+                "template": {"metadata": {"labels": labels}, "spec": self.pod_spec(spec)},
+            },
+        }
+
     def secret_manifest(self, spec: RuntimeSpec, owner: dict[str, Any] | None = None) -> dict[str, Any]:
         data = {"config.json": _b64(json.dumps(self.pod_config(spec), indent=2))}
         if spec.tls_files:
@@ -345,6 +391,8 @@ class KubernetesLauncher(Launcher):
         redacted = copy.deepcopy(self.pod_config(spec))
         if isinstance(redacted.get("report"), dict):
             redacted["report"]["token"] = "<in the Secret>"  # noqa: S105 - a placeholder, not a secret
+        if isinstance(redacted.get("serve"), dict) and "api_token" in redacted["serve"]:
+            redacted["serve"]["api_token"] = "<in the Secret>"  # noqa: S105 - a placeholder, not a secret
         partition = (redacted.get("psi") or {}).get("partition")
         if isinstance(partition, dict) and "key" in partition:
             partition["key"] = "<in the Secret>"
@@ -359,6 +407,9 @@ class KubernetesLauncher(Launcher):
             if self.service_type == "NodePort":
                 port["nodePort"] = number
             ports.append(port)
+        if self._serves_api(spec):
+            # Reached by this installation's web process inside the cluster (the Service's DNS name).
+            ports.append({"name": "api", "port": SERVING_API_PORT, "targetPort": SERVING_API_PORT, "protocol": "TCP"})
         selector = {LABEL_JOB: spec.job_id, LABEL_SIDE: spec.side}
         if spec.partitions > 1:
             # Headless: a DNS name per pod of the Indexed Job (<job>-<i>.<service>), published before readiness.
@@ -382,15 +433,22 @@ class KubernetesLauncher(Launcher):
 
     def manifests(self, spec: RuntimeSpec, owner_uid: str = "00000000-0000-0000-0000-000000000000") -> list[dict]:
         """Every object one side creates (for validation and for docs)."""
-        owner = self.owner_reference(object_name(spec.job_id, spec.side), owner_uid)
+        owner = self.owner_reference(object_name(spec.job_id, spec.side), owner_uid, spec.keep_running)
         out = [self.job_manifest(spec), self.secret_manifest(spec, owner), self.configmap_manifest(spec, owner)]
         if spec.port:
             out.append(self.service_manifest(spec, owner))
         return out
 
     @staticmethod
-    def owner_reference(name: str, uid: str) -> dict[str, Any]:
-        return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid, "blockOwnerDeletion": True}
+    def owner_reference(name: str, uid: str, keep_running: bool = False) -> dict[str, Any]:
+        api, kind = ("apps/v1", "Deployment") if keep_running else ("batch/v1", "Job")
+        return {"apiVersion": api, "kind": kind, "name": name, "uid": uid, "blockOwnerDeletion": True}
+
+    @property
+    def apps(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.api_client)
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, spec: RuntimeSpec) -> dict[str, Any]:
@@ -410,17 +468,25 @@ class KubernetesLauncher(Launcher):
         }
         if spec.partitions > 1:
             handle["partition_count"] = spec.partitions
+        if spec.keep_running:
+            handle["kind"] = "Deployment"
         ns = self.namespace
         try:
-            created = self.batch.create_namespaced_job(ns, self.job_manifest(spec))
+            if spec.keep_running:
+                created = self.apps.create_namespaced_deployment(ns, self.job_manifest(spec))
+            else:
+                created = self.batch.create_namespaced_job(ns, self.job_manifest(spec))
             uid = created.metadata.uid or ""
             handle["uid"] = uid
-            owner = self.owner_reference(name, uid) if uid else None
+            owner = self.owner_reference(name, uid, spec.keep_running) if uid else None
             self.core.create_namespaced_secret(ns, self.secret_manifest(spec, owner))
             self.core.create_namespaced_config_map(ns, self.configmap_manifest(spec, owner))
             if spec.port:
                 self.core.create_namespaced_service(ns, self.service_manifest(spec, owner))
-            self.batch.patch_namespaced_job(name, ns, {"spec": {"suspend": False}})
+            if spec.keep_running:
+                self.apps.patch_namespaced_deployment(name, ns, {"spec": {"replicas": 1}})
+            else:
+                self.batch.patch_namespaced_job(name, ns, {"spec": {"suspend": False}})
         except (ApiException, HTTPError) as exc:
             try:
                 self.stop(handle)
@@ -505,16 +571,32 @@ class KubernetesLauncher(Launcher):
             return ""
         return text if isinstance(text, str) else str(text)
 
+    def _service_state(self, handle: dict[str, Any]) -> RuntimeState:
+        """A service runs until stopped; it failed only if its pod cannot start or keeps crashing."""
+        for pod in self._pods(handle):
+            for cs in (pod.status.container_statuses if pod.status else None) or []:
+                waiting = cs.state.waiting if cs.state else None
+                if waiting and waiting.reason in STUCK_SERVICE:
+                    tail = self.log_tail(handle)
+                    line = error_summary(tail, None)
+                    error = line if "error" in line.lower() else f"pod {pod.metadata.name}: {waiting.reason}"
+                    return RuntimeState(FAILED, exit_code=None, error=error.strip(), log_tail=tail)
+        return RuntimeState(RUNNING)
+
     def poll(self, handle: dict[str, Any]) -> RuntimeState:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        kind = "Deployment" if handle.get("kind") == "Deployment" else "Job"
         try:
+            if kind == "Deployment":
+                self.apps.read_namespaced_deployment_status(handle["name"], handle["namespace"])
+                return self._service_state(handle)
             job = self.batch.read_namespaced_job_status(handle["name"], handle["namespace"])
             return self._state_of(job, handle)
         except ApiException as exc:
             if exc.status == 404:
-                return RuntimeState(MISSING, error=f"the Kubernetes Job {handle['name']} disappeared")
+                return RuntimeState(MISSING, error=f"the Kubernetes {kind} {handle['name']} disappeared")
             raise LaunchError(f"cannot read Job {handle['name']}: {_api_error(exc)}") from exc
         except HTTPError as exc:
             raise LaunchError(f"cannot reach the Kubernetes API: {exc}") from exc
@@ -525,8 +607,8 @@ class KubernetesLauncher(Launcher):
         from urllib3.exceptions import HTTPError
 
         state = self.poll(handle)
-        if state.finished:
-            return state
+        if state.finished or handle.get("kind") == "Deployment":
+            return state  # a Deployment runs until stopped: nothing to wait for
         w = watch.Watch()
         try:
             for event in w.stream(
@@ -557,8 +639,13 @@ class KubernetesLauncher(Launcher):
         name, ns = handle.get("name"), handle.get("namespace")
         if not name or not ns:
             return
+        owner = (
+            (lambda: self.apps.delete_namespaced_deployment(name, ns, propagation_policy="Background"))
+            if handle.get("kind") == "Deployment"
+            else (lambda: self.batch.delete_namespaced_job(name, ns, propagation_policy="Background"))
+        )
         calls = [
-            lambda: self.batch.delete_namespaced_job(name, ns, propagation_policy="Background"),
+            owner,
             lambda: self.core.delete_namespaced_secret(name, ns),
             lambda: self.core.delete_namespaced_config_map(name, ns),
         ]

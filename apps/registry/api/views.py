@@ -4,10 +4,15 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from apps.core.api import TenantViewSet
-from apps.registry.api.serializers import ModelVersionSerializer
+from apps.registry.api.serializers import (
+    ModelVersionSerializer,
+    PredictRequestSerializer,
+    PredictResponseSerializer,
+)
 from apps.registry.choices import Stage
 from apps.registry.models import ModelVersion
 from apps.registry.services import set_stage
+from apps.registry.serving import predict
 from apps.workspaces.choices import Role
 
 
@@ -30,3 +35,15 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     def archive(self, request, *args, **kwargs):
         mv = set_stage(self.get_object(), Stage.ARCHIVED, acting_user=request.user, source=self.source)
         return Response(ModelVersionSerializer(mv).data)
+
+    @extend_schema(
+        request=PredictRequestSerializer,
+        responses={200: PredictResponseSerializer},
+        description="Scores from the model version's running serve job (leader side only). Per id a score, or "
+        "`score: null` with the reason (unknown to the partner, unknown here without features, bad features). "
+        "503 when no serve job runs or the partner's half is down or slower than the ticket's deadline.",
+    )
+    # Routed in fedsite/api_urls.py as documented: …/model-versions/{id}/predict (no trailing slash).
+    def predict(self, request, *args, **kwargs):
+        body = request.data if isinstance(request.data, dict) else {}
+        return Response(predict(self.get_object(), body.get("ids"), body.get("features")))

@@ -1,0 +1,143 @@
+"""Online serving through two real installations: a SecureBoost model trained with the
+real runtime, promoted on both sides, served by a `serve` ticket both approved, asked
+for predictions through the leader's API, and stopped by the follower's cancel."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.launcher.test_two_installations import job_of, logs, pair  # noqa: F401 - `pair` is a fixture
+from tests.runtime.test_serve import whole_tree_scores
+
+pytestmark = pytest.mark.launcher
+
+
+def predict(side: Any, mv: str, body: dict[str, Any]) -> Any:
+    return side.api.request("POST", side.path(f"model-versions/{mv}/predict"), json=body)
+
+
+def test_a_serve_ticket_serves_predictions_until_the_partner_stops_it(pair):  # noqa: F811 - the fixture
+    alpha, beta = pair["alpha"], pair["beta"]
+    beta_folder = pair["data"].parents[2] / "jbeta" / "data" / "globex"
+    rng = random.Random(5)
+    rows = [(f"s{i}", rng.gauss(0, 1), rng.gauss(0, 1)) for i in range(260)]
+    label = {uid: int(a + b + rng.gauss(0, 0.5) > 0) for uid, a, b in rows}
+    train_l, train_f = pair["data"] / "serve_train_labels.csv", beta_folder / "serve_train_features.csv"
+    train_l.write_text("user_id,clicked,a\n" + "".join(f"{u},{label[u]},{a:.4f}\n" for u, a, _ in rows))
+    train_f.write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
+    # Serving tables: alpha lacks s240..s259 and has x1, which beta lacks.
+    (pair["data"] / "serve_a.csv").write_text(
+        "user_id,a\n" + "".join(f"{u},{a:.4f}\n" for u, a, _ in rows[:240]) + "x1,0.25\n"
+    )
+    (beta_folder / "serve_b.csv").write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
+    partner_b = beta.results("partners/")[0]
+    ds: dict[str, dict[str, Any]] = {}
+    for side, name, uri, label_col in (
+        (alpha, "serve_train_labels", "serve_train_labels.csv", "clicked"),
+        (alpha, "serve_a", "serve_a.csv", ""),
+        (beta, "serve_train_features", "serve_train_features.csv", ""),
+        (beta, "serve_b", "serve_b.csv", ""),
+    ):
+        body = {"name": name, "uri": uri, "id_column": "user_id", **({"label_column": label_col} if label_col else {})}
+        ds[name] = side.post("datasets/", body)
+        if side is beta:
+            beta.post(f"datasets/{ds[name]['id']}/grants/", {"partner": partner_b["id"]})
+    body = alpha.wait(
+        "partner-datasets/", lambda b: {"serve_b", "serve_train_features"} <= {d["name"] for d in b["results"]}
+    )
+    remote = {d["name"]: d for d in body["results"]}
+
+    # Train, then promote each half (promotion is still one side's decision on each side).
+    tree = {"num_trees": 4, "max_depth": 2, "max_bin": 8, "key_bits": 1024, "early_stopping_rounds": 0}
+    train = alpha.post(
+        "tickets/",
+        {
+            "partner": pair["alpha_partner"]["id"],
+            "kind": "vertical_tree",
+            "local_dataset": ds["serve_train_labels"]["id"],
+            "remote_dataset": remote["serve_train_features"]["id"],
+            "name": "trees to serve",
+            "params": {"tree": tree},
+        },
+    )["id"]
+    beta.wait(f"tickets/{train}/", lambda t: t["status"] == "pending", timeout=20)
+    beta.post(f"tickets/{train}/approve/", {"dataset": ds["serve_train_features"]["id"]})
+    done = job_of(alpha, train, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=240)
+    assert done["status"] == "succeeded", (done, logs(alpha))
+    mv = alpha.wait("model-versions/", lambda b: any(m["ticket"] == train for m in b["results"]))
+    mv = next(m for m in mv["results"] if m["ticket"] == train)
+    mv_b = beta.wait(f"model-versions/{mv['id']}/", lambda m: m["role"] == "follower")
+
+    serve_body = {
+        "partner": pair["alpha_partner"]["id"],
+        "kind": "serve",
+        "local_dataset": ds["serve_a"]["id"],
+        "remote_dataset": remote["serve_b"]["id"],
+        "name": "serve trees",
+        "params": {"serve": {"model_version": mv["id"], "deadline_ms": 3000}},
+    }
+    # A candidate cannot be served: the proposal is refused with the reason.
+    refused = alpha.api.request("POST", alpha.path("tickets/"), json=serve_body)
+    assert refused.status_code == 400 and "promote it to production first" in refused.text
+    alpha.post(f"model-versions/{mv['id']}/promote/")
+    beta.post(f"model-versions/{mv_b['id']}/promote/")
+
+    ticket = alpha.post("tickets/", serve_body)
+    assert ticket["role"] == "leader"
+    theirs = beta.wait(f"tickets/{ticket['id']}/", lambda t: t["status"] == "pending", timeout=20)
+    assert theirs["role"] == "follower" and theirs["params"]["serve"]["model_version"] == mv["id"]
+    beta.post(f"tickets/{ticket['id']}/approve/", {"dataset": ds["serve_b"]["id"]})
+    job = job_of(alpha, ticket["id"], 1, lambda j: j["status"] == "running" and "serve" in j["result"], timeout=300)
+    job_of(beta, ticket["id"], 1, lambda j: j["status"] == "running", timeout=60)
+
+    ids = [f"s{i}" for i in range(0, 200, 20)]
+    ask = {"ids": [*ids, "x1", "s250", "s251"], "features": {"s251": {"a": f"{rows[251][1]:.4f}"}}}
+    deadline = time.monotonic() + 60
+    while (r := predict(alpha, mv["id"], ask)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the follower's runtime is still connecting
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["job"] == job["id"] and got["model_version"] == mv["id"]
+    by = {p["id"]: p for p in got["predictions"]}
+    assert [p["id"] for p in got["predictions"]] == ask["ids"]
+    want = whole_tree_scores(
+        Path(mv["artifact_uri"]), Path(mv_b["artifact_uri"]), train_l, train_f, [*ids, "s251"], "user_id"
+    )
+    np.testing.assert_allclose([by[i]["score"] for i in [*ids, "s251"]], want, atol=1e-6)
+    assert by["x1"]["score"] is None and by["x1"]["reason"] == "unknown_to_partner"
+    assert by["s250"]["score"] is None and by["s250"]["reason"] == "unknown_to_leader"
+
+    # Bad calls name the problem; the follower's side serves no predictions.
+    bad = predict(alpha, mv["id"], {"ids": "s1"})
+    assert bad.status_code == 400 and "ids" in bad.json()
+    follower_side = predict(beta, mv["id"], {"ids": ["s1"]})
+    assert follower_side.status_code == 400 and "follower's half" in follower_side.text
+
+    # Both sides audit what they served; the partner's counts arrive as shared metrics.
+    def counted(body: Any) -> bool:
+        sides = {m["side"] for m in body if m["name"] == "predictions" and m["value"] >= 11}
+        return sides == {"local", "remote"}
+
+    alpha.wait(f"jobs/{job['id']}/metrics/?split=serve", counted, timeout=60)
+
+    # The follower stops it, with a reason the leader sees; both runtimes end and predict answers 503.
+    theirs_job = job_of(beta, ticket["id"], 1, lambda j: j["status"] == "running")
+    beta.post(f"jobs/{theirs_job['id']}/cancel/", {"reason": "campaign over"})
+    mine = job_of(alpha, ticket["id"], 1, lambda j: j["status"] == "cancelled", timeout=60)
+    assert mine["error"] == "campaign over"
+    for side, role in ((alpha, "leader"), (beta, "follower")):
+        exit_file = side.inst.var_dir / "jobs" / job["id"] / f"{role}.exit"
+        deadline = time.monotonic() + 30
+        while not exit_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exit_file.exists(), f"the {role}'s serving runtime still runs"
+        assert "code" in json.loads(exit_file.read_text())
+    stopped = predict(alpha, mv["id"], {"ids": ["s1"]})
+    assert stopped.status_code == 503 and "not being served" in stopped.json()["detail"]
