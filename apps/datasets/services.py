@@ -123,6 +123,9 @@ def revoke_grant(grant: DatasetGrant, *, acting_user: Any = None, source: str = 
     )
     grant.delete()
     _announce(dataset, partner, {"id": str(dataset.id), "name": dataset.name, "revoked": True})
+    from apps.registry.serving import stop_serving_revoked
+
+    stop_serving_revoked(dataset, partner, acting_user=acting_user, source=source)
 
 
 def _announce(dataset: Dataset, partner: Partner, view: dict[str, Any]) -> None:

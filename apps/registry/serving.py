@@ -220,3 +220,18 @@ def serving_summary(job: Job) -> dict[str, Any] | None:
         "api_address": ((job.result or {}).get("serve") or {}).get("api_address", ""),
         "model_version": ((job.ticket.params or {}).get("serve") or {}).get("model_version", ""),
     }
+
+
+def stop_serving_revoked(dataset: Any, partner: Any, *, acting_user: Any = None, source: str = "api") -> int:
+    """A grant of `dataset` to `partner` was revoked: cancel the serve jobs that read it (the partner sees why)."""
+    from apps.jobs.choices import ACTIVE
+    from apps.jobs.services import cancel_job
+
+    stopped = 0
+    for job in Job.objects.filter(
+        ticket__kind=JobKind.SERVE, ticket__local_dataset=dataset, ticket__partner=partner, status__in=ACTIVE
+    ):
+        reason = f"the grant of dataset {dataset.name} to {partner.name} was revoked: serving stopped"
+        cancel_job(job, acting_user=acting_user, source=source, reason=reason)
+        stopped += 1
+    return stopped

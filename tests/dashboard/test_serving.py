@@ -133,3 +133,25 @@ def test_the_job_page_shows_requests_latency_and_the_hourly_audit_of_both_sides(
     assert f"/api/v1/workspaces/acme/model-versions/{world['mv'].id}/predict" in html
     plain = browser_client("bob").get(f"/w/acme/jobs/{world['job'].pk}/").content.decode()
     assert "Predictions per hour" not in plain
+
+
+def test_revoking_the_grant_of_the_serving_dataset_stops_serving(world) -> None:
+    from apps.datasets.models import DatasetGrant
+    from apps.datasets.services import revoke_grant
+
+    set_stage(world["mv"], Stage.PRODUCTION)
+    ticket = propose_ticket(
+        world["acme"],
+        partner=world["partner"],
+        kind="serve",
+        local_dataset=world["features"],
+        remote_dataset=world["remote"],
+        params={"serve": {"model_version": str(world["mv"].id)}},
+    )
+    job = Job.objects.create(workspace=world["acme"], ticket=ticket, role=ticket.role, status="running")
+    other = world["job"]  # a training job on another dataset keeps running
+    revoke_grant(DatasetGrant.objects.get(dataset=world["features"], partner=world["partner"]))
+    job.refresh_from_db()
+    other.refresh_from_db()
+    assert job.status == "cancelled" and "grant of dataset users_features" in job.error
+    assert other.status == "running"
