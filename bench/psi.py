@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/psi.py            # 100k and 1M ids per side
     .venv/bin/python bench/psi.py --quick    # 100k only
-    .venv/bin/python bench/psi.py --sizes 10000000 --protocols ecdh
+    .venv/bin/python bench/psi.py --sizes 10000000   # every row that finishes within --budget-s
 
 Each run starts the leader and the follower as ``python -m runtime psi`` with
 half of the ids in common, and measures wall time from start to both exits (so
@@ -10,7 +10,11 @@ process start, reading the CSV, the exchange and writing aligned.csv all count)
 and each side's peak resident memory (the runtime plus its pool workers, sampled
 from /proc). The baseline is Fedlearner's RSA signing measured in the same run:
 gmpy2 ``powmod`` with the full private exponent and no CRT, the leader signing
-its own ids and the follower's blinded ids, per process. Writes
+its own ids and the follower's blinded ids, per process. Beside each libpsi
+row, libpsi's ``psi_execute`` called directly on the same files with the same
+semantics (broadcast, aligned output) in two bare processes. A row whose
+predicted time (from its rate at a smaller size in this run, else from the last
+``psi.json``) exceeds ``--budget-s`` is skipped with the reason printed. Writes
 ``bench/results/psi.json``.
 """
 
@@ -22,6 +26,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -79,6 +84,31 @@ def cpu_figures(n: int, cpu_s: float) -> dict[str, Any]:
     }
 
 
+class sample_peaks:  # noqa: N801 - used like a function
+    """Peak resident memory of each side's process tree, sampled every 0.2 s until stop()."""
+
+    def __init__(self, procs: dict[str, subprocess.Popen]) -> None:
+        self.procs = procs
+        self.peaks = dict.fromkeys(procs, 0)
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._th.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for role, p in self.procs.items():
+                if p.poll() is None:
+                    self.peaks[role] = max(self.peaks[role], tree_rss_kb(p.pid))
+            self._stop.wait(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join()
+
+    def mb(self) -> dict[str, float]:
+        return {role: round(kb / 1024, 1) for role, kb in self.peaks.items()}
+
+
 def make_inputs(folder: Path, n: int) -> tuple[Path, Path]:
     a, b = folder / f"leader-{n}.csv", folder / f"follower-{n}.csv"
     if a.exists() and b.exists():
@@ -102,7 +132,6 @@ def run_pair(folder: Path, parties, n: int, protocol: str, psi_params: dict[str,
     port = free_port()
     alpha, beta = parties
     procs = {}
-    peaks = {"leader": 0, "follower": 0}
     cpu0 = children_cpu_s()
     t0 = time.monotonic()
     for role, me, peer, data in (("leader", alpha, beta, a), ("follower", beta, alpha, b)):
@@ -126,21 +155,10 @@ def run_pair(folder: Path, parties, n: int, protocol: str, psi_params: dict[str,
             stderr=subprocess.PIPE,
             text=True,
         )
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            for role, p in procs.items():
-                if p.poll() is None:
-                    peaks[role] = max(peaks[role], tree_rss_kb(p.pid))
-            stop.wait(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+    peaks = sample_peaks(procs)
     errs = {role: p.communicate()[1] for role, p in procs.items()}
     seconds = time.monotonic() - t0
-    stop.set()
-    th.join()
+    peaks.stop()
     for role, p in procs.items():
         if p.returncode != 0:
             raise SystemExit(f"{protocol} {n}: {role} failed:\n{errs[role][-3000:]}")
@@ -148,12 +166,13 @@ def run_pair(folder: Path, parties, n: int, protocol: str, psi_params: dict[str,
         role: json.loads((folder / f"out-{protocol}-{n}" / role / "psi" / "stats.json").read_text()) for role in procs
     }
     assert stats["leader"]["intersection_size"] == n - n // 2 == stats["follower"]["intersection_size"]
+    shutil.rmtree(folder / f"out-{protocol}-{n}", ignore_errors=True)
     return {
         "n_per_side": n,
         "seconds": round(seconds, 2),
         "items_per_s_per_side": round(n / seconds),
         "intersection_size": stats["leader"]["intersection_size"],
-        "peak_rss_mb": {role: round(kb / 1024, 1) for role, kb in peaks.items()},
+        "peak_rss_mb": peaks.mb(),
         **cpu_figures(n, children_cpu_s() - cpu0),
         "engine": stats["leader"]["engine"],
         "suite": stats["leader"].get("suite"),
@@ -194,7 +213,7 @@ def direct_child(spec_path: str) -> None:
         pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
     conf = psi.PsiExecuteConfig(
         protocol_conf=pconf,
-        input_params=psi.InputParams(path=spec["input"], selected_keys=["id"], keys_unique=False),
+        input_params=psi.InputParams(path=spec["input"], selected_keys=["id"], keys_unique=spec["keys_unique"]),
         output_params=psi.OutputParams(path=spec["output"], disable_alignment=False),
     )
     rep = psi.psi_execute(conf, ctx)
@@ -202,23 +221,25 @@ def direct_child(spec_path: str) -> None:
     os._exit(0)  # skip brpc's teardown, as the runtime does
 
 
-def run_direct(folder: Path, n: int, protocol: str) -> dict[str, Any]:
+def run_direct(folder: Path, n: int, protocol: str, keys_unique: bool = False) -> dict[str, Any]:
     a, b = make_inputs(folder, n)
     ports = [free_port(), free_port()]
     parties = [["leader", f"127.0.0.1:{ports[0]}"], ["follower", f"127.0.0.1:{ports[1]}"]]
     procs = []
+    tag = f"direct-{protocol}{'-unique' if keys_unique else ''}-{n}"
     cpu0 = children_cpu_s()
     t0 = time.monotonic()
     for rank, data in enumerate((a, b)):
         spec = {
-            "job_id": f"direct-{protocol}-{n}",
+            "job_id": tag,
             "parties": parties,
             "rank": rank,
             "protocol": protocol,
+            "keys_unique": keys_unique,
             "input": str(data),
-            "output": str(folder / f"direct-{protocol}-{n}-{rank}.csv"),
+            "output": str(folder / f"{tag}-{rank}.csv"),
         }
-        path = folder / f"direct-{protocol}-{n}-{rank}.json"
+        path = folder / f"{tag}-{rank}.json"
         path.write_text(json.dumps(spec))
         procs.append(
             subprocess.Popen(
@@ -229,18 +250,24 @@ def run_direct(folder: Path, n: int, protocol: str) -> dict[str, Any]:
                 text=True,
             )
         )
+    peaks = sample_peaks(dict(zip(("leader", "follower"), procs, strict=True)))
     errs = [p.communicate()[1] for p in procs]
     seconds = time.monotonic() - t0
+    peaks.stop()
     for p, err in zip(procs, errs, strict=True):
         if p.returncode != 0:
             raise SystemExit(f"libpsi direct {protocol} {n} failed:\n{err[-3000:]}")
-    inter = json.loads(Path(str(folder / f"direct-{protocol}-{n}-0.csv") + ".json").read_text())["intersection"]
+    inter = json.loads(Path(str(folder / f"{tag}-0.csv") + ".json").read_text())["intersection"]
     assert inter == n - n // 2
+    for rank in (0, 1):
+        (folder / f"{tag}-{rank}.csv").unlink(missing_ok=True)
     return {
         "n_per_side": n,
         "seconds": round(seconds, 2),
         "items_per_s_per_side": round(n / seconds),
         "intersection_size": inter,
+        "peak_rss_mb": peaks.mb(),
+        "keys_unique": keys_unique,
         **cpu_figures(n, children_cpu_s() - cpu0),
     }
 
@@ -320,7 +347,7 @@ def save(result: dict[str, Any]) -> None:
         for k, v in result.items()
         if isinstance(v, dict)
         for r in v.get("runs", [])
-        if "peak_rss_mb" in r
+        if "peak_rss_mb" in r and "engine" in r
     ]
     if peaks:
         result["memory"] = {"peak_rss_mb_per_side": max(peaks)}
@@ -335,6 +362,20 @@ def save(result: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(old, indent=2) + "\n")
 
 
+def predicted_s(key: str, n: int, rates: dict[str, float], last: dict[str, Any]) -> float | None:
+    """Seconds a row should take at n ids per side: its rate in this run, else its last recorded rate."""
+    rate = rates.get(key) or (last.get(key) or {}).get("items_per_s_per_side")
+    return n / rate if rate else None
+
+
+def print_row(name: str, n: int, r: dict[str, Any]) -> None:
+    peak = max(r["peak_rss_mb"].values()) if "peak_rss_mb" in r else 0.0
+    print(
+        f"  {name:26s} {n:>11,d}: {r['seconds']:8.2f}s {r['items_per_s_per_side']:>9,d} items/s/side  peak {peak:7.1f} MB/side",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k ids per side only")
@@ -345,16 +386,23 @@ def main() -> None:
     ap.add_argument(
         "--max-size", nargs="*", default=[], metavar="ROW=N", help="cap the sizes of a row, e.g. libpsi_ecdh=100000"
     )
+    ap.add_argument(
+        "--budget-s", type=float, default=900, help="skip a row predicted to take longer than this (default 900 s)"
+    )
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp folder)")
     args = ap.parse_args()
     if args.direct_child:
         direct_child(args.direct_child)
         return
-    sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
+    sizes = sorted(args.sizes or ([100_000] if args.quick else [100_000, 1_000_000]))
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="fedsite-psi-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     parties = (make_party(folder / "pki", "alpha"), make_party(folder / "pki", "beta"))
+    try:
+        last = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    except ValueError:
+        last = {}
 
     result: dict[str, Any] = {
         "machine": {
@@ -367,34 +415,58 @@ def main() -> None:
         "note": "both parties on this machine; items/s per side = ids per side / wall seconds of the whole job",
     }
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_size)}
-    rows = []
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    skipped: list[str] = []
+    rates: dict[str, float] = {}
     base = baseline_fedlearner_rsa()
     result["baseline_fedlearner_rsa"] = base
     ceiling = hardware_ceiling()
     result["hardware_ceiling"] = ceiling
     save(result)
+
+    def within_budget(key: str, n: int) -> bool:
+        t = predicted_s(key, n, rates, last)
+        if t is not None and t > args.budget_s:
+            why = f"{key} at {n:,d} ids/side skipped: predicted {t:,.0f} s > budget {args.budget_s:,.0f} s (rate {n / t:,.0f} items/s/side)"
+            print(f"  {why}", flush=True)
+            skipped.append(why)
+            return False
+        return True
+
     for key in args.protocols:
         psi_params, direct = ENGINE_ROWS[key]
-        runs, druns = [], []
+        runs: list[dict[str, Any]] = []
+        druns: dict[str, list[dict[str, Any]]] = {}
         for n in sizes:
-            if n > caps.get(key, n):
+            if n > caps.get(key, n) or not within_budget(key, n):
                 continue
             r = run_pair(folder, parties, n, key, psi_params)
             runs.append(r)
+            rates[key] = r["items_per_s_per_side"]
             rows.append((key, n, r))
-            peak = max(r["peak_rss_mb"].values())
-            print(
-                f"  {key:22s} {n:>9,d}: {r['seconds']:8.2f}s {r['items_per_s_per_side']:>9,d} items/s/side  peak {peak:7.1f} MB",
-                flush=True,
-            )
+            print_row(key, n, r)
             if direct:
-                d = run_direct(folder, n, direct)
-                druns.append(d)
-                rows.append((f"libpsi_direct_{direct}", n, d))
-                print(
-                    f"  {'libpsi_direct_' + direct:22s} {n:>9,d}: {d['seconds']:8.2f}s {d['items_per_s_per_side']:>9,d} items/s/side",
-                    flush=True,
-                )
+                # libpsi's psi_execute on the same files: as given (keys_unique=false), and told the keys are unique.
+                for dkey, unique in ((f"libpsi_direct_{direct}", False), (f"libpsi_direct_{direct}_unique", True)):
+                    if unique and direct != "rr22":
+                        continue
+                    if not within_budget(dkey, n):
+                        continue
+                    d = run_direct(folder, n, direct, unique)
+                    druns.setdefault(dkey, []).append(d)
+                    rates[dkey] = d["items_per_s_per_side"]
+                    rows.append((dkey, n, d))
+                    print_row(dkey, n, d)
+            if n >= 10_000_000:
+                result[f"{key}_{n // 1_000_000}m"] = {
+                    "items_per_s_per_side": r["items_per_s_per_side"],
+                    "seconds": r["seconds"],
+                    "peak_rss_mb": max(r["peak_rss_mb"].values()),
+                    "peak_rss_mb_by_side": r["peak_rss_mb"],
+                    "cpu_bound_items_per_s_per_side": r["cpu_bound_items_per_s_per_side"],
+                }
+        if not runs:
+            continue
         top = runs[-1]
         result[key] = {
             "items_per_s_per_side": top["items_per_s_per_side"],
@@ -404,33 +476,49 @@ def main() -> None:
         if key in ("ecdh", "rsa"):
             cap = ceiling[f"{key}_items_per_s_per_side"]
             result[key]["hardware_ceiling_items_per_s_per_side"] = cap
-            result[key]["share_of_ceiling"] = round(top["items_per_s_per_side"] / cap, 3)
-        if direct:
-            dtop = druns[-1]
-            result[f"libpsi_direct_{direct}"] = {
+            # The ceiling is CPU time on cores to itself; so is the job's cpu-bound rate (ids / (CPU s / cores)).
+            # The wall-clock share depends on what else this shared machine runs at the time.
+            cb = top.get("cpu_bound_items_per_s_per_side") or 0
+            result[key]["share_of_ceiling"] = round(cb / cap, 3)
+            result[key]["share_of_ceiling_wall"] = round(top["items_per_s_per_side"] / cap, 3)
+        for dkey, dr in druns.items():
+            dtop = dr[-1]
+            result[dkey] = {
                 "items_per_s_per_side": dtop["items_per_s_per_side"],
                 "n_per_side": dtop["n_per_side"],
-                "runs": druns,
+                "runs": dr,
             }
-            result[key]["ratio_to_direct"] = round(top["items_per_s_per_side"] / dtop["items_per_s_per_side"], 3)
+            same_n = [r for r in runs if r["n_per_side"] == dtop["n_per_side"]]
+            if not same_n:
+                continue
+            ratio = round(same_n[-1]["items_per_s_per_side"] / dtop["items_per_s_per_side"], 3)
+            name = "ratio_to_psi_execute" + ("_keys_unique" if dkey.endswith("_unique") else "")
+            result[key][name] = ratio
+            result[key][name + "_n"] = dtop["n_per_side"]
+            if not dkey.endswith("_unique"):
+                result[key]["ratio_to_direct"] = ratio  # the name earlier runs used
+            size_key = f"{key}_{dtop['n_per_side'] // 1_000_000}m"
+            if size_key in result:
+                result[size_key][name] = ratio
         save(result)
-    peaks = [max(r["peak_rss_mb"].values()) for _, _, r in rows if "peak_rss_mb" in r]
-    result["memory"] = {"peak_rss_mb_per_side": max(peaks) if peaks else None}
-    if "rsa" in result:
+    result["skipped"] = skipped
+    if "rsa" in result and "runs" in result["rsa"]:
         result["rsa"]["speedup_vs_baseline"] = round(
             result["rsa"]["items_per_s_per_side"] / base["items_per_s_per_side"], 2
         )
 
     print()
     print(
-        f"{'protocol':<26}{'ids/side':>11}{'seconds':>10}{'items/s/side':>14}{'cpu-bound/side':>16}{'peak MB/side':>14}"
+        f"{'protocol':<30}{'ids/side':>11}{'seconds':>10}{'items/s/side':>14}{'cpu-bound/side':>16}{'peak MB/side':>14}"
     )
     for protocol, n, r in rows:
         peak = f"{max(r['peak_rss_mb'].values()):>14.1f}" if "peak_rss_mb" in r else f"{'-':>14}"
         cb = r.get("cpu_bound_items_per_s_per_side") or 0
-        print(f"{protocol:<26}{n:>11,d}{r['seconds']:>10.2f}{r['items_per_s_per_side']:>14,d}{cb:>16,d}{peak}")
-    print(f"{'baseline_fedlearner_rsa':<26}{'':>11}{'':>10}{base['items_per_s_per_side']:>14,d}{'':>16}{'':>14}")
-    if "rsa" in result:
+        print(f"{protocol:<30}{n:>11,d}{r['seconds']:>10.2f}{r['items_per_s_per_side']:>14,d}{cb:>16,d}{peak}")
+    print(f"{'baseline_fedlearner_rsa':<30}{'':>11}{'':>10}{base['items_per_s_per_side']:>14,d}{'':>16}{'':>14}")
+    for why in skipped:
+        print(f"  {why}")
+    if "rsa" in result and "speedup_vs_baseline" in result["rsa"]:
         print(f"RSA speed-up over the Fedlearner baseline: {result['rsa']['speedup_vs_baseline']}x")
     print()
     xs = ", ".join(f"{k} {v:,d}" for k, v in ceiling["x25519_ops_per_s_per_core"].items())
@@ -439,19 +527,25 @@ def main() -> None:
         f"  X25519 ops/s per core: {xs}; hash to curve {ceiling['hash_to_curve_us_per_id']} us/id;"
         f" RSA-2048 (3 primes, CRT) private ops/s per core: {ceiling['rsa2048_3p_private_ops_per_s_per_core']:,d}"
     )
-    print(f"{'protocol':<26}{'ceiling items/s/side':>22}{'measured (largest n)':>22}{'share':>8}")
+    print(f"{'protocol':<12}{'ceiling':>10}{'cpu-bound':>11}{'share':>8}{'wall':>10}{'share (wall)':>14}")
     for key in ("ecdh", "rsa"):
-        if key in result and "hardware_ceiling_items_per_s_per_side" in result[key]:
-            r = result[key]
+        r = result.get(key, {})
+        if "share_of_ceiling" in r and "runs" in r:
+            cb = r["runs"][-1].get("cpu_bound_items_per_s_per_side") or 0
             print(
-                f"{key:<26}{r['hardware_ceiling_items_per_s_per_side']:>22,d}{r['items_per_s_per_side']:>22,d}{r['share_of_ceiling']:>8.0%}"
+                f"{key:<12}{r['hardware_ceiling_items_per_s_per_side']:>10,d}{cb:>11,d}{r['share_of_ceiling']:>8.0%}"
+                f"{r['items_per_s_per_side']:>10,d}{r['share_of_ceiling_wall']:>14.0%}"
             )
     print(
         f"  (ECDH with scalar multiplications only, no hashing: {ceiling['ecdh_scalar_mult_only_items_per_s_per_side']:,d})"
     )
     for key in ("libpsi_rr22", "libpsi_kkrt", "libpsi_ecdh"):
-        if "ratio_to_direct" in result.get(key, {}):
-            print(f"{key}: Fedsite job path / libpsi called directly = {result[key]['ratio_to_direct']}")
+        r = result.get(key, {})
+        for name in ("ratio_to_psi_execute", "ratio_to_psi_execute_keys_unique"):
+            if name in r:
+                print(
+                    f"{key}: Fedsite job / libpsi psi_execute{' (keys_unique)' if 'unique' in name else ''} at {r[name + '_n']:,d} ids/side = {r[name]}"
+                )
 
     save(result)
     print(f"wrote {RESULTS.relative_to(ROOT)}")

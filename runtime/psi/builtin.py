@@ -135,13 +135,29 @@ class _Run:
         self.libpsi_why = libpsi_engine.available()
         if self.libpsi_why is None and self.table is not None and self.table.is_parquet:
             self.libpsi_why = "libpsi reads CSV only"
-        elif self.libpsi_why is None and self.table is not None and not libpsi_engine.csv_is_plain(cfg.data.path):
+        elif self.libpsi_why is None and self.table is not None and not self.table.plain:
             self.libpsi_why = "libpsi cannot read CSV files with quoted fields or CR line ends"
         self.caps = capabilities(params, self.libpsi_why is None)
         self.libpsi_plan: tuple[str, list[tuple[str, str]]] | None = None
         self.libpsi_worker: libpsi_engine.Worker | None = None
         if self.local_error is None and "libpsi/" in (preference(params)[:1] or [""])[0] and "libpsi/rr22" in self.caps:
-            self.libpsi_worker = libpsi_engine.Worker()  # load libpsi while the two sides shake hands
+            # Load libpsi and read this side's ids while the two sides shake hands.
+            self.libpsi_worker = libpsi_engine.Worker(cfg)
+        self._settled = False
+
+    def settle_libpsi(self) -> None:
+        """Before libpsi is offered to the partner: wait until the worker has really loaded it."""
+        if self._settled:
+            return
+        self._settled = True
+        if self.libpsi_worker is None:
+            return
+        why = self.libpsi_worker.wait_loaded(min(120.0, self.remaining()))
+        if why is not None:
+            self.libpsi_why = why
+            self.caps = capabilities(self.requested, False)
+            self.libpsi_worker.close(0)
+            self.libpsi_worker = None
 
     def count(self) -> None:
         """Count this side's ids and check them (built-in engine only; libpsi counts for itself)."""
@@ -252,6 +268,8 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
         if msg:
             self.fail(PeerError(msg))
             return psi_pb2.PsiHelloReply(ok=False, error=msg)
+        with self._lock:
+            self.settle_libpsi()
         chosen = choose(self.requested, self.caps, list(request.capabilities))
         if chosen is None:
             msg = f"no PSI engine both sides can run for protocol {self.requested.protocol!r} engine {self.requested.engine!r} (leader: {', '.join(self.caps) or 'none'}; follower: {', '.join(request.capabilities) or 'none'})"
@@ -666,6 +684,7 @@ class _Follower(_Run):
                     pass
                 raise self.local_error
             self.pool = _Pool(self.params.workers)
+            self.settle_libpsi()
             reply, _ = self._hello(stub, probe=True)
             if not reply.ok:
                 raise PeerError(reply.error)

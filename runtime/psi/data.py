@@ -1,7 +1,8 @@
 """Reading this side's table in batches, checking its ids, writing the aligned output.
 
-CSV is read with the standard library's streaming reader, so every cell comes
-back exactly as written (no type inference rewrites "007" as 7). Parquet is read
+CSV is read with pyarrow's CSV reader (multi-threaded, streaming in blocks) with
+every column typed as a string, so every cell comes back exactly as written (no
+type inference rewrites "007" as 7, an empty cell stays ""). Parquet is read
 with pyarrow in record batches. Ids are compared as strings: integers as their
 decimal form (so a CSV "42" matches a Parquet int64 42), text as its exact
 Unicode code points (no normalisation, no trimming).
@@ -13,7 +14,7 @@ killed run never leaves a complete-looking file.
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
 import os
 import tempfile
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from runtime.errors import DataError
 
@@ -61,6 +65,7 @@ class Table:
         if not self.path.is_file():
             raise DataError(f"data.path: no such file {self.path}")
         self.is_parquet = self.path.suffix.lower() in PARQUET_SUFFIXES
+        self._plain: bool | None = None
         self.columns = self._read_columns()
         if id_column not in self.columns:
             raise DataError(
@@ -101,6 +106,89 @@ class Table:
             header[0] = header[0][1:]
         return header
 
+    # -- CSV through Arrow ------------------------------------------------------
+    @property
+    def plain(self) -> bool:
+        """CSV without quotes or CRs: fields never contain a comma, quote or line break (libpsi can read it)."""
+        if self._plain is None:
+            self._plain = not self.is_parquet and csv_is_plain(str(self.path))
+        return self._plain
+
+    def _csv_options(
+        self, columns: list[str] | None, block_size: int | None = None
+    ) -> tuple[pcsv.ReadOptions, pcsv.ParseOptions, pcsv.ConvertOptions]:
+        # Columns by position (c0, c1, ...): the header was read already, and names may repeat.
+        generic = [f"c{i}" for i in range(len(self.columns))]
+        wanted = generic if columns is None else [generic[self.columns.index(c)] for c in columns]
+        read = pcsv.ReadOptions(
+            use_threads=True, column_names=generic, skip_rows=1, **({"block_size": block_size} if block_size else {})
+        )
+        # Quoted fields may hold line breaks (the standard library's reader allows them too).
+        parse = pcsv.ParseOptions(newlines_in_values=not self.plain)
+        convert = pcsv.ConvertOptions(
+            column_types={c: pa.string() for c in wanted},
+            include_columns=wanted,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            null_values=[],
+        )
+        return read, parse, convert
+
+    def _arrow_error(self, exc: Exception) -> DataError:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        if "UTF8" in msg or "UTF-8" in msg:
+            return DataError(f"data.path: {self.path.name} is not valid UTF-8 ({msg})")
+        return DataError(f"data.path: {self.path.name}: {msg}")
+
+    def _csv_blocks(self, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+        """Record batches of the CSV (all cells strings), streaming block by block."""
+        read, parse, convert = self._csv_options(columns, 1 << 22)
+        try:
+            with pcsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert) as rd:
+                for rb in rd:
+                    if rb.num_rows:
+                        yield rb
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+            raise self._arrow_error(exc) from None
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole table (or some columns) as strings, exactly as written."""
+        if self.is_parquet:
+            cols = columns if columns is not None else self.columns
+            idx = [self.columns.index(c) for c in cols]
+            data: list[list[str]] = [[] for _ in cols]
+            for rows in self.iter_rows(65536):
+                for r in rows:
+                    for j, i in enumerate(idx):
+                        data[j].append(r[i])
+            return pa.table({c: pa.array(d, pa.string()) for c, d in zip(cols, data, strict=True)})
+        read, parse, convert = self._csv_options(columns)
+        try:
+            return pcsv.read_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+            raise self._arrow_error(exc) from None
+
+    def read_ids(self) -> pa.ChunkedArray:
+        """All canonical ids, in file order (Arrow strings); empty ids raise DataError."""
+        if self.is_parquet:
+            return pa.chunked_array([pa.array(b, pa.string()) for b in self.iter_ids(1 << 20)], pa.string())
+        ids = self.read_table([self.id_column]).column(0)
+        check_not_empty(ids, self.path.name, 0)
+        return ids
+
+    def iter_id_arrays(self) -> Iterator[pa.Array]:
+        """Canonical ids in file order, in blocks of any size (Arrow strings); empty ids raise DataError."""
+        if self.is_parquet:
+            for b in self.iter_ids(1 << 16):
+                yield pa.array(b, pa.string())
+            return
+        row0 = 0
+        for rb in self._csv_blocks([self.id_column]):
+            col = rb.column(0)
+            check_not_empty(col, self.path.name, row0)
+            row0 += len(col)
+            yield col
+
     def iter_rows(self, batch_size: int) -> Iterator[list[list[str]]]:
         """Rows in file order, all cells as strings, in batches."""
         if self.is_parquet:
@@ -114,37 +202,14 @@ class Table:
                     )
                 yield rows
             return
-        width = len(self.columns)
-        line = 1
-        try:
-            with self.path.open(newline="", encoding="utf-8") as f:
-                reader = csv.reader(f)
-                next(reader, None)
-                batch: list[list[str]] = []
-                for row in reader:
-                    line = reader.line_num
-                    if len(row) != width:
-                        if not row:
-                            continue
-                        raise DataError(
-                            f"data.path: {self.path.name} line {line}: expected {width} fields, got {len(row)}"
-                        )
-                    batch.append(row)
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-                if batch:
-                    yield batch
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"data.path: {self.path.name} near line {line + 1} is not valid UTF-8 ({exc.reason})"
-            ) from None
-        except csv.Error as exc:
-            raise DataError(f"data.path: {self.path.name} line {line}: {exc}") from None
+        for rb in self._csv_blocks(None):
+            cols = [rb.column(i).to_pylist() for i in range(rb.num_columns)]
+            rows = [list(r) for r in zip(*cols, strict=True)]
+            for i in range(0, len(rows), batch_size):
+                yield rows[i : i + batch_size]
 
     def iter_ids(self, batch_size: int) -> Iterator[list[str]]:
         """Canonical ids in file order, in batches of exactly `batch_size` (the last may be shorter)."""
-        k = self.id_index
         row_no = 0
         if self.is_parquet:
             pf = self._parquet()
@@ -159,23 +224,71 @@ class Table:
             if buf:
                 yield buf
             return
-        for rows in self.iter_rows(batch_size):
-            out = []
-            for r in rows:
-                row_no += 1
-                v = r[k]
-                if v == "":
-                    raise DataError(f"data.path: {self.path.name} row {row_no} (line {row_no + 1}): empty id")
-                out.append(v)
-            yield out
+        pending: list[str] = []
+        for arr in self.iter_id_arrays():
+            values = arr.to_pylist()
+            start = 0
+            if pending:
+                start = batch_size - len(pending)
+                pending.extend(values[:start])
+                if len(pending) < batch_size:
+                    continue
+                yield pending
+                pending = []
+            while start + batch_size <= len(values):
+                yield values[start : start + batch_size]
+                start += batch_size
+            pending = values[start:]
+        if pending:
+            yield pending
+
+
+def csv_is_plain(path: str) -> bool:
+    """No quoted fields and no CRs: lines split on commas give the fields (what libpsi's reader needs)."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return True
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return m.find(b'"') < 0 and m.find(b"\r") < 0
+    except OSError:
+        return False
+
+
+def check_not_empty(ids: pa.Array | pa.ChunkedArray, name: str, row0: int) -> None:
+    """Raise DataError naming the first empty id (rows counted from 1 after `row0` rows)."""
+    empty = pc.equal(pc.binary_length(ids), 0)
+    if pc.any(empty).as_py():
+        first = int(pc.index(empty, True).as_py())
+        row = row0 + first + 1
+        raise DataError(f"data.path: {name} row {row} (line {row + 1}): empty id")
+
+
+def find_duplicate(ids: pa.Array | pa.ChunkedArray, name: str) -> None:
+    """Raise DataError naming a duplicate id and two of its rows, if there is one."""
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    rows = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2] if isinstance(ids, pa.Array) else None
+    if rows is None:
+        rows = np.flatnonzero(pc.equal(ids, dup).to_numpy(zero_copy_only=False))[:2].tolist()
+    raise DataError(
+        f"data.id_column: duplicate id {dup!r} in {name} (rows {rows[0] + 1} and {rows[1] + 1}); ids must be unique"
+    )
 
 
 def has_rows(table: Table) -> bool:
     """Cheap emptiness check (the full count comes later, or from libpsi)."""
     if table.is_parquet:
         return table._parquet().metadata.num_rows > 0
-    for _ in table.iter_rows(1):
-        return True
+    with table.path.open("rb") as f:
+        f.readline()  # the header
+        for line in f:
+            if line.strip(b"\r\n"):
+                return True
     return False
 
 
@@ -220,6 +333,63 @@ class BucketSpill:
             pass
 
 
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_POWERS = np.ones(1, dtype=np.uint64)
+
+
+def _powers(n: int) -> np.ndarray:
+    global _POWERS
+    if len(_POWERS) < n:
+        p = np.empty(max(n, 2 * len(_POWERS)), dtype=np.uint64)
+        p[0] = 1
+        with np.errstate(over="ignore"):
+            for i in range(1, len(p)):
+                p[i] = p[i - 1] * _MUL
+        _POWERS = p
+    return _POWERS
+
+
+def hash64(ids: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string (its UTF-8 bytes), vectorised: for grouping and candidates only.
+
+    Equal ids always hash equal; a collision of different ids is possible, so callers confirm
+    exactly. Polynomial over the bytes mod 2^64, the length mixed in, then splitmix64's finaliser.
+    """
+    if not isinstance(ids, pa.Array):
+        ids = ids.combine_chunks()
+    if ids.type != pa.large_string():
+        ids = ids.cast(pa.large_string())
+    n = len(ids)
+    out = np.empty(n, dtype=np.uint64)
+    bufs = ids.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    step = 1 << 18
+    with np.errstate(over="ignore"):
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            off = offsets[lo : hi + 1]
+            base = int(off[0])
+            lens = np.diff(off)
+            d = data[base : int(off[-1])].astype(np.uint64)
+            if len(d):
+                pos = np.arange(len(d), dtype=np.int64) - np.repeat(off[:-1] - base, lens)
+                d *= _powers(int(lens.max()))[pos]
+                starts = np.minimum(off[:-1] - base, len(d) - 1)
+                h = np.add.reduceat(d, starts)
+                h[lens == 0] = 0
+            else:
+                h = np.zeros(hi - lo, dtype=np.uint64)
+            h ^= lens.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(30)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+            h *= np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+            out[lo:hi] = h
+    return out
+
+
 IN_MEMORY_IDS = 4_000_000  # beyond this many ids, duplicate hashes go to disk in 256 buckets
 
 
@@ -227,18 +397,16 @@ def check_ids(table: Table, batch_size: int, spill_dir: Path | None = None) -> i
     """Count the ids; raise DataError on empty input or on a duplicate id (naming it).
 
     Memory: 8 bytes per id up to IN_MEMORY_IDS, then per bucket (1/256 of that) from disk.
+    `batch_size` is kept for callers; ids are read in Arrow blocks.
     """
+    del batch_size
     hashes: list[np.ndarray] = []
     spill: BucketSpill | None = None
     n = 0
     dups: list[np.ndarray] = []
     try:
-        for ids in table.iter_ids(batch_size):
-            h = np.fromiter(
-                (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") for i in ids),
-                dtype=np.uint64,
-                count=len(ids),
-            )
+        for ids in table.iter_id_arrays():
+            h = hash64(ids)
             n += len(ids)
             if spill is None:
                 hashes.append(h)
@@ -264,18 +432,19 @@ def check_ids(table: Table, batch_size: int, spill_dir: Path | None = None) -> i
             spill.close()
     dup = np.concatenate(dups) if dups else np.zeros(0, dtype=np.uint64)
     if dup.size:
-        wanted = set(int(x) for x in dup[:1000])
+        wanted = np.sort(dup[:1000])
         seen: dict[str, int] = {}
         row = 0
-        for ids in table.iter_ids(batch_size):
-            for i in ids:
-                row += 1
-                if int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") in wanted:
-                    if i in seen:
-                        raise DataError(
-                            f"data.id_column: duplicate id {i!r} in {table.path.name} (rows {seen[i]} and {row}); ids must be unique"
-                        )
-                    seen[i] = row
+        for ids in table.iter_id_arrays():
+            hit = np.flatnonzero(np.isin(hash64(ids), wanted))
+            for k in hit.tolist():
+                i = ids[k].as_py()
+                if i in seen:
+                    raise DataError(
+                        f"data.id_column: duplicate id {i!r} in {table.path.name} (rows {seen[i]} and {row + k + 1}); ids must be unique"
+                    )
+                seen[i] = row + k + 1
+            row += len(ids)
     return n
 
 
@@ -308,29 +477,38 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size: int) -> None:
-    """Write the table's rows at positions `rows_in_order` (0-based), in that order, id column first."""
-    wanted = np.sort(rows_in_order)
-    picked: list[list[str]] = []
-    pos = 0
-    j = 0
-    for rows in table.iter_rows(batch_size):
-        end = pos + len(rows)
-        while j < len(wanted) and wanted[j] < end:
-            picked.append(rows[int(wanted[j]) - pos])
-            j += 1
-        pos = end
-        if j >= len(wanted):
-            break
-    if j != len(wanted):
+def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size: int = 0) -> None:
+    """Write the table's rows at positions `rows_in_order` (0-based data rows), ordered by id, id column first."""
+    full = table.read_table()
+    rows = np.asarray(rows_in_order, dtype=np.int64)
+    if len(rows) and int(rows.max()) >= full.num_rows:
         raise DataError(f"data.path: {table.path.name} changed while PSI ran (fewer rows than before)")
+    write_rows(table, full.take(pa.array(rows)), out)
+
+
+def positions_of(ids: pa.Array | pa.ChunkedArray, table_ids: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
+    """Row positions in `table_ids` of each of `ids` (a vectorised hash lookup)."""
+    pos = pc.index_in(ids, value_set=table_ids)
+    if pos.null_count:
+        raise DataError(f"data.path: {name} changed while PSI ran (an id of the intersection is no longer there)")
+    return pos
+
+
+def write_rows(table: Table, picked: pa.Table, out: Path) -> None:
+    """Write `picked` (rows of `table`, all columns as strings) ordered by id, id column first, atomically.
+
+    Rows are ordered by id in UTF-8 byte order (like libpsi's `LC_ALL=C sort`): both sides hold
+    the same ids for the common rows, so both write them in the same order, whichever engine ran.
+    """
     k = table.id_index
-    # Rows ordered by id (UTF-8 byte order, like libpsi's `LC_ALL=C sort`): both sides hold the
-    # same ids for the common rows, so both write them in the same order, whichever engine ran.
-    picked.sort(key=lambda r: r[k].encode("utf-8"))
+    picked = picked.take(pc.sort_indices(picked.column(k)))
     order = [k] + [i for i in range(len(table.columns)) if i != k]
-    with atomic_file(out, "w") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow([table.columns[i] for i in order])
-        for r in picked:
-            w.writerow([r[i] for i in order])
+    picked = picked.select(order)
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow([table.columns[i] for i in order])
+    # A plain CSV has no comma, quote or line break in any cell: no quoting needed (as before).
+    quoting = "none" if table.plain else "needed"
+    with atomic_file(out, "wb") as f:
+        f.write(header.getvalue().encode("utf-8"))
+        if picked.num_rows:
+            pcsv.write_csv(picked, f, pcsv.WriteOptions(include_header=False, quoting_style=quoting))

@@ -6,8 +6,13 @@ brpc link with TLS from the same certificates (each side presents its own
 certificate and verifies the partner's against the pinned CA). libpsi runs in a
 child process: a cancel (kill) stops it at once, and brpc's occasional abort
 while tearing the link down cannot take the runtime with it once the result is
-in. libpsi reads the registered CSV itself; its output (own columns, rows
-sorted by id) becomes ``aligned.csv`` with the id column first.
+in. libpsi's own file pipeline (an external ``sort`` of whole rows, its
+duplicate handling, re-reading the whole input for the output) is kept out of
+the way: the worker reads the id column with Arrow and checks it (empty and
+duplicate ids) while the link comes up, and hands libpsi only the ids, with
+``keys_unique`` and no alignment; meanwhile the runtime reads its own table with
+Arrow. The intersection is then aligned with a vectorised sort and hash lookup
+and written with Arrow (own columns, id first, rows by id).
 
 Link addresses: each side's link listens on a free port it announces in
 ``Hello`` (the leader's can be fixed with ``psi.link_port``, e.g. for a
@@ -16,14 +21,15 @@ Kubernetes Service). Both must be reachable from the partner.
 
 from __future__ import annotations
 
-import csv
 import functools
+import importlib.util
 import json
 import multiprocessing
 import os
 import queue
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +38,7 @@ from typing import Any
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError
 from runtime.lifeline import die_with_parent
-from runtime.psi.data import atomic_file
+from runtime.psi.data import csv_is_plain  # noqa: F401 - re-exported: the engine's CSV condition
 from runtime.report import Reporter
 
 PROTOCOLS = ("rr22", "kkrt", "ecdh")
@@ -41,29 +47,78 @@ _ENUM = {"rr22": "PROTOCOL_RR22", "kkrt": "PROTOCOL_KKRT", "ecdh": "PROTOCOL_ECD
 
 @functools.lru_cache(maxsize=1)
 def available() -> str | None:
-    """None when libpsi can run here, else why not (named in the fallback message)."""
+    """None when libpsi looks installed here, else why not (named in the fallback message).
+
+    Cheap: whether ``spu`` and its libpsi extension are there, without importing them
+    (that costs a second of CPU). The libpsi worker imports them for real and says
+    whether that worked (``Worker.wait_loaded``) before a side offers libpsi to its partner.
+    """
     if os.environ.get("FEDSITE_PSI_NO_LIBPSI"):
         return "disabled by FEDSITE_PSI_NO_LIBPSI"
     try:
-        import spu.libspu.link  # noqa: F401
-        import spu.psi  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+        spec = importlib.util.find_spec("spu")
+    except (ImportError, ValueError) as exc:
         return f"spu (libpsi) cannot be imported: {exc.__class__.__name__}: {exc}"
+    if spec is None or not spec.submodule_search_locations:
+        return "spu (libpsi) is not installed"
+    if not any(any(Path(d).glob("libpsi*.so")) for d in spec.submodule_search_locations):
+        return "spu (libpsi) is installed without its libpsi extension"
     return None
 
 
-class Worker:
-    """A spawned process that loads libpsi at once and then runs one ``psi_execute``."""
+def ids_folder(cfg: JobConfig) -> Path:
+    """Where the worker writes this side's ids for libpsi (libpsi's temporary files go beside them)."""
+    return Path(cfg.output_dir) / "psi" / ".libpsi"
 
-    def __init__(self) -> None:
+
+class Worker:
+    """A spawned process that loads libpsi at once and then runs one ``psi_execute``.
+
+    With ``cfg``, it also starts reading and checking this side's ids at once, while the
+    two runtimes shake hands (they go to ``ids_folder(cfg)``, removed by ``close``).
+    """
+
+    def __init__(self, cfg: JobConfig | None = None) -> None:
+        prep: dict[str, Any] | None = None
+        self.folder: Path | None = None
+        if cfg is not None:
+            self.folder = ids_folder(cfg)
+            shutil.rmtree(self.folder, ignore_errors=True)  # an interrupted run's files
+            self.folder.mkdir(parents=True, exist_ok=True)
+            prep = {
+                "data": str(Path(cfg.data.path).resolve()),
+                "id_column": cfg.data.id_column,
+                "input": str(self.folder / "ids.csv"),
+            }
         ctx = multiprocessing.get_context("spawn")
         self.specs: multiprocessing.Queue = ctx.Queue()
         self.events: multiprocessing.Queue = ctx.Queue()
         self.proc = ctx.Process(
-            target=_worker_main, args=(self.specs, self.events, os.getpid()), name="libpsi", daemon=True
+            target=_worker_main, args=(self.specs, self.events, os.getpid(), prep), name="libpsi", daemon=True
         )
         self.proc.start()
         self.used = False
+        self.loaded: str | None = None  # "" once libpsi imported, else why it did not
+        self.early: list[tuple[str, Any]] = []  # events read while waiting for the load
+
+    def wait_loaded(self, timeout_s: float) -> str | None:
+        """None once libpsi is loaded in the worker, else why not (an import error or no answer)."""
+        end = time.monotonic() + timeout_s
+        while self.loaded is None:
+            try:
+                kind, value = self.events.get(timeout=max(0.05, min(0.5, end - time.monotonic())))
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    self.loaded = f"the libpsi worker stopped (exit code {self.proc.exitcode})"
+                elif time.monotonic() > end:
+                    return f"libpsi did not load within {timeout_s:g}s"
+                continue
+            if kind == "loaded":
+                self.loaded = ""
+            elif kind == "load_error":
+                self.loaded = str(value)
+            self.early.append((kind, value))
+        return self.loaded or None
 
     def start(self, spec: dict[str, Any]) -> None:
         self.used = True
@@ -76,24 +131,41 @@ class Worker:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _worker_main(specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int) -> None:
+def _worker_main(
+    specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int, prep: dict[str, Any] | None = None
+) -> None:
     # Killed with the runtime (a cancel kills it). The worker is started from the runtime's
     # main thread, so the kernel's parent-death signal is safe to use here.
+    import threading
+
     die_with_parent(parent, pdeathsig=True)
     t0 = time.monotonic()
+    prepared: dict[str, Any] = {}
+    reader = None
+    if prep is not None:
+        # Read and check the ids while libpsi loads and the two sides shake hands.
+        reader = threading.Thread(target=lambda: prepared.update(_prepare_ids(prep)), name="psi-ids", daemon=True)
+        reader.start()
     try:
         from spu import psi  # noqa: F401
         from spu.libspu import link  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - sent to the parent
-        out.put(("error", f"cannot load libpsi: {exc}"))
+        out.put(("load_error", f"spu (libpsi) cannot be imported: {exc.__class__.__name__}: {exc}"))
         return
+    out.put(("loaded", None))
     out.put(("log", f"libpsi: loaded in {time.monotonic() - t0:.1f}s"))
     spec = specs.get()
     if spec is None:
         return
-    _child(spec, out)
+    if reader is None:
+        spec_prep = {k: spec[k] for k in ("data", "id_column", "input")}
+        reader = threading.Thread(target=lambda: prepared.update(_prepare_ids(spec_prep)), name="psi-ids", daemon=True)
+        reader.start()
+    _child(spec, out, reader, prepared)
 
 
 class PortHold:
@@ -119,22 +191,40 @@ class PortHold:
         self.sock.close()
 
 
-def csv_is_plain(path: str) -> bool:
-    """libpsi splits CSV lines on commas (``sort --field-separator=,``): no quoted fields, no CRs."""
-    import mmap
+IDS_HEADER = "psi_id"
+
+
+def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
+    """This side's ids for libpsi: read with Arrow, checked (empty, duplicate), written as a one-column CSV."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from runtime.psi.data import Table, find_duplicate
 
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
-                return True
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                return m.find(b'"') < 0 and m.find(b"\r") < 0
-    except OSError:
-        return False
+        table = Table(spec["data"], spec["id_column"])
+        ids = table.read_ids()
+        if len(ids) == 0:
+            raise DataError(f"data.path: {table.path.name} has no rows")
+        find_duplicate(ids, table.path.name)
+        with open(spec["input"], "wb") as f:
+            f.write(f"{IDS_HEADER}\n".encode())
+            pcsv.write_csv(
+                pa.table({IDS_HEADER: ids}), f, pcsv.WriteOptions(include_header=False, quoting_style="none")
+            )
+        return {"n": len(ids), "error": "", "input": spec["input"]}
+    except DataError as exc:
+        return {"n": 0, "error": str(exc), "input": ""}
+    except Exception as exc:  # noqa: BLE001 - e.g. an id Arrow cannot write unquoted: named to both sides
+        return {
+            "n": 0,
+            "error": f"data.path: cannot prepare the ids for libpsi ({exc.__class__.__name__}: {exc})",
+            "input": "",
+        }
 
 
-def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
-    """Runs in the worker: one psi_execute, then the two sides' reports via the link."""
+def _child(spec: dict[str, Any], out: multiprocessing.Queue, reader: Any, prepared: dict[str, Any]) -> None:
+    """Runs in the worker: the link (while the ids are read), both sides' checks, one psi_execute, the counts."""
     from spu import psi
     from spu.libspu import link
 
@@ -163,14 +253,28 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue) -> None:
                 f"libpsi: link to the partner up in {time.monotonic() - t0:.1f}s ({'TLS' if spec['tls'] else 'plaintext'})",
             )
         )
+        reader.join()
+        out.put(("log", f"libpsi: {prepared['n']} ids read and checked"))
+        # Both sides' input checks before the protocol: bad input fails both, naming the problem.
+        mine_check = {"n": prepared["n"], "error": prepared["error"]}
+        checks = [json.loads(x) for x in ctx.all_gather(json.dumps(mine_check))]
+        peer_check = checks[1 - spec["rank"]]
+        if prepared["error"]:
+            out.put(("data_error", prepared["error"]))
+            return
+        if peer_check["error"]:
+            out.put(("peer_error", f"the partner's input cannot be used: {peer_check['error']}"))
+            return
         proto = getattr(psi.PsiProtocol, _ENUM[spec["protocol"]])
         pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
         if spec["protocol"] == "ecdh":
             pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
         conf = psi.PsiExecuteConfig(
             protocol_conf=pconf,
-            input_params=psi.InputParams(path=spec["input"], selected_keys=[spec["id_column"]], keys_unique=False),
-            output_params=psi.OutputParams(path=spec["output"], disable_alignment=False),
+            # Checked above: the ids are unique, so libpsi need not sort the input to find duplicates;
+            # the runtime aligns the rows itself, so libpsi need not sort its output either.
+            input_params=psi.InputParams(path=prepared["input"], selected_keys=[IDS_HEADER], keys_unique=True),
+            output_params=psi.OutputParams(path=spec["output"], disable_alignment=True),
             checkpoint_conf=psi.CheckpointConfig(enable=False),
         )
 
@@ -222,14 +326,26 @@ def run_libpsi(
         "parties": parties,
         "rank": 0 if cfg.is_leader else 1,
         "protocol": protocol,
-        "input": str(_job_input(Path(cfg.data.path), work)),
+        "data": str(Path(cfg.data.path).resolve()),
+        "input": str(ids_folder(cfg) / "ids.csv"),  # libpsi's temporary files go beside it
         "id_column": cfg.data.id_column,
         "output": str(raw_out),
         "tls": tls,
         "timeout_s": cfg.timeout_s,
     }
-    worker = worker or Worker()
+    worker = worker or Worker(cfg)
     worker.start(spec)
+    # This side's whole table, read with Arrow while libpsi runs (it is needed only for the output).
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            loaded["table"] = table.read_table()
+        except DataError as exc:
+            loaded["error"] = exc
+
+    loader = threading.Thread(target=load, name="psi-table", daemon=True)
+    loader.start()
     q, proc = worker.events, worker.proc
     result = None
     link_up = False
@@ -247,7 +363,7 @@ def run_libpsi(
                     )
                 raise PeerError(f"libpsi did not finish within timeout_s={cfg.timeout_s:g}s")
             try:
-                kind, value = q.get(timeout=0.5)
+                kind, value = worker.early.pop(0) if worker.early else q.get(timeout=0.5)
             except queue.Empty:
                 if not proc.is_alive():
                     raise PeerError(
@@ -261,8 +377,14 @@ def run_libpsi(
                 reporter.log(str(value))
             elif kind == "progress":
                 reporter.progress(0.9 * float(value) / 100.0, "psi")
-            elif kind == "error":
+            elif kind == "loaded":
+                continue
+            elif kind in ("error", "load_error"):
                 raise PeerError(f"libpsi failed: {value}")
+            elif kind == "data_error":
+                raise DataError(str(value))
+            elif kind == "peer_error":
+                raise PeerError(str(value))
             else:
                 result = value
     finally:
@@ -270,23 +392,18 @@ def run_libpsi(
             port_hold.release()
         # The result (and libpsi's output file) is in: do not wait on brpc's link teardown.
         proc.join(0.5 if result is not None else 5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
+        worker.close(0)  # kills it if still there; removes this side's ids file
     mine, peer = result["mine"], result["peer"]
-    if mine["n"] == 0:
-        raise DataError(f"data.path: {table.path.name} has no rows")
-    if mine["unique"] != mine["n"]:
-        raise DataError(
-            f"data.id_column: {table.path.name} has {mine['n'] - mine['unique']} duplicate ids; ids must be unique"
-        )
-    if peer["n"] == 0 or peer["unique"] != peer["n"]:
-        raise PeerError("the partner's input is empty or has duplicate ids")
+    if mine["unique"] != mine["n"] or peer["unique"] != peer["n"] or mine["n"] == 0 or peer["n"] == 0:
+        raise PeerError(f"libpsi counted inputs that were checked unique and non-empty (here {mine}, partner {peer})")
     if mine["inter"] != peer["inter"]:
         raise PeerError(
             f"the two sides computed different intersections ({mine['inter']} here, {peer['inter']} at the partner)"
         )
-    _finalise(table, raw_out, output.aligned)
+    loader.join()
+    if "error" in loaded:
+        raise loaded["error"]
+    _write_output(table, loaded["table"], raw_out, output.aligned, int(mine["inter"]))
     stats = {
         "engine": "libpsi",
         "protocol": protocol,
@@ -304,39 +421,24 @@ def run_libpsi(
     return stats
 
 
-def _job_input(data: Path, work: Path) -> Path:
-    """The input as libpsi should open it: a link inside the job's own folder.
+def _write_output(table: Any, full: Any, raw: Path, dest: Path, expected: int) -> None:
+    """libpsi's intersection (ids, any order) -> this side's rows ordered by id, id first, written atomically."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
 
-    libpsi writes its temporary files beside its input (``<input>.temp.csv``): given
-    the registered file itself, that is inside a data root, where two jobs on the
-    same dataset would overwrite each other's (and a read-only data root fails).
-    Through a link in the job folder, they land in the job folder.
-    """
-    link = work / f"input{data.suffix or '.csv'}"
-    link.unlink(missing_ok=True)
-    for stale in work.glob(f"{link.name}.*"):
-        stale.unlink(missing_ok=True)  # an interrupted run's temporary files
-    try:
-        link.symlink_to(data.resolve())
-    except OSError:
-        shutil.copyfile(data, link)  # no symlinks on this filesystem: a private copy
-    return link
+    from runtime.psi.data import positions_of, write_rows
 
-
-def _finalise(table: Any, raw: Path, dest: Path) -> None:
-    """libpsi's output (own columns, file order, sorted by id) -> aligned.csv with the id first, atomically."""
-    k = table.id_index
-    if k == 0:
-        # Already our layout (libpsi quotes the header, which any CSV reader unquotes): just publish it.
-        with raw.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(raw, dest)
-        return
-    with raw.open(newline="", encoding="utf-8") as src, atomic_file(dest, "w") as dst:
-        reader = csv.reader(src)
-        w = csv.writer(dst, lineterminator="\n")
-        header = next(reader, None) or table.columns
-        order = [k] + [i for i in range(len(header)) if i != k]
-        w.writerow([header[i] for i in order])
-        for row in reader:
-            w.writerow([row[i] for i in order])
+    inter = pcsv.read_csv(
+        raw,
+        convert_options=pcsv.ConvertOptions(
+            column_types={IDS_HEADER: pa.string()},
+            include_columns=[IDS_HEADER],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            null_values=[],
+        ),
+    ).column(0)
+    if len(inter) != expected:
+        raise PeerError(f"libpsi wrote {len(inter)} common ids but counted {expected}")
+    pos = positions_of(inter, full.column(table.id_index), table.path.name)
+    write_rows(table, full.take(pos), dest)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -92,11 +91,23 @@ def test_a_held_link_port_is_not_handed_to_anyone_else_but_the_link_can_listen_o
         hold.release()
 
 
-def test_the_job_input_is_a_link_in_the_job_folder(tmp_path):
-    data = write_csv(tmp_path / "d.csv", ["id"], [["1"]])
+def test_libpsi_reads_only_an_ids_file_in_the_job_folder(tmp_path):
+    """The worker hands libpsi a one-column file of checked ids inside the job folder, never the data file."""
+    data = write_csv(tmp_path / "d.csv", ["x", "id"], [["a", "u2"], ["b", "u1"], ["c", "日本"]])
     work = tmp_path / "job" / "checkpoint"
     work.mkdir(parents=True)
-    (work / "input.csv.temp.csv").write_text("stale")
-    link = libpsi_engine._job_input(data, work)
-    assert link.parent == work and Path(link).read_text() == data.read_text()
-    assert not (work / "input.csv.temp.csv").exists()
+    spec = {"data": str(data), "id_column": "id", "input": str(work / "ids.csv")}
+    assert libpsi_engine._prepare_ids(spec) == {"n": 3, "error": ""}
+    assert (work / "ids.csv").read_text(encoding="utf-8") == f"{libpsi_engine.IDS_HEADER}\nu2\nu1\n日本\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "job"]
+    # bad ids are named, and no ids file is offered to libpsi
+    for rows, message in (
+        ([["a", "u1"], ["b", "u2"], ["c", "u1"]], "duplicate id 'u1' in bad.csv (rows 1 and 3)"),
+        ([["a", "u1"], ["b", ""]], "bad.csv row 2 (line 3): empty id"),
+        ([], "bad.csv has no rows"),
+    ):
+        bad = write_csv(tmp_path / "bad.csv", ["x", "id"], rows)
+        out = work / "bad-ids.csv"
+        res = libpsi_engine._prepare_ids({"data": str(bad), "id_column": "id", "input": str(out)})
+        assert res["n"] == 0 and message in res["error"], res
+        assert not out.exists()
