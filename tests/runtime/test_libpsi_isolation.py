@@ -94,10 +94,10 @@ def test_a_held_link_port_is_not_handed_to_anyone_else_but_the_link_can_listen_o
 def test_libpsi_reads_only_an_ids_file_in_the_job_folder(tmp_path):
     """The worker hands libpsi a one-column file of checked ids inside the job folder, never the data file."""
     data = write_csv(tmp_path / "d.csv", ["x", "id"], [["a", "u2"], ["b", "u1"], ["c", "日本"]])
-    work = tmp_path / "job" / "checkpoint"
+    work = tmp_path / "job" / "psi" / ".libpsi"
     work.mkdir(parents=True)
     spec = {"data": str(data), "id_column": "id", "input": str(work / "ids.csv")}
-    assert libpsi_engine._prepare_ids(spec) == {"n": 3, "error": ""}
+    assert libpsi_engine._prepare_ids(spec) == {"n": 3, "error": "", "input": str(work / "ids.csv")}
     assert (work / "ids.csv").read_text(encoding="utf-8") == f"{libpsi_engine.IDS_HEADER}\nu2\nu1\n日本\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "job"]
     # bad ids are named, and no ids file is offered to libpsi
