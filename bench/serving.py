@@ -156,6 +156,21 @@ def throughput(call: Callable[[list[str]], int], ids: list[str], threads: int, s
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments that change what is measured (--work and --out only say where files go)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--work", "--out"):
+            skip = True
+            continue
+        if not a.startswith(("--work=", "--out=")):
+            out.append(a)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="5k ids, fewer calls, 3 s of load")
@@ -255,7 +270,8 @@ def main() -> int:
         "benchmark": f"split-NN serving over mutual TLS on loopback vs the whole model in one process; "
         f"{rows} ids, leader {fl} + follower {ff} features",
         "quick": args.quick,
-        "command": " ".join([".venv/bin/python", "bench/serving.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/python", "bench/serving.py", *command_args(sys.argv[1:])]),
+        "load_average": os.getloadavg(),  # the machine is shared: how busy it was at the end
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         **federated,
         "throughput_ratio": ratio,
