@@ -286,3 +286,25 @@ def test_the_approve_form_takes_the_receivers_source(setup, clicks, users):
     client.post(url, {"stream_source_kind": "folder", "stream_source_location": "events/clicks"})
     ticket.refresh_from_db()
     assert ticket.status == TicketStatus.APPROVED and ticket.stream_source["path"] == str(clicks)
+
+
+@pytest.mark.parametrize("end", ["minimum", "maximum"])
+def test_both_stream_steps_accept_every_ticket_key_at_its_bounds(api, setup, clicks, settings, end):
+    from apps.tickets.params import GROUPS
+    from runtime.config import parse_config
+    from runtime.stream.params import parse_stream_params
+    from runtime.stream.train import parse_stream_train_params
+
+    settings.FEDSITE_RUNTIME_ALLOW_INSECURE = True
+    job = _stream_job(api, setup, clicks)
+    values = {k: getattr(p, end) for k, p in GROUPS["stream"].items()}
+    values = {k: int(v) if GROUPS["stream"][k].type == "integer" else v for k, v in values.items()}
+    job.ticket.params = validate_params(JobKind.STREAM_JOIN_TRAIN, {"stream": values})
+    job.ticket.save()
+    config = build_spec(job, LocalLauncher(), 17014).config
+    parsed = parse_config({**config, "output_dir": "x", "tls": None, "allow_insecure": True})
+    join = parse_stream_params(parsed.stream, job_id=parsed.job_id, role=parsed.role)
+    train = parse_stream_train_params(parsed.stream)
+    assert join.max_delay_s == values["max_delay_s"] and join.max_batch_events == values["block_size"]
+    assert train.publish_every_blocks == values["publish_every_blocks"]
+    assert train.publish_every_minutes == values["publish_every_minutes"]

@@ -380,3 +380,24 @@ def test_without_credentials_the_launch_error_says_so(tmp_path, monkeypatch, set
             KubernetesLauncher().api_client  # noqa: B018
     finally:
         k8s._client = None
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", "NodePort"])
+def test_a_stream_leader_exposes_both_ports_and_runs_without_a_deadline(
+    settings, tls_files, service_type, k8s_launcher
+):
+    """stream_join_train: the join's port and training's one above it; no activeDeadlineSeconds (long-running)."""
+    from dataclasses import replace
+
+    launcher = KubernetesLauncher(k8s_launcher.api_client, service_type=service_type)
+    spec = replace(make_spec("leader", tls_files), port_count=2, timeout_s=0)
+    job, *_rest, service = launcher.manifests(spec)
+    for manifest in (job, service):
+        validate_strict(manifest)
+    assert "activeDeadlineSeconds" not in job["spec"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [17042, 17043]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("grpc", 17042, 17042),
+        ("grpc-1", 17043, 17043),
+    ]
