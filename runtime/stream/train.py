@@ -12,10 +12,11 @@ Rounds (protocol: protos/fedsite_proto/runtime/v1/stream_train.proto):
 1. the leader waits for new committed blocks (sending ``Idle`` so the follower knows it lives),
    names the range (``Round``) and the follower confirms it holds the same blocks (digest of
    the manifests' id digests);
-2. **progressive validation**: the newest block of the range is scored by the current model
-   before it is trained on: its loss, AUC, KS and accuracy are what a model version reports;
-3. every row of the range is trained on once, batch by batch, as the ``train`` step does
-   (activations forward, gradients back), continuing from the weights of the last round;
+2. the rows of the range's older blocks are trained on once, batch by batch, as the ``train``
+   step does (activations forward, gradients back), continuing from the last round's weights;
+3. **progressive validation**: the newest block is scored by the model trained on everything
+   before it: its loss, AUC, KS and accuracy are what a model version reports; then its rows
+   are trained on too (the shuffle of each part is seeded, the same on both sides);
 4. both sides checkpoint the round (weights, optimizer, preprocessing, offsets); every
    ``publish_every_blocks`` blocks, or ``publish_every_minutes`` with new blocks, the leader
    declares a new version and both export their half to ``stream/versions/v<NNNN>/`` and
@@ -455,9 +456,10 @@ def _leader(t: _Trainer) -> dict[str, Any]:
                 )
             x, y = t.inputs(blocks)
             assert y is not None and t.half is not None
-            newest = np.arange(len(x) - blocks[-1].count, len(x))
-            metrics = _leader_score(t, link, x, y, newest, rnd)
-            _leader_train(t, link, x, y, rnd)
+            older, newest = _schedule(len(x), blocks[-1].count, t.params, rnd)
+            _leader_train(t, link, x, y, rnd, older, 0)
+            metrics = _leader_score(t, link, x, y, np.arange(len(x) - blocks[-1].count, len(x)), rnd)
+            _leader_train(t, link, x, y, rnd, newest, len(older))
             st = t.state
             due = st["blocks_since_publish"] + len(blocks) >= sp.publish_every_blocks or (
                 sp.publish_every_minutes > 0 and time.time() - st["last_publish_at"] >= 60 * sp.publish_every_minutes
@@ -494,11 +496,21 @@ def _leader_score(
     return binary_metrics(y[rows], np.concatenate(preds))
 
 
-def _leader_train(t: _Trainer, link: StreamLeaderLink, x: np.ndarray, y: np.ndarray, rnd: int) -> None:
+def _schedule(rows: int, newest_rows: int, params: TrainParams, rnd: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A round's training batches (both sides compute the same): first the older blocks', then, once the
+    newest block is scored, the newest block's; each part in a seeded shuffle."""
+    cut = rows - newest_rows
+    older = epoch_order(np.arange(cut), params.seed, rnd) if cut else np.arange(0)
+    newest = epoch_order(np.arange(cut, rows), params.seed + 1, rnd)
+    return batches(older, params.batch_size) if cut else [], batches(newest, params.batch_size)
+
+
+def _leader_train(
+    t: _Trainer, link: StreamLeaderLink, x: np.ndarray, y: np.ndarray, rnd: int, todo: list[np.ndarray], first: int
+) -> None:
     params = t.params
-    noise = np.random.default_rng([params.seed, 17, rnd])
-    order = epoch_order(np.arange(len(x)), params.seed, rnd)
-    for b, idx in enumerate(batches(order, params.batch_size)):
+    noise = np.random.default_rng([params.seed, 17, rnd, first])
+    for b, idx in enumerate(todo, start=first):
         act = expect(link.recv(params.peer_timeout_s, f"activations of round {rnd} batch {b}"), "activations")
         if act.split != "train" or act.epoch != rnd or act.batch != b:
             raise PeerError(f"protocol error: expected training batch {b} of round {rnd}, got {act.split} {act.batch}")
@@ -569,17 +581,11 @@ def _follower(t: _Trainer) -> dict[str, Any]:
             )
             x, _ = t.inputs(blocks)
             half = t.half
-            newest = np.arange(len(x) - blocks[-1].count, len(x))
-            for b, idx in enumerate(batches(newest, params.batch_size)):
-                _send_act(link, rnd, b, "validation", half.forward(x[idx]))
-            order = epoch_order(np.arange(len(x)), params.seed, rnd)
-            for b, idx in enumerate(batches(order, params.batch_size)):
-                xb = x[idx]
-                _send_act(link, rnd, b, "train", half.forward(xb))
-                grad = expect(link.recv(timeout, f"gradients of round {rnd} batch {b}"), "gradients")
-                if grad.epoch != rnd or grad.batch != b:
-                    raise PeerError(f"protocol error: expected gradients of round {rnd} batch {b}, got {grad.batch}")
-                half.backward(xb, from_tensor(grad.value))
+            older, newest = _schedule(len(x), blocks[-1].count, params, rnd)
+            _follower_train(t, link, x, rnd, older, 0)
+            for b, idx in enumerate(batches(np.arange(len(x) - blocks[-1].count, len(x)), params.batch_size)):
+                _send_act(link, rnd, b, "validation", half.forward(x[idx]))  # scored before training on it
+            _follower_train(t, link, x, rnd, newest, len(older))
             end = expect(link.recv(timeout, f"the end of round {rnd}"), "round_end")
             if end.round != rnd:
                 raise PeerError(f"protocol error: the leader ended round {end.round}, expected {rnd}")
@@ -598,6 +604,18 @@ def _follower(t: _Trainer) -> dict[str, Any]:
         raise
     finally:
         link.close()
+
+
+def _follower_train(
+    t: _Trainer, link: StreamFollowerLink, x: np.ndarray, rnd: int, todo: list[np.ndarray], first: int
+) -> None:
+    for b, idx in enumerate(todo, start=first):
+        xb = x[idx]
+        _send_act(link, rnd, b, "train", t.half.forward(xb))
+        grad = expect(link.recv(t.params.peer_timeout_s, f"gradients of round {rnd} batch {b}"), "gradients")
+        if grad.epoch != rnd or grad.batch != b:
+            raise PeerError(f"protocol error: expected gradients of round {rnd} batch {b}, got {grad.batch}")
+        t.half.backward(xb, from_tensor(grad.value))
 
 
 def _send_act(link: StreamFollowerLink, rnd: int, b: int, split: str, a: Any) -> None:
