@@ -34,7 +34,7 @@ class TreeParams:
     share_metrics: bool = True
     data_path: str | None = None
     threads: int = 0  # 0: number of CPUs
-    pack_slots: int = 0  # histogram sums per ciphertext: 0 = as many as the key holds, 1 = no packing
+    pack_slots: int = 0  # histogram sums per ciphertext: 0 = the cheapest the key allows, 1 = no packing
     peer_timeout_s: float = 600.0
     connect_timeout_s: float = 600.0
     fault: str = ""

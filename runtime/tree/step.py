@@ -256,12 +256,16 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
             t_enc = time.perf_counter()
             send_rows = sample[:-1] if p.fault == "tamper_count" else sample
             blob = kp.encrypt(gq[send_rows], hq[send_rows])
+            copies = _shifted_copies(p, len(sample), n_cand_f // p.max_bin, kp.max_slots)
+            shifted = [kp.encrypt(gq[send_rows], hq[send_rows], j) for j in range(1, copies)]
             enc_s = time.perf_counter() - t_enc
             in_sample = np.zeros(nt, dtype=bool)
             in_sample[sample] = True
             link.send(
                 pb.LeaderMessage(
-                    tree_start=pb.TreeStart(tree=t, count=len(sample), ciphertexts=blob, sample=to_bits(in_sample))
+                    tree_start=pb.TreeStart(
+                        tree=t, count=len(sample), ciphertexts=blob, sample=to_bits(in_sample), shifted=shifted
+                    )
                 )
             )
             tree, (dec_s, decrypts, slots), hist_rows = _leader_tree(
@@ -315,6 +319,7 @@ def _leader(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter) -
                         "decrypt_s": dec_s,
                         "decrypts": decrypts,
                         "pack_slots": slots,
+                        "shifted_copies": copies,
                         "sampled_rows": len(sample),
                         "he_adds": hist_rows * (n_cand_f // p.max_bin),
                         "leaves": len(leaves),
@@ -548,6 +553,10 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
                     f"the leader announces {ts.count} ciphertexts for {len(sample)} sampled rows (tampered message)"
                 )
             ct = load_ciphertexts(ts.ciphertexts, len(sample), f"the leader's ciphertexts of tree {t + 1}")
+            shifted = [
+                load_ciphertexts(b, len(sample), f"the leader's shifted ciphertexts of tree {t + 1}")
+                for b in ts.shifted
+            ]
             fp = key.fingerprint
             if p.fault == "wrong_key":
                 ct, fp = random_key_ciphertexts(p.he_scheme, p.key_bits, len(sample))
@@ -558,7 +567,7 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
 
             open_nodes: dict[int, np.ndarray] = {0: sample}
             hist0 = (
-                _node_sums(key, ct, order, pos, len(sample), open_nodes, p.max_bin, p.pack_slots)
+                _node_sums(key, [ct, *shifted], order, pos, len(sample), open_nodes, p.max_bin, p.pack_slots)
                 if p.max_depth > 0
                 else []
             )
@@ -614,7 +623,7 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
                     small = 2 * d.node + 1 if core.smaller_first(lr, rr) else 2 * d.node + 2
                     smaller[small] = nxt[small]
                 hists = (
-                    _node_sums(key, ct, order, pos, len(sample), smaller, p.max_bin, p.pack_slots)
+                    _node_sums(key, [ct, *shifted], order, pos, len(sample), smaller, p.max_bin, p.pack_slots)
                     if depth + 1 < p.max_depth and smaller
                     else []
                 )
@@ -691,9 +700,18 @@ def _follower(cfg: JobConfig, p: TreeParams, prep: Prepared, reporter: Reporter)
         raise
 
 
+def _shifted_copies(p: TreeParams, rows: int, features: int, max_slots: int) -> int:
+    """Shifted encryptions per tree: `pack_slots` (1 = none) when set, else the cheapest the key allows."""
+    from runtime.tree.he import shifted_copies, slots_for
+
+    if p.pack_slots:
+        return slots_for(features, min(p.pack_slots, max_slots))
+    return shifted_copies(rows, features, p.max_bin, p.max_depth, max_slots)
+
+
 def _node_sums(
     key: Any,
-    ct: Any,
+    cts: list[Any],
     order: np.ndarray,
     pos: np.ndarray,
     n_sample: int,
@@ -703,8 +721,10 @@ def _node_sums(
 ) -> list[Any]:
     """Encrypted cumulative histograms of `nodes` (rows as training positions), packed, one message each.
 
-    `pack_slots` sums per ciphertext (0: as many as the key holds); a number that divides
-    the sums, so every ciphertext is full. More than the key holds is refused.
+    With the leader's shifted encryptions (`cts` = plain, times 2**108, ...) the feature
+    groups are summed under their shifts and added; otherwise `pack_slots` sums per
+    ciphertext (0: as many as the key holds) are packed with shifts under encryption, a
+    number that divides the sums, so every ciphertext is full. More than the key holds is refused.
     """
     from runtime.tree.he import slots_for
 
@@ -714,8 +734,12 @@ def _node_sums(
         m[pos[rows]] = 1
         masks.append(m)
     count = order.shape[1] * nbins
-    slots = slots_for(count, pack_slots or key.max_slots)
-    blobs = key.bucket_sums(ct, masks, order, nbins, slots)
+    if len(cts) > 1:  # the leader sent shifted encryptions: pack by adding
+        slots = len(cts)
+        blobs = key.bucket_sums_shifted(cts, masks, order, nbins)
+    else:
+        slots = slots_for(count, pack_slots or key.max_slots)
+        blobs = key.bucket_sums(cts[0], masks, order, nbins, slots)
     return [
         pb.NodeHistogram(node=nid, count=count, ciphertexts=b, slots=slots) for nid, b in zip(nodes, blobs, strict=True)
     ]

@@ -391,3 +391,48 @@ def test_numeric_bins_are_xgboosts_hist_cuts_so_the_trees_match_xgboost() -> Non
     col = pd.Series([-1.0, 0.0, 0.5, 1.0, 2.0, np.nan])
     assert column_codes(col, old).tolist() == [0, 0, 1, 1, 2, 0]
     assert column_codes(col, new).tolist() == [0, 1, 1, 2, 2, 0]
+
+
+def test_shifted_encryptions_pack_by_addition_into_the_same_sums() -> None:
+    """The leader's encryptions times 2**108j, summed per feature group and added: the clear sums again."""
+    from runtime.tree import core
+    from runtime.tree.he import KeyPair, PublicKey, load_ciphertexts, shifted_copies
+
+    rng = np.random.default_rng(12)
+    n, f, nbins = 300, 6, 8
+    gq, hq, _ = core.quantize(rng.normal(size=n), rng.random(size=n))
+    bins = np.ascontiguousarray(rng.integers(0, nbins, size=(n, f)).astype(np.int8))
+    kp = KeyPair("ou", 1024)
+    key = PublicKey(kp.public_key)
+    k = 3
+    assert kp.max_slots >= k
+    cts = [load_ciphertexts(kp.encrypt(gq, hq, j), n, "test") for j in range(k)]
+    masks = [(rng.random(n) < 0.5).astype(np.int8), np.ones(n, dtype=np.int8)]
+    blobs = key.bucket_sums_shifted(cts, masks, bins, nbins)
+    for mask, blob in zip(masks, blobs, strict=True):
+        got = np.stack(kp.decrypt_sums(blob, f * nbins, k))
+        np.testing.assert_array_equal(got, core.histograms(bins, np.flatnonzero(mask), gq, hq, nbins))
+    # features that do not split into the groups are refused, as is a shift beyond the headroom
+    with pytest.raises(PeerError, match="5 features do not split into 3 shifted groups"):
+        key.bucket_sums_shifted(cts, masks, np.ascontiguousarray(bins[:, :5]), nbins)
+    with pytest.raises(PeerError, match="refused"):
+        kp.encrypt(gq, hq, kp.max_slots)
+    # the cost model shifts when decryptions dominate, not when encryptions would
+    assert shifted_copies(80_000, 300, 32, 5, 6) > 1
+    assert shifted_copies(800, 5, 16, 3, 3) == 1
+
+
+def test_forced_packing_trains_the_same_trees(pki, tmp_path: Path) -> None:
+    """pack_slots=5 (shifted encryptions: 5 follower features, 2048-bit key) and 1 (none) give the same model."""
+    lp, fp = make_data(tmp_path / "data", 300, seed=13)
+    out = {}
+    for k in (1, 5):
+        tree = {**TREE, "num_trees": 3, "early_stopping_rounds": 0, "pack_slots": k, "key_bits": 2048}
+        leader, follower = configs(pki, tmp_path / f"k{k}", lp, fp, tree=tree, job=f"job-pack-{k}")
+        lres, fres, *_ = run_pair(leader, follower)
+        assert not isinstance(lres, Exception), lres
+        assert not isinstance(fres, Exception), fres
+        assert {h["pack_slots"] for h in lres["history"]} == {k}
+        assert {h["shifted_copies"] for h in lres["history"]} == {k}  # packed by addition, not shifts
+        out[k] = json.loads((tmp_path / f"k{k}" / "alpha" / "tree" / "model" / "model.json").read_text())
+    assert out[1]["trees"] == out[5]["trees"]

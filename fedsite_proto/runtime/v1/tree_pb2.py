@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedsite_proto/runtime/v1/tree.proto\x12\x1d\x66\x65\x64site_proto.runtime.v1.tree\"\xb4\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0c\n\x04rows\x18\x05 \x01(\x03\x12\x12\n\nids_digest\x18\x06 \x01(\x0c\x12\x15\n\rshared_params\x18\x07 \x01(\t\x12\x18\n\x10\x63heckpoint_trees\x18\x08 \x03(\x05\x12\x12\n\ncandidates\x18\t \x01(\x05\"X\n\x07Welcome\x12\x12\n\nstart_tree\x18\x01 \x01(\x05\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x15\n\rshare_metrics\x18\x04 \x01(\x08\"M\n\tTreeStart\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0b\x63iphertexts\x18\x03 \x01(\x0c\x12\x0e\n\x06sample\x18\x04 \x01(\x0c\"\xc3\x01\n\x0cNodeDecision\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12>\n\x04kind\x18\x02 \x01(\x0e\x32\x30.fedsite_proto.runtime.v1.tree.NodeDecision.Kind\x12\x0c\n\x04left\x18\x03 \x01(\x0c\x12\x11\n\tcandidate\x18\x04 \x01(\x05\x12\x0c\n\x04gain\x18\x05 \x01(\x01\"6\n\x04Kind\x12\x08\n\x04LEAF\x10\x00\x12\x10\n\x0cLEADER_SPLIT\x10\x01\x12\x12\n\x0e\x46OLLOWER_SPLIT\x10\x02\"h\n\rLevelDecision\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12:\n\x05nodes\x18\x03 \x03(\x0b\x32+.fedsite_proto.runtime.v1.tree.NodeDecision\"P\n\rNodeHistogram\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0b\x63iphertexts\x18\x03 \x01(\x0c\x12\r\n\x05slots\x18\x04 \x01(\x05\"\'\n\tPartition\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12\x0c\n\x04left\x18\x02 \x01(\x0c\"\xc3\x01\n\x0bLevelAnswer\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12<\n\npartitions\x18\x03 \x03(\x0b\x32(.fedsite_proto.runtime.v1.tree.Partition\x12@\n\nhistograms\x18\x04 \x03(\x0b\x32,.fedsite_proto.runtime.v1.tree.NodeHistogram\x12\x17\n\x0fkey_fingerprint\x18\x05 \x01(\x0c\"A\n\x05Reach\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\x0e\n\x06leaves\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0c\n\x04\x62its\x18\x04 \x01(\x0c\"\x9b\x01\n\x07TreeEnd\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12\x44\n\x07metrics\x18\x03 \x03(\x0b\x32\x33.fedsite_proto.runtime.v1.tree.TreeEnd.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x96\x01\n\x04\x44one\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\r\n\x05trees\x18\x02 \x01(\x05\x12\x41\n\x07metrics\x18\x03 \x03(\x0b\x32\x30.fedsite_proto.runtime.v1.tree.Done.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbb\x02\n\x0f\x46ollowerMessage\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.HelloH\x00\x12\x42\n\x0clevel_answer\x18\x02 \x01(\x0b\x32*.fedsite_proto.runtime.v1.tree.LevelAnswerH\x00\x12\x35\n\x05reach\x18\x03 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.ReachH\x00\x12\x33\n\x04\x64one\x18\x04 \x01(\x0b\x32#.fedsite_proto.runtime.v1.tree.DoneH\x00\x12\x39\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.FailureH\x00\x42\x06\n\x04\x62ody\"\xbd\x03\n\rLeaderMessage\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.HelloH\x00\x12\x39\n\x07welcome\x18\x02 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.WelcomeH\x00\x12>\n\ntree_start\x18\x03 \x01(\x0b\x32(.fedsite_proto.runtime.v1.tree.TreeStartH\x00\x12\x46\n\x0elevel_decision\x18\x04 \x01(\x0b\x32,.fedsite_proto.runtime.v1.tree.LevelDecisionH\x00\x12:\n\x08tree_end\x18\x05 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.TreeEndH\x00\x12\x33\n\x04\x64one\x18\x06 \x01(\x0b\x32#.fedsite_proto.runtime.v1.tree.DoneH\x00\x12\x39\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.FailureH\x00\x42\x06\n\x04\x62ody2{\n\x0bSecureBoost\x12l\n\x08\x45xchange\x12..fedsite_proto.runtime.v1.tree.FollowerMessage\x1a,.fedsite_proto.runtime.v1.tree.LeaderMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedsite_proto/runtime/v1/tree.proto\x12\x1d\x66\x65\x64site_proto.runtime.v1.tree\"\xb4\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\x05\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x0c\n\x04rows\x18\x05 \x01(\x03\x12\x12\n\nids_digest\x18\x06 \x01(\x0c\x12\x15\n\rshared_params\x18\x07 \x01(\t\x12\x18\n\x10\x63heckpoint_trees\x18\x08 \x03(\x05\x12\x12\n\ncandidates\x18\t \x01(\x05\"X\n\x07Welcome\x12\x12\n\nstart_tree\x18\x01 \x01(\x05\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x15\n\rshare_metrics\x18\x04 \x01(\x08\"^\n\tTreeStart\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0b\x63iphertexts\x18\x03 \x01(\x0c\x12\x0e\n\x06sample\x18\x04 \x01(\x0c\x12\x0f\n\x07shifted\x18\x05 \x03(\x0c\"\xc3\x01\n\x0cNodeDecision\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12>\n\x04kind\x18\x02 \x01(\x0e\x32\x30.fedsite_proto.runtime.v1.tree.NodeDecision.Kind\x12\x0c\n\x04left\x18\x03 \x01(\x0c\x12\x11\n\tcandidate\x18\x04 \x01(\x05\x12\x0c\n\x04gain\x18\x05 \x01(\x01\"6\n\x04Kind\x12\x08\n\x04LEAF\x10\x00\x12\x10\n\x0cLEADER_SPLIT\x10\x01\x12\x12\n\x0e\x46OLLOWER_SPLIT\x10\x02\"h\n\rLevelDecision\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12:\n\x05nodes\x18\x03 \x03(\x0b\x32+.fedsite_proto.runtime.v1.tree.NodeDecision\"P\n\rNodeHistogram\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0b\x63iphertexts\x18\x03 \x01(\x0c\x12\r\n\x05slots\x18\x04 \x01(\x05\"\'\n\tPartition\x12\x0c\n\x04node\x18\x01 \x01(\x05\x12\x0c\n\x04left\x18\x02 \x01(\x0c\"\xc3\x01\n\x0bLevelAnswer\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12<\n\npartitions\x18\x03 \x03(\x0b\x32(.fedsite_proto.runtime.v1.tree.Partition\x12@\n\nhistograms\x18\x04 \x03(\x0b\x32,.fedsite_proto.runtime.v1.tree.NodeHistogram\x12\x17\n\x0fkey_fingerprint\x18\x05 \x01(\x0c\"A\n\x05Reach\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\x0e\n\x06leaves\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0c\n\x04\x62its\x18\x04 \x01(\x0c\"\x9b\x01\n\x07TreeEnd\x12\x0c\n\x04tree\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x08\x12\x44\n\x07metrics\x18\x03 \x03(\x0b\x32\x33.fedsite_proto.runtime.v1.tree.TreeEnd.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x96\x01\n\x04\x44one\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\r\n\x05trees\x18\x02 \x01(\x05\x12\x41\n\x07metrics\x18\x03 \x03(\x0b\x32\x30.fedsite_proto.runtime.v1.tree.Done.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"(\n\x07\x46\x61ilure\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbb\x02\n\x0f\x46ollowerMessage\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.HelloH\x00\x12\x42\n\x0clevel_answer\x18\x02 \x01(\x0b\x32*.fedsite_proto.runtime.v1.tree.LevelAnswerH\x00\x12\x35\n\x05reach\x18\x03 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.ReachH\x00\x12\x33\n\x04\x64one\x18\x04 \x01(\x0b\x32#.fedsite_proto.runtime.v1.tree.DoneH\x00\x12\x39\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.FailureH\x00\x42\x06\n\x04\x62ody\"\xbd\x03\n\rLeaderMessage\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.fedsite_proto.runtime.v1.tree.HelloH\x00\x12\x39\n\x07welcome\x18\x02 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.WelcomeH\x00\x12>\n\ntree_start\x18\x03 \x01(\x0b\x32(.fedsite_proto.runtime.v1.tree.TreeStartH\x00\x12\x46\n\x0elevel_decision\x18\x04 \x01(\x0b\x32,.fedsite_proto.runtime.v1.tree.LevelDecisionH\x00\x12:\n\x08tree_end\x18\x05 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.TreeEndH\x00\x12\x33\n\x04\x64one\x18\x06 \x01(\x0b\x32#.fedsite_proto.runtime.v1.tree.DoneH\x00\x12\x39\n\x07\x66\x61ilure\x18\x07 \x01(\x0b\x32&.fedsite_proto.runtime.v1.tree.FailureH\x00\x42\x06\n\x04\x62ody2{\n\x0bSecureBoost\x12l\n\x08\x45xchange\x12..fedsite_proto.runtime.v1.tree.FollowerMessage\x1a,.fedsite_proto.runtime.v1.tree.LeaderMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,35 +40,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WELCOME']._serialized_start=253
   _globals['_WELCOME']._serialized_end=341
   _globals['_TREESTART']._serialized_start=343
-  _globals['_TREESTART']._serialized_end=420
-  _globals['_NODEDECISION']._serialized_start=423
-  _globals['_NODEDECISION']._serialized_end=618
-  _globals['_NODEDECISION_KIND']._serialized_start=564
-  _globals['_NODEDECISION_KIND']._serialized_end=618
-  _globals['_LEVELDECISION']._serialized_start=620
-  _globals['_LEVELDECISION']._serialized_end=724
-  _globals['_NODEHISTOGRAM']._serialized_start=726
-  _globals['_NODEHISTOGRAM']._serialized_end=806
-  _globals['_PARTITION']._serialized_start=808
-  _globals['_PARTITION']._serialized_end=847
-  _globals['_LEVELANSWER']._serialized_start=850
-  _globals['_LEVELANSWER']._serialized_end=1045
-  _globals['_REACH']._serialized_start=1047
-  _globals['_REACH']._serialized_end=1112
-  _globals['_TREEEND']._serialized_start=1115
-  _globals['_TREEEND']._serialized_end=1270
-  _globals['_TREEEND_METRICSENTRY']._serialized_start=1224
-  _globals['_TREEEND_METRICSENTRY']._serialized_end=1270
-  _globals['_DONE']._serialized_start=1273
-  _globals['_DONE']._serialized_end=1423
-  _globals['_DONE_METRICSENTRY']._serialized_start=1224
-  _globals['_DONE_METRICSENTRY']._serialized_end=1270
-  _globals['_FAILURE']._serialized_start=1425
-  _globals['_FAILURE']._serialized_end=1465
-  _globals['_FOLLOWERMESSAGE']._serialized_start=1468
-  _globals['_FOLLOWERMESSAGE']._serialized_end=1783
-  _globals['_LEADERMESSAGE']._serialized_start=1786
-  _globals['_LEADERMESSAGE']._serialized_end=2231
-  _globals['_SECUREBOOST']._serialized_start=2233
-  _globals['_SECUREBOOST']._serialized_end=2356
+  _globals['_TREESTART']._serialized_end=437
+  _globals['_NODEDECISION']._serialized_start=440
+  _globals['_NODEDECISION']._serialized_end=635
+  _globals['_NODEDECISION_KIND']._serialized_start=581
+  _globals['_NODEDECISION_KIND']._serialized_end=635
+  _globals['_LEVELDECISION']._serialized_start=637
+  _globals['_LEVELDECISION']._serialized_end=741
+  _globals['_NODEHISTOGRAM']._serialized_start=743
+  _globals['_NODEHISTOGRAM']._serialized_end=823
+  _globals['_PARTITION']._serialized_start=825
+  _globals['_PARTITION']._serialized_end=864
+  _globals['_LEVELANSWER']._serialized_start=867
+  _globals['_LEVELANSWER']._serialized_end=1062
+  _globals['_REACH']._serialized_start=1064
+  _globals['_REACH']._serialized_end=1129
+  _globals['_TREEEND']._serialized_start=1132
+  _globals['_TREEEND']._serialized_end=1287
+  _globals['_TREEEND_METRICSENTRY']._serialized_start=1241
+  _globals['_TREEEND_METRICSENTRY']._serialized_end=1287
+  _globals['_DONE']._serialized_start=1290
+  _globals['_DONE']._serialized_end=1440
+  _globals['_DONE_METRICSENTRY']._serialized_start=1241
+  _globals['_DONE_METRICSENTRY']._serialized_end=1287
+  _globals['_FAILURE']._serialized_start=1442
+  _globals['_FAILURE']._serialized_end=1482
+  _globals['_FOLLOWERMESSAGE']._serialized_start=1485
+  _globals['_FOLLOWERMESSAGE']._serialized_end=1800
+  _globals['_LEADERMESSAGE']._serialized_start=1803
+  _globals['_LEADERMESSAGE']._serialized_end=2248
+  _globals['_SECUREBOOST']._serialized_start=2250
+  _globals['_SECUREBOOST']._serialized_end=2373
 # @@protoc_insertion_point(module_scope)

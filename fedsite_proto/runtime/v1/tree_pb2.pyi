@@ -42,16 +42,18 @@ class Welcome(_message.Message):
     def __init__(self, start_tree: _Optional[int] = ..., public_key: _Optional[bytes] = ..., scheme: _Optional[str] = ..., share_metrics: _Optional[bool] = ...) -> None: ...
 
 class TreeStart(_message.Message):
-    __slots__ = ("tree", "count", "ciphertexts", "sample")
+    __slots__ = ("tree", "count", "ciphertexts", "sample", "shifted")
     TREE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SHIFTED_FIELD_NUMBER: _ClassVar[int]
     tree: int
     count: int
     ciphertexts: bytes
     sample: bytes
-    def __init__(self, tree: _Optional[int] = ..., count: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ..., sample: _Optional[bytes] = ...) -> None: ...
+    shifted: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, tree: _Optional[int] = ..., count: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ..., sample: _Optional[bytes] = ..., shifted: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeDecision(_message.Message):
     __slots__ = ("node", "kind", "left", "candidate", "gain")
