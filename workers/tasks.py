@@ -68,6 +68,14 @@ def launch_job(self, *, job_id: str) -> None:
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
 
 
+@shared_task(name="workers.tasks.register_job_scores", ignore_result=True, acks_late=True)
+def register_job_scores(*, job_id: str) -> None:
+    """A score job succeeded on the leader: register its scores as a dataset (idempotent)."""
+    from apps.jobs.outputs import register_scores
+
+    register_scores(job_id)
+
+
 @shared_task(name="workers.tasks.stop_job", ignore_result=True)
 def stop_job(*, job_id: str) -> None:
     """Stop the runtime of a cancelled job."""

@@ -44,3 +44,10 @@ class Unavailable(ServiceError):
 
     status_code = 503
     code = "unavailable"
+
+
+class NotFound(ServiceError):
+    """The thing named does not exist here (or is not this workspace's): the API answers 404."""
+
+    status_code = 404
+    code = "not_found"

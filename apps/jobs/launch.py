@@ -43,7 +43,7 @@ from apps.jobs.launchers.base import (
     error_summary,
 )
 from apps.jobs.models import Job
-from apps.tickets.choices import LONG_RUNNING_KINDS, SERVICE_KINDS, JobKind, PartyRole
+from apps.tickets.choices import LONG_RUNNING_KINDS, SCORE_KINDS, SERVICE_KINDS, JobKind, PartyRole
 
 log = logging.getLogger(__name__)
 J = JobStatus
@@ -58,6 +58,9 @@ STEPS_BY_KIND: dict[str, list[str]] = {
     JobKind.STREAM_JOIN: ["stream_join"],
     JobKind.STREAM_JOIN_TRAIN: ["stream_join", "stream_train"],
     JobKind.SERVE: ["serve"],
+    # The score step scores the PSI output when there is one (runtime/train/data.py aligned_path).
+    JobKind.SCORE: ["score"],
+    JobKind.PSI_SCORE: ["psi", "score"],
 }
 # How many consecutive ports a leader's runtime listens on: the join's, then continual training's.
 PORTS_BY_KIND: dict[str, int] = {JobKind.STREAM_JOIN_TRAIN: 2}
@@ -217,6 +220,8 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
             config["serve"] = runtime_params(job, *launcher.serving_api_address(str(job.id), job.role, port))
         except ServiceError as exc:
             raise LaunchError(f"cannot serve: {exc.message}") from None
+    if ticket.kind in SCORE_KINDS:
+        config["score"] = score_config(job)
     if "stream" in params:
         config["stream"] = stream_config(ticket, config["data"])
     if leader:
@@ -248,6 +253,21 @@ def build_spec(job: Job, launcher: Launcher, port: int | None) -> RuntimeSpec:
         partitions=partitions,
         previous_job_ids=previous,
     )
+
+
+def score_config(job: Job) -> dict[str, Any]:
+    """The `score` block of a score job's runtime config: this side's half of the named model version.
+
+    The runtime picks the scorer by the model's own metadata (split NN or trees).
+    """
+    from apps.registry.serving import model_refusal, model_version_for
+
+    ticket = job.ticket
+    if refusal := model_refusal(ticket, "score"):
+        raise LaunchError(f"cannot score: {refusal}")
+    mv = model_version_for(ticket.workspace, ticket.partner, ticket.params, group="score")
+    params = dict(ticket.params.get("score") or {})
+    return {"model_dir": mv.artifact_uri, "batch_size": int(params.get("batch_size", 4096))}
 
 
 def stream_config(ticket: Any, data: dict[str, Any]) -> dict[str, Any]:

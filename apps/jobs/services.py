@@ -19,7 +19,7 @@ from apps.core.statemachine import transition
 from apps.jobs.choices import ACTIVE, JOB_MACHINE, JOB_RECONCILE, OUTCOME_RANK, JobStatus
 from apps.jobs.models import Job, JobMetric
 from apps.peer.outbox import enqueue
-from apps.tickets.choices import NOT_APPROVED_OUTCOMES, PartyRole, TicketStatus
+from apps.tickets.choices import NOT_APPROVED_OUTCOMES, SCORE_KINDS, PartyRole, TicketStatus
 
 J = JobStatus
 LOG_TAIL_LINES = 200
@@ -72,6 +72,12 @@ def start_ticket_run(ticket: Any, *, source: str = "system", attempt: int | None
     job_id = str(job.id)
     transaction.on_commit(lambda: _launch(job_id))
     return job
+
+
+def _register_scores(job_id: str) -> None:
+    from workers.tasks import register_job_scores
+
+    register_job_scores.delay(job_id=job_id)
 
 
 def _launch(job_id: str) -> None:
@@ -155,6 +161,10 @@ def set_job_status(
         from apps.registry.services import register_from_job
 
         register_from_job(job)
+    if status == J.SUCCEEDED and job.role == PartyRole.LEADER and job.ticket.kind in SCORE_KINDS:
+        # The leader's scores become a dataset; reading the file may take a while, so a worker does it.
+        scored = str(job.id)
+        transaction.on_commit(lambda: _register_scores(scored))
     if notify_partner:
         enqueue(job.ticket.partner, "job.state", _state_payload(job), ticket_id=job.ticket_id)
     if (

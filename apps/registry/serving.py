@@ -34,29 +34,36 @@ _channels: dict[str, grpc.Channel] = {}
 _channels_lock = threading.Lock()
 
 
-def model_version_for(workspace: Any, partner: Any, params: dict[str, Any]) -> ModelVersion:
-    """The production model version a serve ticket names, trained with `partner` (else a ServiceError naming why)."""
-    raw = str(((params or {}).get("serve") or {}).get("model_version") or "")
+def model_version_for(workspace: Any, partner: Any, params: dict[str, Any], *, group: str = "serve") -> ModelVersion:
+    """The model version a serve (or score) ticket names, trained with `partner` (else a ServiceError naming why).
+
+    `group` is the ticket's parameter group naming it: ``serve`` needs a production version,
+    ``score`` any version not archived.
+    """
+    field = f"params.{group}.model_version"
+    raw = str(((params or {}).get(group) or {}).get("model_version") or "")
     if not raw:
-        raise ServiceError("name the model version to serve", field=FIELD)
+        raise ServiceError(f"name the model version to {group}", field=field)
     try:
         mv_id = uuid.UUID(raw)
     except ValueError:
-        raise ServiceError(f"{raw[:60]!r} is not a model version id", field=FIELD) from None
+        raise ServiceError(f"{raw[:60]!r} is not a model version id", field=field) from None
     mv = ModelVersion.objects.select_related("ticket").filter(pk=mv_id, workspace=workspace).first()
     if mv is None:
-        raise ServiceError(f"no model version {mv_id} in this workspace", field=FIELD)
+        raise ServiceError(f"no model version {mv_id} in this workspace", field=field)
     if mv.ticket.partner_id != partner.id:
-        raise ServiceError(f"model version {mv.name} was trained with another partner", field=FIELD)
-    if mv.stage != Stage.PRODUCTION:
-        raise ServiceError(f"model version {mv.name} is {mv.stage}; promote it to production first", field=FIELD)
+        raise ServiceError(f"model version {mv.name} was trained with another partner", field=field)
+    if group == "serve" and mv.stage != Stage.PRODUCTION:
+        raise ServiceError(f"model version {mv.name} is {mv.stage}; promote it to production first", field=field)
+    if mv.stage == Stage.ARCHIVED:
+        raise ServiceError(f"model version {mv.name} is archived; restore it to candidate first", field=field)
     return mv
 
 
-def serving_refusal(ticket: Any) -> str | None:
-    """Why this side cannot serve the ticket's model version (receiver's check, again at approval), or None."""
+def model_refusal(ticket: Any, group: str = "serve") -> str | None:
+    """Why this side cannot use the ticket's model version (receiver's check, again at approval), or None."""
     try:
-        mv = model_version_for(ticket.workspace, ticket.partner, ticket.params)
+        mv = model_version_for(ticket.workspace, ticket.partner, ticket.params, group=group)
     except ServiceError as exc:
         return exc.message
     if mv.role != ticket.role:
@@ -64,6 +71,11 @@ def serving_refusal(ticket: Any) -> str | None:
             f"model version {mv.name} holds the {mv.role}'s half here, but the ticket makes this side the {ticket.role}"
         )
     return None
+
+
+def serving_refusal(ticket: Any) -> str | None:
+    """Why this side cannot serve the ticket's model version, or None."""
+    return model_refusal(ticket, "serve")
 
 
 def serving_token(job: Job) -> str:

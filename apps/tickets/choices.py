@@ -14,11 +14,17 @@ class JobKind(models.TextChoices):
     STREAM_JOIN = "stream_join", "Real-time join of two event streams into data blocks"
     STREAM_JOIN_TRAIN = "stream_join_train", "Real-time join, then continual vertical NN training"
     SERVE = "serve", "Online serving of a production model version"
+    SCORE = "score", "Batch scoring of aligned data with a model version"
+    PSI_SCORE = "psi_score", "PSI join, then batch scoring with a model version"
 
 
 TREE_KINDS = (JobKind.PSI_VERTICAL_TREE, JobKind.VERTICAL_TREE)
 TRAINING_KINDS = (JobKind.PSI_VERTICAL_NN, JobKind.VERTICAL_NN, *TREE_KINDS)
-PSI_KINDS = (JobKind.PSI, JobKind.PSI_VERTICAL_NN, JobKind.PSI_VERTICAL_TREE)
+PSI_KINDS = (JobKind.PSI, JobKind.PSI_VERTICAL_NN, JobKind.PSI_VERTICAL_TREE, JobKind.PSI_SCORE)
+# Score a dataset with a model version both sides hold (params.score.model_version); the leader gets scores.csv.
+SCORE_KINDS: tuple[str, ...] = (JobKind.SCORE, JobKind.PSI_SCORE)
+# Kinds naming a model version, and the parameter group that names it.
+MODEL_GROUP: dict[str, str] = {JobKind.SERVE: "serve", JobKind.SCORE: "score", JobKind.PSI_SCORE: "score"}
 # Each side names a stream source (where its live events arrive) besides its dataset.
 STREAM_KINDS = (JobKind.STREAM_JOIN, JobKind.STREAM_JOIN_TRAIN)
 # Run until either side stops them: no job deadline, and a runtime that is up is "running", not late.

@@ -297,6 +297,19 @@ register_group(
     title="Online serving",
 )
 
+register_group(
+    "score",
+    {
+        "model_version": Param(
+            "string",
+            "",
+            "the model version both sides score with (its id, the same on both installations; not archived)",
+        ),
+        "batch_size": Int(4096, 1, 1_000_000, "rows per scoring batch"),
+    },
+    title="Batch scoring",
+)
+
 register_kind(JobKind.PSI, "psi")
 register_kind(JobKind.PSI_VERTICAL_NN, "psi", "train")
 register_kind(JobKind.VERTICAL_NN, "train")
@@ -305,6 +318,8 @@ register_kind(JobKind.VERTICAL_TREE, "tree")
 register_kind(JobKind.STREAM_JOIN, "stream")
 register_kind(JobKind.STREAM_JOIN_TRAIN, "stream", "train")
 register_kind(JobKind.SERVE, "serve")
+register_kind(JobKind.SCORE, "score")
+register_kind(JobKind.PSI_SCORE, "psi", "score")
 
 
 def defaults(group: str) -> dict[str, Any]:
@@ -413,6 +428,7 @@ DOC_TABLES = {
     "docs/trees.md": "tree",
     "docs/streaming.md": "stream",
     "docs/serving.md": "serve",
+    "docs/scoring.md": "score",
 }
 _MARK = re.compile(r"(<!-- params:(\w+) -->\n)(.*?)(<!-- /params:\2 -->)", re.S)
 

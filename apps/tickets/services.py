@@ -24,6 +24,7 @@ from apps.partners.choices import PartnerStatus, Policy
 from apps.partners.models import Partner
 from apps.peer.outbox import enqueue
 from apps.tickets.choices import (
+    MODEL_GROUP,
     NOT_APPROVED_OUTCOMES,
     STREAM_KINDS,
     TICKET_MACHINE,
@@ -107,12 +108,14 @@ def _label_refusal(kind: str, role: str, dataset: Dataset | None) -> str | None:
 
 
 def _serving_refusal(ticket: Ticket) -> str | None:
-    """A serve ticket: why this side cannot serve the model version it names (not here, not production…), or None."""
-    if ticket.kind != JobKind.SERVE:
+    """A serve or score ticket: why this side cannot use the model version it names (not here, archived,
+    another partner's, not production for serving…), or None."""
+    group = MODEL_GROUP.get(ticket.kind)
+    if group is None:
         return None
-    from apps.registry.serving import serving_refusal
+    from apps.registry.serving import model_refusal
 
-    return serving_refusal(ticket)
+    return model_refusal(ticket, group)
 
 
 @transaction.atomic
@@ -146,11 +149,11 @@ def propose_ticket(
         raise ServiceError(f"{partner.name} has not granted this dataset to you", field="remote_dataset")
     validated = validate_params(kind, params)
     own_source = clean_stream_source(workspace, kind, stream_source)
-    if kind == JobKind.SERVE:
+    if kind in MODEL_GROUP:
         from apps.registry.serving import model_version_for
 
-        # Each side serves its half of the model version: the side holding the leader's half leads.
-        role = model_version_for(workspace, partner, validated).role
+        # Each side serves (or scores with) its half of the model version: the side holding the leader's half leads.
+        role = model_version_for(workspace, partner, validated, group=MODEL_GROUP[kind]).role
     else:
         role = _roles(kind, local_dataset, remote_dataset)
     if refusal := _label_refusal(kind, role, local_dataset):
@@ -311,7 +314,7 @@ def approve_ticket(
     if refusal := _label_refusal(ticket.kind, ticket.role, ticket.local_dataset):
         raise ServiceError(refusal, field="dataset")
     if refusal := _serving_refusal(ticket):
-        raise ServiceError(refusal, field="params.serve.model_version")
+        raise ServiceError(refusal, field=f"params.{MODEL_GROUP[ticket.kind]}.model_version")
     _move(
         ticket,
         S.APPROVED,

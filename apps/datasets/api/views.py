@@ -1,16 +1,21 @@
+from pathlib import Path
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from apps.core.api import TenantViewSet
-from apps.core.errors import ServiceError
+from apps.core.errors import NotFound, ServiceError
 from apps.datasets.api.serializers import (
     DatasetCreateSerializer,
     DatasetSerializer,
     GrantSerializer,
     RemoteDatasetSerializer,
 )
+from apps.datasets.folders import lies_in_workspace
 from apps.datasets.models import Dataset, DatasetGrant, RemoteDataset
 from apps.datasets.services import grant_dataset, register_dataset, revoke_grant
 from apps.partners.models import Partner
@@ -58,6 +63,19 @@ class DatasetViewSet(
             raise ServiceError("this partner has no grant on this dataset", field="partner")
         revoke_grant(grant, acting_user=request.user, source=self.source)
         return Response(status=204)
+
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiTypes.BINARY, (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY}
+    )
+    @action(detail=True, methods=["get"])
+    def download(self, request, *args, **kwargs):
+        """The dataset's file, while it still lies in this workspace's data folders."""
+        ds = self.get_object()
+        path = Path(ds.uri)
+        if not lies_in_workspace(self.workspace, path) or not path.is_file():
+            raise NotFound(f"dataset {ds.name}: its file is no longer in this workspace's data folders")
+        content_type = "application/vnd.apache.parquet" if ds.format == "parquet" else "text/csv"
+        return FileResponse(path.open("rb"), as_attachment=True, filename=path.name, content_type=content_type)
 
 
 class RemoteDatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):

@@ -32,6 +32,20 @@ class JobMetricSerializer(serializers.ModelSerializer):
         fields = ["side", "name", "split", "step", "epoch", "value", "created_at"]
 
 
+class JobOutputSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="`aligned` (PSI) or `scores` (the leader's scores)")
+    kind = serializers.CharField(help_text="`psi_aligned` or `scores`")
+    path = serializers.CharField(help_text="where the file lives on this installation")
+    size_bytes = serializers.IntegerField()
+    description = serializers.CharField()
+    content_type = serializers.CharField()
+
+
+class RegisterOutputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120, help_text="the new dataset's name")
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
 class CancelSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="")
 

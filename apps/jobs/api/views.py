@@ -1,3 +1,5 @@
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -7,8 +9,17 @@ from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from apps.core.api import TenantViewSet
-from apps.jobs.api.serializers import CancelSerializer, JobMetricSerializer, JobSerializer, RuntimeReportSerializer
+from apps.datasets.api.serializers import DatasetSerializer
+from apps.jobs.api.serializers import (
+    CancelSerializer,
+    JobMetricSerializer,
+    JobOutputSerializer,
+    JobSerializer,
+    RegisterOutputSerializer,
+    RuntimeReportSerializer,
+)
 from apps.jobs.models import Job, JobMetric
+from apps.jobs.outputs import CONTENT_TYPE, get_output, job_outputs, register_output
 from apps.jobs.services import apply_report, cancel_job, job_for_token, metric_points, retry_job
 from apps.workspaces.choices import Role
 
@@ -20,6 +31,10 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
     queryset = Job.objects.all()
     filterset_fields = ["status", "ticket", "role"]
     action_roles = {"retry": Role.APPROVER}
+    OUTPUT = r"outputs/(?P<output_name>[A-Za-z0-9_-]{1,64})"
+    output_param = OpenApiParameter(
+        "output_name", OpenApiTypes.STR, OpenApiParameter.PATH, description="`aligned` or `scores`"
+    )
 
     @extend_schema(request=CancelSerializer, responses=JobSerializer)
     @action(detail=True, methods=["post"])
@@ -60,6 +75,40 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
         if filters.get("side", JobMetric.Side.LOCAL) not in JobMetric.Side.values:
             raise ValidationError({"side": [f"must be one of {', '.join(JobMetric.Side.values)}"]})
         return Response(JobMetricSerializer(metric_points(self.get_object(), **filters), many=True).data)
+
+    @extend_schema(responses=JobOutputSerializer(many=True))
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def outputs(self, request, *args, **kwargs):
+        """This side's outputs of the job (the PSI aligned table, the leader's scores): name, kind, path, size."""
+        return Response(JobOutputSerializer([o.as_dict() for o in job_outputs(self.get_object())], many=True).data)
+
+    @extend_schema(
+        parameters=[output_param],
+        responses={(200, CONTENT_TYPE): OpenApiTypes.BINARY},
+    )
+    @action(detail=True, methods=["get"], url_path=rf"{OUTPUT}/download", url_name="output-download")
+    def download_output(self, request, output_name, *args, **kwargs):
+        """Download one of this side's outputs (404 for a name the job has not written here)."""
+        out = get_output(self.get_object(), output_name)
+        name = f"{self.get_object().id}-{out.name}.csv"
+        return FileResponse(out.path.open("rb"), as_attachment=True, filename=name, content_type=CONTENT_TYPE)
+
+    @extend_schema(parameters=[output_param], request=RegisterOutputSerializer, responses={201: DatasetSerializer})
+    @action(detail=True, methods=["post"], url_path=rf"{OUTPUT}/register", url_name="output-register")
+    def register_output(self, request, output_name, *args, **kwargs):
+        """Register one of this side's outputs as a dataset of this workspace (the file is copied into its folder)."""
+        job = self.get_object()
+        ser = RegisterOutputSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        dataset = register_output(
+            job,
+            output_name,
+            dataset_name=ser.validated_data["name"],
+            description=ser.validated_data["description"],
+            acting_user=request.user,
+            source=self.source,
+        )
+        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class RuntimeReportThrottle(SimpleRateThrottle):
