@@ -368,6 +368,13 @@ def predicted_s(key: str, n: int, rates: dict[str, float], last: dict[str, Any])
     return n / rate if rate else None
 
 
+def merged_runs(previous: dict[str, Any] | None, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's figures, plus the last recorded ones for sizes not run now, by size."""
+    now = {r["n_per_side"] for r in runs}
+    kept = [r for r in (previous or {}).get("runs", []) if r["n_per_side"] not in now]
+    return sorted(kept + runs, key=lambda r: r["n_per_side"])
+
+
 def print_row(name: str, n: int, r: dict[str, Any]) -> None:
     peak = max(r["peak_rss_mb"].values()) if "peak_rss_mb" in r else 0.0
     print(
@@ -388,6 +395,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--budget-s", type=float, default=900, help="skip a row predicted to take longer than this (default 900 s)"
+    )
+    ap.add_argument(
+        "--unique-baseline-max",
+        type=int,
+        default=10**9,
+        metavar="N",
+        help="run psi_execute told keys_unique beside RR22 only up to N ids per side",
     )
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a temp folder)")
@@ -448,7 +462,7 @@ def main() -> None:
             if direct:
                 # libpsi's psi_execute on the same files: as given (keys_unique=false), and told the keys are unique.
                 for dkey, unique in ((f"libpsi_direct_{direct}", False), (f"libpsi_direct_{direct}_unique", True)):
-                    if unique and direct != "rr22":
+                    if unique and (direct != "rr22" or n > args.unique_baseline_max):
                         continue
                     if not within_budget(dkey, n):
                         continue
@@ -467,6 +481,9 @@ def main() -> None:
                 }
         if not runs:
             continue
+        # Sizes not run this time keep their last figures (a 10M run beside an earlier 1M run).
+        runs = merged_runs(last.get(key), runs)
+        druns = {dkey: merged_runs(last.get(dkey), dr) for dkey, dr in druns.items()}
         top = runs[-1]
         result[key] = {
             "items_per_s_per_side": top["items_per_s_per_side"],
@@ -482,7 +499,11 @@ def main() -> None:
             result[key]["share_of_ceiling"] = round(cb / cap, 3)
             result[key]["share_of_ceiling_wall"] = round(top["items_per_s_per_side"] / cap, 3)
         for dkey, dr in druns.items():
-            dtop = dr[-1]
+            dtop = max(
+                (d for d in dr if any(r["n_per_side"] == d["n_per_side"] for r in runs)),
+                key=lambda d: d["n_per_side"],
+                default=dr[-1],
+            )
             result[dkey] = {
                 "items_per_s_per_side": dtop["items_per_s_per_side"],
                 "n_per_side": dtop["n_per_side"],
