@@ -481,6 +481,7 @@ def main() -> None:
                 }
         if not runs:
             continue
+        this_top = runs[-1]  # the largest size run now: the ceiling was measured in this run
         # Sizes not run this time keep their last figures (a 10M run beside an earlier 1M run).
         runs = merged_runs(last.get(key), runs)
         druns = {dkey: merged_runs(last.get(dkey), dr) for dkey, dr in druns.items()}
@@ -495,9 +496,10 @@ def main() -> None:
             result[key]["hardware_ceiling_items_per_s_per_side"] = cap
             # The ceiling is CPU time on cores to itself; so is the job's cpu-bound rate (ids / (CPU s / cores)).
             # The wall-clock share depends on what else this shared machine runs at the time.
-            cb = top.get("cpu_bound_items_per_s_per_side") or 0
+            cb = this_top.get("cpu_bound_items_per_s_per_side") or 0
             result[key]["share_of_ceiling"] = round(cb / cap, 3)
-            result[key]["share_of_ceiling_wall"] = round(top["items_per_s_per_side"] / cap, 3)
+            result[key]["share_of_ceiling_wall"] = round(this_top["items_per_s_per_side"] / cap, 3)
+            result[key]["share_of_ceiling_n"] = this_top["n_per_side"]
         for dkey, dr in druns.items():
             dtop = max(
                 (d for d in dr if any(r["n_per_side"] == d["n_per_side"] for r in runs)),
@@ -522,7 +524,17 @@ def main() -> None:
             if size_key in result:
                 result[size_key][name] = ratio
         save(result)
-    result["skipped"] = skipped
+
+    # Skip reasons of earlier runs stay for the sizes not run now.
+    def skip_key(why: str) -> str:
+        row, _, size = why.split(" ")[:3]
+        return f"{row}@{int(size.replace(',', ''))}"
+
+    previous = last.get("skipped") or {}
+    if isinstance(previous, list):
+        previous = {skip_key(w): w for w in previous}
+    result["skipped"] = {k: v for k, v in previous.items() if int(k.rpartition("@")[2]) not in sizes}
+    result["skipped"].update({skip_key(w): w for w in skipped})
     if "rsa" in result and "runs" in result["rsa"]:
         result["rsa"]["speedup_vs_baseline"] = round(
             result["rsa"]["items_per_s_per_side"] / base["items_per_s_per_side"], 2
@@ -552,7 +564,8 @@ def main() -> None:
     for key in ("ecdh", "rsa"):
         r = result.get(key, {})
         if "share_of_ceiling" in r and "runs" in r:
-            cb = r["runs"][-1].get("cpu_bound_items_per_s_per_side") or 0
+            cb = next(x for x in r["runs"] if x["n_per_side"] == r["share_of_ceiling_n"])
+            cb = cb.get("cpu_bound_items_per_s_per_side") or 0
             print(
                 f"{key:<12}{r['hardware_ceiling_items_per_s_per_side']:>10,d}{cb:>11,d}{r['share_of_ceiling']:>8.0%}"
                 f"{r['items_per_s_per_side']:>10,d}{r['share_of_ceiling_wall']:>14.0%}"
