@@ -361,18 +361,21 @@ class NatsSource:
             await m.ack()
         await self.nc.flush()
 
-    def close(self) -> None:
-        async def _close() -> None:
-            if getattr(self, "nc", None) is not None and not self.nc.is_closed:
-                await self.nc.drain() if self.nc.is_connected else await self.nc.close()
+    async def _aclose(self) -> None:
+        nc = getattr(self, "nc", None)
+        if nc is not None and not nc.is_closed:
+            await nc.close()
 
+    def close(self) -> None:
         if self._loop.is_running():
             try:
-                self._call(_close(), 10)
+                self._call(self._aclose(), 10)
             except Exception as exc:  # noqa: BLE001 - closing must not hide the job's outcome
                 log.info("closing the NATS connection: %s", exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
 
 
 def _subject_covers(pattern: str, subject: str) -> bool:

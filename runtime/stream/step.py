@@ -47,8 +47,8 @@ WAITING = "waiting for data"
 KEY_CHECK = b"fedsite stream key check"
 STATS_EVERY_S = 1.0
 
-# Test hook: called as FAULT(role, point) at each step of the protocol (crash injection).
-FAULT: Callable[[str, str], None] | None = None
+# Test hook: called as FAULT(job_id, role, point) at each step of the protocol (crash injection).
+FAULT: Callable[[str, str, str], None] | None = None
 
 
 def _ff(v: float) -> float:
@@ -106,7 +106,7 @@ class _Job:
 
     def fault(self, point: str) -> None:
         if FAULT is not None:
-            FAULT(self.role, point)
+            FAULT(self.cfg.job_id, self.role, point)
 
     # -- key agreement --------------------------------------------------------
     def my_hello(self, committed: int, prepared: tuple[int, dict[str, Any]] | None) -> pb.StreamHello:
@@ -213,12 +213,12 @@ class _Job:
             try:
                 result = self.session(link)
             except LinkLost as exc:
-                link.abort()
+                self.lost(link)
                 committed, _ = self.store.last_committed()
                 self.reporter.log(f"stream: {exc}; resuming from block {committed} when the partner is back", "warning")
                 continue
             except PartnerDone as done:
-                link.close()
+                self.close(link)
                 return self.finish(f"the partner stopped the job: {done.reason}")
             except Exception as exc:
                 link.fail(exc)
@@ -226,8 +226,14 @@ class _Job:
             except BaseException:
                 link.abort()
                 raise
-            link.close()
+            self.close(link)
             return result
+
+    def lost(self, link: Any) -> None:
+        link.abort()
+
+    def close(self, link: Any) -> None:
+        link.close()
 
     def finish(self, reason: str, counters: dict[str, int] | None = None) -> dict[str, Any]:
         counters = counters or self.last_counters
@@ -250,14 +256,21 @@ class _Job:
 class LeaderJob(_Job):
     role = "leader"
 
+    _link: StreamLeaderLink | None = None
+
     def open_link(self) -> StreamLeaderLink:
-        link = StreamLeaderLink(self.cfg)
+        """The job's server (bound once, kept across sessions), with the follower's next session."""
+        if self._link is None:
+            self._link = StreamLeaderLink(self.cfg)
         try:
-            link.accept(self.p.connect_timeout_s)
+            self._link.accept(self.p.connect_timeout_s)
         except PeerError:
-            link.close(grace_s=1.0)
+            self._link.close(grace_s=1.0)
             raise
-        return link
+        return self._link
+
+    def lost(self, link: Any) -> None:
+        link.end_session()
 
     def session(self, link: StreamLeaderLink) -> dict[str, Any]:
         p = self.p

@@ -25,6 +25,20 @@ from tests.runtime.test_train import Recorder, free_port
 
 pytestmark = pytest.mark.runtime
 
+_PORTS: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
+def unique_port() -> int:
+    """A free port no other trial of this run was given (trials run concurrently)."""
+    with _PORTS_LOCK:
+        while True:
+            port = free_port()
+            if port not in _PORTS:
+                _PORTS.add(port)
+                return port
+
+
 FAST = {"poll_interval_s": 0.02, "peer_timeout_s": 20, "connect_timeout_s": 20, "stop_when_idle_s": 0.3}
 
 
@@ -38,7 +52,7 @@ def configs(
     pki, work: Path, stream: dict[str, Any] | None = None, job: str = "job-s", port: int | None = None
 ) -> tuple[dict, dict]:
     alpha, beta = pki
-    port = port or free_port()
+    port = port or unique_port()
     s = {**FAST, **(stream or {})}
     leader = {
         "job_id": job,
@@ -173,3 +187,212 @@ def test_bad_config_is_named(pki, tmp_path: Path) -> None:
     assert not (tmp_path / "alpha" / "stream" / "blocks").exists() or not any(
         (tmp_path / "alpha" / "stream" / "blocks").iterdir()
     )
+
+
+class Crash(BaseException):
+    """A simulated kill: not an Exception, so the side drops its link without a word, like a dead process."""
+
+
+class Faults:
+    """Dispatches the runtime's crash-injection hook to the trial running that job."""
+
+    def __init__(self) -> None:
+        self.trials: dict[str, Any] = {}
+
+    def __call__(self, job: str, role: str, point: str) -> None:
+        hook = self.trials.get(job)
+        if hook is not None:
+            hook(role, point)
+
+
+def crash_trial(pki, faults: Faults, work: Path, seed: int, victim: str, at: int, events: int = 30) -> int:
+    """One small job; `victim` dies at its `at`-th protocol point and restarts.
+
+    Returns the points the victim passed (at=0: a crash-free run) or whether it crashed."""
+    ldf, fdf = make_events(events, max_delay=600, disorder_s=30, seed=seed, far=0.1)
+    write_parts(ldf, work / "in-alpha", 9)
+    write_parts(fdf, work / "in-beta", 7)
+    job = f"job-{work.name}"
+    leader, follower = configs(pki, work, {"max_batch_events": 8, "stop_when_idle_s": 0.05}, job=job)
+    cfgs = {"leader": leader, "follower": follower}
+    seen = {"n": 0, "crashed": False}
+    lock = threading.Lock()
+
+    def fault(role: str, point: str) -> None:
+        if role != victim:
+            return
+        with lock:
+            seen["n"] += 1
+            if seen["n"] == at and not seen["crashed"]:
+                seen["crashed"] = True
+                raise Crash(point)
+
+    out: dict[str, Any] = {}
+    threads = {n: threading.Thread(target=run_side, args=(c, out, n, Recorder())) for n, c in cfgs.items()}
+    faults.trials[job] = fault
+    try:
+        for t in threads.values():
+            t.start()
+        threads[victim].join(30)
+        if isinstance(out.get(victim), Crash):
+            again = threading.Thread(target=run_side, args=(cfgs[victim], out, victim, Recorder()))
+            again.start()
+            again.join(30)
+            assert not again.is_alive(), "the restarted side hung"
+        for t in threads.values():
+            t.join(30)
+            assert not t.is_alive(), "a side hung"
+    finally:
+        faults.trials.pop(job, None)
+    for name in cfgs:
+        assert not isinstance(out[name], BaseException), f"{name}: {out[name]!r}"
+    check_exact(work, ldf, fdf, 600)
+    return seen["n"] if not at else int(seen["crashed"])
+
+
+def test_exactly_once_across_random_crashes(pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """>= 100 trials: either side dies at a random protocol point (incl. between a file's write and its
+    rename), restarts, and the union of both sides' blocks still equals the batch join, once each.
+    Trials run six at a time (each its own job, port and folders)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    faults = Faults()
+    monkeypatch.setattr(step, "FAULT", faults)
+    rng = np.random.default_rng(20261129)
+    # how many protocol points each side passes in a crash-free run of this size
+    points = {v: crash_trial(pki, faults, tmp_path / f"dry-{v}", 7, v, at=0) for v in ("leader", "follower")}
+    assert points["leader"] > 15 and points["follower"] > 15
+    plan = []
+    for trial in range(110):
+        victim = "leader" if trial % 2 else "follower"
+        at = int(rng.integers(1, int(points[victim] * 0.8)))  # trials' data differ: stay inside their runs
+        plan.append((tmp_path / f"t{trial}", int(rng.integers(1 << 30)), victim, at))
+    with ThreadPoolExecutor(6) as pool:
+        crashed = list(pool.map(lambda a: crash_trial(pki, faults, *a), plan))
+    victims = [v for (_, _, v, _), c in zip(plan, crashed, strict=True) if c]
+    assert len(victims) >= 100 and victims.count("leader") >= 45 and victims.count("follower") >= 45
+
+
+def test_late_events_are_counted_and_idle_sources_wait(pki, tmp_path: Path) -> None:
+    """Events older than their side's watermark are counted as late (metric and result), never silently dropped;
+    an idle source shows the "waiting for data" stage, not a failure."""
+    ldf, fdf = make_events(600, max_delay=60, disorder_s=5, seed=4, span_s=600)
+    write_parts(ldf, tmp_path / "in-alpha", 200)
+    write_parts(fdf, tmp_path / "in-beta", 200)
+    # then 25 leader events and 10 follower events from long ago land: late on both sides
+    old_l = ldf.iloc[:25].copy()
+    old_l["click_id"] = [f"old{i}" for i in range(25)]
+    old_l["event_time"] -= 5000
+    old_f = fdf.iloc[:10].copy()
+    old_f["click_id"] = [f"gone{i}" for i in range(10)]
+    old_f["event_time"] -= 5000
+    write_parts(old_l, tmp_path / "in-alpha", 100, start=50)
+    write_parts(old_f, tmp_path / "in-beta", 100, start=50)
+    leader, follower = configs(
+        pki, tmp_path, {"max_delay_s": 60, "lateness_s": 10, "max_batch_events": 150, "stop_when_idle_s": 2.5}
+    )
+    lres, fres, lrep, frep = run_pair(leader, follower)
+    assert not isinstance(lres, BaseException), lres
+    assert lres["late_events"] == 25 and fres["late_events"] == 10
+    assert lres["partner"]["late_events"] == 10
+    late = [e["value"] for e in lrep.events if e["type"] == "metric" and e["name"] == "late_events"]
+    assert late[-1] == 25
+    assert any(e["type"] == "progress" and e["stage"] == "waiting for data" for e in lrep.events)
+    assert any("waiting for data" in e.get("line", "") for e in frep.events if e["type"] == "log")
+    assert not any(e["type"] == "failed" for e in lrep.events + frep.events)
+    # the on-time events joined exactly
+    n = check_exact(tmp_path, pd.concat([ldf, old_l]), pd.concat([fdf, old_f]), 60)
+    assert n == lres["matched"] > 0
+
+
+def test_stop_from_the_follower(pki, tmp_path: Path) -> None:
+    ldf, fdf = make_events(200, seed=5)
+    write_parts(ldf, tmp_path / "in-alpha", 100)
+    write_parts(fdf, tmp_path / "in-beta", 100)
+    stop = tmp_path / "stop-beta"
+    leader, follower = configs(pki, tmp_path, {"stop_when_idle_s": None})
+    follower["stream"]["stop_file"] = str(stop)
+    stop.write_text("")
+    lres, fres, _, _ = run_pair(leader, follower)
+    assert fres["stopped"] == "stopped (stop file)"
+    assert lres["stopped"] == "the partner stopped the job: stopped (stop file)"
+
+
+@pytest.fixture()
+def jetstream():
+    """A JetStream stream of its own on the local NATS server, deleted afterwards."""
+    import asyncio
+    import uuid
+
+    import nats
+
+    name = f"SJOIN_{uuid.uuid4().hex[:10]}"
+    subjects = (f"{name.lower()}.alpha", f"{name.lower()}.beta")
+
+    async def call(fn):
+        nc = await nats.connect("nats://127.0.0.1:4222")
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+
+    def run(fn):
+        return asyncio.run(call(fn))
+
+    run(lambda js: js.add_stream(name=name, subjects=list(subjects)))
+    yield name, subjects, run
+    run(lambda js: js.delete_stream(name))
+
+
+def publish(run, subject: str, df: pd.DataFrame) -> None:
+    rows = df.to_dict("records")
+
+    async def go(js):
+        for r in rows:
+            await js.publish(subject, json.dumps(r).encode())
+
+    run(go)
+
+
+def test_nats_jetstream_source(pki, tmp_path: Path, jetstream) -> None:
+    """Both sides read a real JetStream subject through durable consumers; a second run resumes after the
+    last committed block (nothing joined twice), and the consumers' acks follow the commits."""
+    name, (sa, sb), run = jetstream
+    ldf, fdf = make_events(1000, seed=6)
+    publish(run, sa, ldf.iloc[:600])
+    publish(run, sb, fdf.iloc[:500])
+    nats_cfg = {"source": "nats", "max_batch_events": 200}
+    leader, follower = configs(pki, tmp_path, nats_cfg)
+    leader["stream"]["nats"] = {"url": "nats://127.0.0.1:4222", "stream": name, "subject": sa}
+    follower["stream"]["nats"] = {"url": "nats://127.0.0.1:4222", "stream": name, "subject": sb}
+    del leader["data"]["path"], follower["data"]["path"]
+    lres, fres, _, _ = run_pair(leader, follower)
+    assert not isinstance(lres, BaseException), lres
+    assert not isinstance(fres, BaseException), fres
+    assert lres["events_read"] == 600 and fres["events_read"] == 500
+    first = lres["last_block"]
+    assert first >= 1
+    publish(run, sa, ldf.iloc[600:])
+    publish(run, sb, fdf.iloc[500:])
+    lres, fres, _, _ = run_pair(leader, follower)
+    assert not isinstance(lres, BaseException), lres
+    assert lres["last_block"] > first
+    assert lres["events_read"] == 1000 and fres["events_read"] == 1000  # counters carry over, no re-read
+    check_exact(tmp_path, ldf, fdf, 600)
+    # acks: the durable consumer's ack floor is the offset of the last committed block
+    _, lm = read_blocks(str(tmp_path / "alpha"))
+    info = run(lambda js: js.consumer_info(name, "fedsite-job-s-leader"))
+    assert info.ack_floor.stream_seq == lm[-1]["source_offset"]["stream_seq"]
+
+
+def test_nats_errors_are_named(pki, tmp_path: Path, jetstream) -> None:
+    name, (sa, _), _ = jetstream
+    leader, _ = configs(pki, tmp_path, {"source": "nats"})
+    leader["stream"]["nats"] = {"url": "nats://127.0.0.1:4222", "stream": "NO_SUCH_STREAM", "subject": sa}
+    with pytest.raises(ConfigError, match="stream.nats.stream: no JetStream stream 'NO_SUCH_STREAM'"):
+        step.run(parse_config(leader), Recorder())
+    leader["stream"]["nats"] = {"url": "nats://127.0.0.1:4222", "stream": name, "subject": "other.subject"}
+    with pytest.raises(ConfigError, match="stream.nats.subject: 'other.subject' is not a subject of stream"):
+        step.run(parse_config(leader), Recorder())
