@@ -243,3 +243,24 @@ def test_the_leaders_scores_become_a_dataset_when_the_job_succeeds(
     ds = Dataset.objects.get(pk=noted["id"], workspace=world["acme"])
     assert noted["name"] == ds.name and ds.name.endswith("scores #1") and ds.row_count == 3
     assert Path(ds.uri).read_text() == (out / "score" / "scores.csv").read_text()
+
+
+def test_the_job_page_offers_each_output_for_download_and_registration(world, browser_client, finished) -> None:
+    job, out = finished
+    html = browser_client("bob").get(f"/w/acme/jobs/{job.pk}/").content.decode()
+    assert "Outputs on this side" in html and str(out / "score" / "scores.csv") in html
+    assert f"/w/acme/jobs/{job.pk}/outputs/scores/download" in html
+    assert "Register as dataset" not in html  # a viewer may download, not register
+    page = browser_client("bob").get(f"/w/acme/jobs/{job.pk}/outputs/scores/download")
+    assert page.status_code == 200 and page["Content-Type"] == "text/csv"
+    assert b"".join(page.streaming_content).decode() == (out / "score" / "scores.csv").read_text()
+    assert browser_client("bob").get(f"/w/acme/jobs/{job.pk}/outputs/..%2Fx/download").status_code == 404
+    assert browser_client("charlie").get(f"/w/acme/jobs/{job.pk}/outputs/scores/download").status_code in (403, 404)
+    dave = browser_client("dave")
+    assert "Register as dataset" in dave.get(f"/w/acme/jobs/{job.pk}/").content.decode()
+    r = dave.post(f"/w/acme/jobs/{job.pk}/outputs/scores/register", {"name": "new scores"}, follow=True)
+    assert r.status_code == 200 and "Registered as dataset new scores" in r.content.decode()
+    assert Dataset.objects.get(workspace=world["acme"], name="new scores").row_count == 3
+    r = dave.post(f"/w/acme/jobs/{job.pk}/outputs/scores/register", {"name": "new scores"}, follow=True)
+    assert "already exists" in r.content.decode()
+    assert Dataset.objects.filter(name="new scores").count() == 1

@@ -45,7 +45,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
     return make_party(d, "alpha"), make_party(d, "beta")
 
 
-def _train(module: Any, leader: dict, follower: dict) -> None:
+def _train(module: Any, leader: dict, follower: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def go(name: str, raw: dict) -> None:
@@ -61,6 +61,7 @@ def _train(module: Any, leader: dict, follower: dict) -> None:
         t.join(300)
     assert not isinstance(out.get("leader"), Exception) and "leader" in out, out
     assert not isinstance(out.get("follower"), Exception) and "follower" in out, out
+    return out
 
 
 def _pair(pki, work: Path, lp: Path, fp: Path, job: str, **blocks: Any) -> tuple[dict, dict]:
@@ -424,3 +425,38 @@ def test_a_serving_runtime_stops_cleanly_on_sigterm(pki, models, tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
         lead.stop()
+
+
+# -- batch scoring (the `score` step of score jobs) against the same whole model -------------
+
+
+@pytest.mark.parametrize("family", ["nn", "tree"])
+def test_batch_scoring_equals_the_whole_model(pki, models, family: str, tmp_path: Path) -> None:
+    """`python -m runtime score` with both halves writes the whole model's scores (1e-6) and its metrics."""
+    from runtime.train import score
+    from runtime.train.metrics import binary_metrics
+
+    ids = [f"u{i:05d}" for i in range(3, 580, 3)]  # aligned on both sides, in this order
+    ldf = pd.read_csv(models["leader_csv"]).set_index("id").loc[ids].reset_index()
+    fdf = pd.read_csv(models["follower_csv"]).set_index("id").loc[ids].reset_index()
+    lp, fp = tmp_path / "score-leader.csv", tmp_path / "score-follower.csv"
+    ldf.to_csv(lp, index=False)
+    fdf.to_csv(fp, index=False)
+    ml, mf = models[family]
+    leader, follower = _pair(pki, tmp_path, lp, fp, f"score-{family}")
+    leader["score"] = {"model_dir": str(ml), "batch_size": 50}
+    follower["score"] = {"model_dir": str(mf), "batch_size": 50}
+    results = _train(score, leader, follower)
+    out = pd.read_csv(tmp_path / "alpha" / "score" / "scores.csv")
+    assert out["id"].tolist() == ids
+    want = whole_nn(models, ids) if family == "nn" else whole_tree(models, ids)
+    np.testing.assert_allclose(out["score"].to_numpy(), want, atol=1e-6)
+    assert len(set(np.round(want, 6))) > 5  # real scores, not one constant
+    assert not (tmp_path / "beta" / "score" / "scores.csv").exists()  # only the leader writes scores
+    # The leader has the labels: its metrics are those of the whole model's scores.
+    expected = binary_metrics(ldf["label"].to_numpy(), want)
+    assert expected["auc"] > 0.6
+    for key in ("auc", "ks", "loss"):
+        assert results["leader"]["metrics"][key] == pytest.approx(expected[key], abs=1e-5), key
+    assert results["leader"]["rows"] == results["follower"]["rows"] == len(ids)
+    assert "scores_path" not in results["follower"] and "metrics" not in results["follower"]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import JsonResponse
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from apps.core.errors import ServiceError
+from apps.core.errors import NotFound, ServiceError
 from apps.dashboard.access import workspace_page
 from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.jobs import services as job_services
 from apps.jobs.choices import ACTIVE, JobStatus
 from apps.jobs.models import Job, JobMetric
+from apps.jobs.outputs import CONTENT_TYPE, get_output, job_outputs, register_output
 from apps.registry.serving import serving_summary
 from apps.workspaces.choices import Role
 
@@ -91,6 +92,9 @@ def job_detail(request, pk):
         state=job_state(job),
         stream_rows=STREAM_ROWS,
         serving=serving_summary(job),
+        outputs=job_outputs(job),
+        scores_dataset=(job.result or {}).get("scores_dataset"),
+        can_register=request.can.write,
         can_cancel=job.status in ACTIVE and request.can.write,
         can_retry=job.status in RETRYABLE
         and request.can.approve
@@ -140,3 +144,31 @@ def retry(request, pk):
     if isinstance(new, Job):
         return redirect("dashboard:job", slug=request.workspace.slug, pk=new.pk)
     return redirect(back)
+
+
+@workspace_page
+def output_download(request, pk, name):
+    """This side's output `name` of the job, as a file (404 for a name the job has not written here)."""
+    job = get_in_workspace(request, Job, pk)
+    try:
+        out = get_output(job, name)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    return FileResponse(
+        out.path.open("rb"), as_attachment=True, filename=f"{job.id}-{out.name}.csv", content_type=CONTENT_TYPE
+    )
+
+
+@require_POST
+@workspace_page(role=Role.MEMBER)
+def output_register(request, pk, name):
+    """Register this side's output `name` as a dataset named in the form."""
+    job = get_in_workspace(request, Job, pk)
+    back = request.path.split("/outputs/", 1)[0] + "/"
+    dataset_name = request.POST.get("name", "").strip()[:200]
+    return act(
+        request,
+        lambda: register_output(job, name, dataset_name=dataset_name, acting_user=request.user, source="ui"),
+        success=f"Registered as dataset {dataset_name}.",
+        then=back,
+    )
