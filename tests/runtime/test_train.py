@@ -162,6 +162,25 @@ def test_score_with_both_halves(trained, tmp_path: Path) -> None:
     assert scores["score"].between(0, 1).all()
     # fresh data from the same distribution scores about as well as the validation split
     assert abs(lres2["metrics"]["auc"] - lres["metrics"]["validation"]["auc"]) < 0.05
+    # the same scores as the whole model (both halves) in one process
+    np.testing.assert_allclose(scores["score"].to_numpy(), whole_nn_scores(work, leader, follower), atol=1e-6)
+
+
+def whole_nn_scores(work: Path, leader: dict[str, Any], follower: dict[str, Any]) -> np.ndarray:
+    """Both exported halves in one process: top(leader's bottom, follower's bottom) on each side's features."""
+    import tensorflow as tf
+
+    from runtime.train.data import Preprocessor, read_table
+
+    outs = []
+    for side, cfg in (("alpha", leader), ("beta", follower)):
+        model_dir = work / side / "train" / "model"
+        d = cfg["data"]
+        table = read_table(d["path"], d["id_column"], d.get("label_column") or None, need_label=False)
+        x = Preprocessor.from_json((model_dir / "preprocess.json").read_text()).transform(table.features)
+        outs.append((tf.saved_model.load(str(model_dir)), x))
+    (lm, lx), (fm, fx) = outs
+    return lm.top(lm.bottom(tf.constant(lx)), fm.bottom(tf.constant(fx))).numpy().reshape(-1)
 
 
 def test_misaligned_rows_fail_on_both_sides(pki, tmp_path: Path) -> None:
