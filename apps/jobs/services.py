@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit.services import record
@@ -297,7 +298,7 @@ def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     if lines:
         job.log_tail = "\n".join((job.log_tail.splitlines() + lines)[-LOG_TAIL_LINES:])
     job.save(update_fields=["progress", "stage", "log_tail", "result", "updated_at"])
-    JobMetric.objects.bulk_create(metrics)
+    store_metrics(job, metrics)
     for ev in events:
         if ev.get("type") == "result" and ev.get("stage") == STREAM_VERSION:
             # Continual training published a version: registered now, while the job keeps running.
@@ -394,7 +395,8 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any], *, source: str = "
         job_id = str(job.id)
         transaction.on_commit(lambda: _launch(job_id))
     metrics = payload.get("metrics") or []
-    JobMetric.objects.bulk_create(
+    store_metrics(
+        job,
         [
             JobMetric(
                 job=job,
@@ -407,7 +409,7 @@ def apply_remote_job_state(job: Job, payload: dict[str, Any], *, source: str = "
             )
             for m in metrics
             if isinstance(m, dict) and "name" in m and isinstance(m.get("value"), int | float)
-        ]
+        ],
     )
     if job.status in ACTIVE:
         if job.remote_status == J.SUCCEEDED and job.handle:
@@ -540,11 +542,29 @@ def apply_remote_retry(ticket: Any, payload: dict[str, Any]) -> Job:
     return job
 
 
+def _point(m: JobMetric) -> tuple[Any, ...]:
+    return (m.side, m.name, m.split, m.step, m.epoch)
+
+
+def store_metrics(job: Job, metrics: list[JobMetric]) -> None:
+    """Store metric points, each point (side, name, split, step, epoch) once: a point reported again
+    (a retried post, a resumed epoch, a redelivered message, a stream's counters re-read within one
+    block) replaces the stored one, so a long-running job's rows grow with its steps, not its time."""
+    latest = {_point(m): m for m in metrics}
+    points = list(latest)
+    for i in range(0, len(points), 200):  # SQLite parses a long OR chain as a deep expression
+        same = Q()
+        for side, name, split, step, epoch in points[i : i + 200]:
+            same |= Q(side=side, name=name, split=split, step=step, epoch=epoch)
+        JobMetric.objects.filter(job=job).filter(same).delete()
+    JobMetric.objects.bulk_create(latest.values())
+
+
 def metric_points(job: Job, **filters: str) -> list[JobMetric]:
     """The job's metric points sorted by step (then epoch, side, name, split), each point once per side.
 
     A point is (side, name, split, step, epoch); a report the runtime or the partner sent again
-    (a retried post, a resumed epoch, a redelivered message) keeps its latest value.
+    keeps its latest value (store_metrics replaces them; rows stored before it did are folded here).
     """
     latest: dict[tuple[Any, ...], JobMetric] = {}
     for m in job.metrics.filter(**filters).order_by("id"):

@@ -6,7 +6,9 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 
 from apps.audit.models import AuditEvent, Source
+from apps.jobs.choices import JobStatus
 from apps.jobs.models import Job, JobMetric
+from apps.jobs.services import apply_remote_job_state, apply_report
 from apps.tickets.params import GROUPS, KIND_GROUPS
 from apps.tickets.services import receive_proposal
 from tests.foundation.test_tickets import proposal_payload, propose, setup  # noqa: F401 - fixture
@@ -108,6 +110,27 @@ def test_the_metrics_list_is_sorted_by_step_each_point_once_per_side_and_filtere
     assert [(p["step"], p["value"]) for p in only] == [(1, 0.6), (2, 0.75)]
     bad = api("bob").get(url, {"side": "theirs"})
     assert bad.status_code == 400 and "side" in bad.json()
+
+
+def test_a_point_reported_again_replaces_the_stored_one(setup):  # noqa: F811
+    """A long-running job re-reports its counters within one step (a stream between blocks), a retried post
+    repeats a batch, a redelivered message repeats the partner's points: rows grow with steps, not with time."""
+    ticket = receive_proposal(setup["acme"], setup["partner"], proposal_payload(setup, setup["features"].id))
+    job = Job.objects.create(workspace=setup["acme"], ticket=ticket, role=ticket.role, status=JobStatus.RUNNING)
+    for second in range(50):  # one block committed, its counters reported every second
+        apply_report(job, [{"type": "metric", "name": "events_read", "split": "stream", "step": 1, "value": second}])
+    apply_report(job, [{"type": "metric", "name": "events_read", "split": "stream", "step": 2, "value": 99}])
+    apply_report(job, [{"type": "metric", "name": "lag_s", "split": "stream", "value": 3.0}] * 3)  # no step
+    apply_report(job, [{"type": "metric", "name": "lag_s", "split": "stream", "value": 1.0}])
+    rows = sorted((m.name, m.step, m.value) for m in job.metrics.all())
+    assert rows == [("events_read", 1, 49.0), ("events_read", 2, 99.0), ("lag_s", None, 1.0)]
+    state = {
+        "status": "running",
+        "metrics": [{"name": "auc", "split": "validation", "step": 1, "epoch": 1, "value": 0.7}],
+    }
+    for _ in range(3):
+        apply_remote_job_state(job, state)
+    assert job.metrics.filter(side="remote").count() == 1 and job.metrics.filter(side="local").count() == 3
 
 
 def test_the_launcher_source_is_a_known_audit_source():
