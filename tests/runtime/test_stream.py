@@ -396,3 +396,50 @@ def test_nats_errors_are_named(pki, tmp_path: Path, jetstream) -> None:
     leader["stream"]["nats"] = {"url": "nats://127.0.0.1:4222", "stream": name, "subject": "other.subject"}
     with pytest.raises(ConfigError, match="stream.nats.subject: 'other.subject' is not a subject of stream"):
         step.run(parse_config(leader), Recorder())
+
+
+def test_sigkill_of_real_runtime_processes(pki, tmp_path: Path) -> None:
+    """A subset with real processes: `python -m runtime stream_join` pairs, one side SIGKILLed mid-run and
+    restarted; the blocks still equal the batch join, once each."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[2]
+    rng = np.random.default_rng(7)
+    for trial, victim in enumerate(("follower", "leader")):
+        work = tmp_path / f"k{trial}"
+        ldf, fdf = make_events(3000, seed=40 + trial)
+        write_parts(ldf, work / "in-alpha", 300)
+        write_parts(fdf, work / "in-beta", 300)
+        leader, follower = configs(pki, work, {"max_batch_events": 100, "stop_when_idle_s": 0.5}, job=f"job-k{trial}")
+        paths = {}
+        for name, cfg in (("leader", leader), ("follower", follower)):
+            paths[name] = work / f"{name}.json"
+            paths[name].write_text(json.dumps(cfg))
+
+        def start(name: str, paths: dict[str, Path] = paths) -> subprocess.Popen:
+            return subprocess.Popen(
+                [sys.executable, "-m", "runtime", "stream_join", "--config", str(paths[name])],
+                cwd=root,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(root)},
+            )
+
+        procs = {n: start(n) for n in ("leader", "follower")}
+        blocks = work / ("alpha" if victim == "leader" else "beta") / "stream" / "blocks"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (blocks.exists() and any(blocks.glob("*.json"))):
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(10)
+        procs[victim] = start(victim)
+        for name, p in procs.items():
+            assert p.wait(60) == 0, f"trial {trial}: {name} exited {p.returncode}"
+        check_exact(work, ldf, fdf, 600)
