@@ -67,7 +67,14 @@ def make_data(directory: Path, n: int, seed: int, prefix: str = "") -> tuple[Pat
 
 
 def pair_configs(
-    pki: tuple[Any, Any], workdir: Path, leader_csv: Path, follower_csv: Path, common: dict[str, Any]
+    pki: tuple[Any, Any],
+    workdir: Path,
+    leader_csv: Path,
+    follower_csv: Path,
+    common: dict[str, Any],
+    *,
+    id_column: str = "id",
+    label_column: str = "label",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Raw job configs of the leader (alpha, listening) and the follower (beta) on a free loopback port."""
     alpha, beta = pki
@@ -77,7 +84,7 @@ def pair_configs(
         "role": "leader",
         "listen_address": f"127.0.0.1:{port}",
         "tls": tls_config(alpha, beta),
-        "data": {"path": str(leader_csv), "id_column": "id", "label_column": "label"},
+        "data": {"path": str(leader_csv), "id_column": id_column, "label_column": label_column},
         "output_dir": str(workdir / "alpha"),
     }
     follower = {
@@ -85,14 +92,17 @@ def pair_configs(
         "role": "follower",
         "peer_address": f"127.0.0.1:{port}",
         "tls": tls_config(beta, alpha),
-        "data": {"path": str(follower_csv), "id_column": "id"},
+        "data": {"path": str(follower_csv), "id_column": id_column},
         "output_dir": str(workdir / "beta"),
     }
     return leader, follower
 
 
-def run_threads(module: Any, leader: dict, follower: dict) -> tuple[Any, Any, Recorder, Recorder]:
-    """Run `module.run` for both sides as threads; each outcome is the result dict or the exception raised."""
+def run_threads(
+    module: Any, leader: dict, follower: dict, *, during: Any = None, timeout: float = 120
+) -> tuple[Any, Any, Recorder, Recorder]:
+    """Run `module.run` for both sides as threads (calling `during()` while they run); each outcome is the
+    result dict or the exception raised."""
     out: dict[str, Any] = {}
     reps = {"leader": Recorder(), "follower": Recorder()}
 
@@ -105,8 +115,10 @@ def run_threads(module: Any, leader: dict, follower: dict) -> tuple[Any, Any, Re
     threads = [threading.Thread(target=go, args=(k, v)) for k, v in (("leader", leader), ("follower", follower))]
     for t in threads:
         t.start()
+    if during:
+        during()
     for t in threads:
-        t.join(120)
+        t.join(timeout)
     assert not any(t.is_alive() for t in threads), "a side hung"
     return out["leader"], out["follower"], reps["leader"], reps["follower"]
 

@@ -28,7 +28,7 @@ from fedsite_proto.runtime.v1 import serve_pb2 as pb
 from fedsite_proto.runtime.v1 import serve_pb2_grpc as pb_grpc
 from runtime.config import parse_config
 from tests.pki import make_party, tls_config
-from tests.runtime.test_train import Recorder, free_port, make_data
+from tests.runtime.helpers import Recorder, free_port, make_data
 
 pytestmark = pytest.mark.runtime
 

@@ -21,7 +21,7 @@ from runtime.errors import ConfigError
 from runtime.stream import step
 from runtime.stream.synth import ID_COLUMN, TIME_COLUMN, batch_join, make_events, write_parts
 from tests.pki import make_party, tls_config
-from tests.runtime.test_train import Recorder, free_port
+from tests.runtime.helpers import Recorder, free_port
 
 pytestmark = pytest.mark.runtime
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ import pytest
 
 from runtime.config import parse_config
 from runtime.errors import ConfigError, DataError
-from tests.pki import make_party, tls_config
+from tests.pki import make_party
+from tests.runtime.helpers import Recorder, pair_configs, run_threads
 from tests.runtime.stream_blocks import events, write_block, write_blocks
-from tests.runtime.test_train import Recorder, free_port
 
 pytestmark = pytest.mark.runtime
 
@@ -28,49 +27,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
 
 
 def configs(pki, work: Path, stream: dict[str, Any]) -> tuple[dict, dict]:
-    alpha, beta = pki
-    port = free_port()
     common = {"job_id": "stream-job-1", "train": TRAIN, "stream": stream}
-    leader = {
-        **common,
-        "role": "leader",
-        "listen_address": f"127.0.0.1:{port}",
-        "tls": tls_config(alpha, beta),
-        "data": {"path": str(work), "id_column": "example_id", "label_column": "label"},
-        "output_dir": str(work / "alpha"),
-    }
-    follower = {
-        **common,
-        "role": "follower",
-        "peer_address": f"127.0.0.1:{port}",
-        "tls": tls_config(beta, alpha),
-        "data": {"path": str(work), "id_column": "example_id"},
-        "output_dir": str(work / "beta"),
-    }
-    return leader, follower
+    return pair_configs(pki, work, work, work, common, id_column="example_id")
 
 
 def run_pair(leader: dict, follower: dict, during: Any = None) -> tuple[Any, Any, Recorder, Recorder]:
     from runtime.stream import train
 
-    out: dict[str, Any] = {}
-    reps = {"leader": Recorder(), "follower": Recorder()}
-
-    def go(name: str, raw: dict) -> None:
-        try:
-            out[name] = train.run(parse_config(raw), reps[name])
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            out[name] = exc
-
-    threads = [threading.Thread(target=go, args=(k, v)) for k, v in (("leader", leader), ("follower", follower))]
-    for t in threads:
-        t.start()
-    if during:
-        during()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), "a side hung"
-    return out["leader"], out["follower"], reps["leader"], reps["follower"]
+    return run_threads(train, leader, follower, during=during, timeout=180)
 
 
 def versions(rep: Recorder) -> list[dict]:
