@@ -101,6 +101,21 @@ def _dataset_shared(workspace: Workspace, partner: Partner, payload: dict[str, A
     )
 
 
+def _model_promote(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
+    from apps.registry.services import receive_promotion_request
+
+    receive_promotion_request(workspace, partner, payload)
+
+
+def _model_answer(accepted: bool):
+    def apply(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
+        from apps.registry.services import apply_promotion_answer
+
+        apply_promotion_answer(workspace, partner, payload, accepted=accepted)
+
+    return apply
+
+
 HANDLERS = {
     "ticket.proposed": _proposed,
     "ticket.approved": _decision("approved", from_receiver=True),
@@ -111,6 +126,9 @@ HANDLERS = {
     "job.progress": _job_state,
     "job.retry": _job_retry,
     "dataset.shared": _dataset_shared,
+    "model.promote": _model_promote,
+    "model.promoted": _model_answer(True),
+    "model.promotion_refused": _model_answer(False),
 }
 
 

@@ -9,6 +9,14 @@ class Stage(models.TextChoices):
     ARCHIVED = "archived", "Archived"
 
 
+class Promotion(models.TextChoices):
+    """Two-party promotion of a version, alongside its stage."""
+
+    NONE = "", "None"
+    REQUESTED = "requested", "Requested (pending at partner)"
+    REFUSED = "refused", "Refused by partner"
+
+
 STAGE_MACHINE = machine(
     "model version",
     {

@@ -2,7 +2,7 @@ import uuid
 
 from django.db import models
 
-from apps.registry.choices import Stage
+from apps.registry.choices import Promotion, Stage
 from apps.tickets.choices import PartyRole
 
 
@@ -30,6 +30,14 @@ class ModelVersion(models.Model):
         null=True, blank=True, help_text="continual training: the version's number within its job (1, 2, …)"
     )
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.CANDIDATE)
+    promotion = models.CharField(
+        max_length=16,
+        choices=Promotion.choices,
+        default=Promotion.NONE,
+        blank=True,
+        help_text="two-party promotion: requested (waiting for the partner) or refused (see promotion_reason)",
+    )
+    promotion_reason = models.CharField(max_length=300, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

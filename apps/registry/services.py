@@ -10,7 +10,7 @@ from django.db import transaction
 from apps.audit.services import record
 from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
-from apps.registry.choices import STAGE_MACHINE, Stage
+from apps.registry.choices import STAGE_MACHINE, Promotion, Stage
 from apps.registry.models import ModelVersion
 
 
@@ -145,6 +145,80 @@ def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: 
                 source=source,
                 data={"replaced_by": str(mv.id)},
             )
-    transition(mv, STAGE_MACHINE, stage, field="stage")
+    # Production reached, or archived/restored: a pending or refused promotion request is over.
+    transition(mv, STAGE_MACHINE, stage, field="stage", extra={"promotion": Promotion.NONE, "promotion_reason": ""})
     record(mv.workspace, f"model_version.{stage}", mv, actor=acting_user, source=source, data={"from": before})
     return mv
+
+
+# Two-party promotion ---------------------------------------------------------------------------------------------
+# Promoting asks the partner (peer message `model.promote`); each half turns production only when the partner
+# holds the same version, not archived. The partner accepts automatically when its half is valid (its approvers
+# already approved the training ticket that made it); it answers `model.promoted` or `model.promotion_refused`.
+PROMOTE, PROMOTED, REFUSED = "model.promote", "model.promoted", "model.promotion_refused"
+
+
+def request_promotion(mv: ModelVersion, *, acting_user: Any = None, source: str = "api") -> ModelVersion:
+    """Ask the partner to promote its half; ours stays as it is, marked `promotion=requested`, until it answers."""
+    from apps.peer.outbox import enqueue
+
+    with transaction.atomic():
+        mv = ModelVersion.objects.select_for_update().select_related("ticket__partner").get(pk=mv.pk)
+        if mv.stage == Stage.PRODUCTION or mv.promotion == Promotion.REQUESTED:
+            return mv  # already done, or already asked: idempotent
+        if not STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION):
+            raise ServiceError(f"an {mv.stage} model version cannot be promoted; restore it as a candidate first")
+        mv.promotion, mv.promotion_reason = Promotion.REQUESTED, ""
+        mv.save(update_fields=["promotion", "promotion_reason", "updated_at"])
+        enqueue(mv.ticket.partner, PROMOTE, {"model_version_id": str(mv.id)}, ticket_id=mv.ticket_id)
+        record(mv.workspace, "model_version.promotion_requested", mv, actor=acting_user, source=source)
+    return mv
+
+
+def _partner_version(workspace: Any, partner: Any, payload: dict[str, Any]) -> tuple[uuid.UUID | None, Any]:
+    try:
+        mv_id = uuid.UUID(str(payload.get("model_version_id")))
+    except (ValueError, TypeError):
+        raise ServiceError("model_version_id is missing or not a UUID", field="model_version_id") from None
+    mv = ModelVersion.objects.select_for_update().filter(pk=mv_id, workspace=workspace, ticket__partner=partner).first()
+    return mv_id, mv
+
+
+@transaction.atomic
+def receive_promotion_request(workspace: Any, partner: Any, payload: dict[str, Any]) -> None:
+    """The partner asks us to promote our half (inside the inbox transaction: applied once)."""
+    from apps.peer.outbox import enqueue
+
+    mv_id, mv = _partner_version(workspace, partner, payload)
+    reason = ""
+    if mv is None:
+        reason = "the partner holds no such model version with us"
+    elif mv.stage == Stage.ARCHIVED:
+        reason = "the partner's half is archived"
+    if reason:
+        enqueue(partner, REFUSED, {"model_version_id": str(mv_id), "reason": reason})
+        record(
+            workspace, "model_version.promotion_refused", mv, source="peer", data={"id": str(mv_id), "reason": reason}
+        )
+        return
+    if mv.stage != Stage.PRODUCTION:
+        set_stage(mv, Stage.PRODUCTION, source="peer")
+    ModelVersion.objects.filter(pk=mv.pk).update(promotion=Promotion.NONE, promotion_reason="")
+    enqueue(partner, PROMOTED, {"model_version_id": str(mv.id)}, ticket_id=mv.ticket_id)
+
+
+@transaction.atomic
+def apply_promotion_answer(workspace: Any, partner: Any, payload: dict[str, Any], *, accepted: bool) -> None:
+    """The partner's answer to our request: production together, or the request cleared with its reason."""
+    _, mv = _partner_version(workspace, partner, payload)
+    if mv is None or mv.promotion != Promotion.REQUESTED:
+        return  # not (or no longer) asked: archived meanwhile, or a request the partner made too
+    if accepted and mv.stage != Stage.ARCHIVED:
+        if mv.stage != Stage.PRODUCTION:
+            mv = set_stage(mv, Stage.PRODUCTION, source="peer")
+        mv.promotion, mv.promotion_reason = Promotion.NONE, ""
+    else:
+        reason = str(payload.get("reason") or "refused by the partner")[:300]
+        mv.promotion, mv.promotion_reason = Promotion.REFUSED, reason
+        record(workspace, "model_version.promotion_refused", mv, source="peer", data={"reason": reason})
+    mv.save(update_fields=["promotion", "promotion_reason", "updated_at"])

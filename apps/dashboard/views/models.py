@@ -11,9 +11,9 @@ from django.views.decorators.http import require_POST
 from apps.dashboard.access import workspace_page
 from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.dashboard.views.jobs import metric_points
-from apps.registry.choices import STAGE_MACHINE, Stage
+from apps.registry.choices import STAGE_MACHINE, Promotion, Stage
 from apps.registry.models import ModelVersion
-from apps.registry.services import lineage_chain, set_stage
+from apps.registry.services import lineage_chain, request_promotion, set_stage
 from apps.workspaces.choices import Role
 
 
@@ -90,7 +90,9 @@ def model_detail(request, pk):
         mv=mv,
         summary=summary(mv),
         importance=importance(mv),
-        can_promote=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION),
+        can_promote=request.can.approve
+        and STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION)
+        and mv.promotion != Promotion.REQUESTED,
         can_archive=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.ARCHIVED),
         can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
         others=ModelVersion.objects.filter(workspace=request.workspace).exclude(pk=mv.pk)[:100],
@@ -152,9 +154,11 @@ def stage(request, pk):
         return redirect(back)
     return act(
         request,
-        lambda: set_stage(mv, target, acting_user=request.user, source="ui"),
+        (lambda: request_promotion(mv, acting_user=request.user, source="ui"))
+        if target == Stage.PRODUCTION
+        else (lambda: set_stage(mv, target, acting_user=request.user, source="ui")),
         success={
-            Stage.PRODUCTION: f"{mv.name} is now in production.",
+            Stage.PRODUCTION: f"Promotion of {mv.name} requested: it turns production with the partner's half.",
             Stage.ARCHIVED: f"{mv.name} is archived.",
             Stage.CANDIDATE: f"{mv.name} is a candidate again.",
         }[Stage(target)],

@@ -24,6 +24,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "parent",
             "sequence",
             "stage",
+            "promotion",
+            "promotion_reason",
             "created_at",
             "updated_at",
         ]

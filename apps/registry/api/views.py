@@ -1,5 +1,5 @@
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins
+from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -11,7 +11,7 @@ from apps.registry.api.serializers import (
 )
 from apps.registry.choices import Stage
 from apps.registry.models import ModelVersion
-from apps.registry.services import set_stage
+from apps.registry.services import request_promotion, set_stage
 from apps.registry.serving import predict
 from apps.workspaces.choices import Role
 
@@ -24,11 +24,17 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     filterset_fields = ["stage", "ticket", "role"]
     action_roles = {"promote": Role.APPROVER, "archive": Role.APPROVER}
 
-    @extend_schema(request=None, responses=ModelVersionSerializer)
+    @extend_schema(
+        request=None,
+        responses={202: ModelVersionSerializer},
+        description="Asks the partner to promote its half: both halves turn production together once it accepts. "
+        "Answers 202 with `promotion: requested` (idempotent while pending); a refusal shows as "
+        "`promotion: refused` with `promotion_reason`.",
+    )
     @action(detail=True, methods=["post"])
     def promote(self, request, *args, **kwargs):
-        mv = set_stage(self.get_object(), Stage.PRODUCTION, acting_user=request.user, source=self.source)
-        return Response(ModelVersionSerializer(mv).data)
+        mv = request_promotion(self.get_object(), acting_user=request.user, source=self.source)
+        return Response(ModelVersionSerializer(mv).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=ModelVersionSerializer)
     @action(detail=True, methods=["post"])
