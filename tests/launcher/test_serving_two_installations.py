@@ -54,7 +54,7 @@ def test_a_serve_ticket_serves_predictions_until_the_partner_stops_it(pair):  # 
     )
     remote = {d["name"]: d for d in body["results"]}
 
-    # Train, then promote each half (promotion is still one side's decision on each side).
+    # Train, then promote: one side asks, both halves turn production together.
     tree = {"num_trees": 4, "max_depth": 2, "max_bin": 8, "key_bits": 1024, "early_stopping_rounds": 0}
     train = alpha.post(
         "tickets/",
@@ -87,7 +87,8 @@ def test_a_serve_ticket_serves_predictions_until_the_partner_stops_it(pair):  # 
     refused = alpha.api.request("POST", alpha.path("tickets/"), json=serve_body)
     assert refused.status_code == 400 and "promote it to production first" in refused.text
     alpha.post(f"model-versions/{mv['id']}/promote/")
-    beta.post(f"model-versions/{mv_b['id']}/promote/")
+    beta.wait(f"model-versions/{mv_b['id']}/", lambda m: m["stage"] == "production", timeout=30)
+    alpha.wait(f"model-versions/{mv['id']}/", lambda m: m["stage"] == "production", timeout=30)
 
     ticket = alpha.post("tickets/", serve_body)
     assert ticket["role"] == "leader"
