@@ -9,6 +9,7 @@ from apps.datasets.models import Dataset, DatasetGrant
 from apps.jobs.models import Job
 from apps.partners.models import Partner
 from apps.registry.models import ModelVersion
+from apps.registry.services import apply_promotion_answer
 from apps.tickets.choices import JobKind
 from apps.tickets.models import Ticket
 
@@ -177,12 +178,17 @@ def test_approver_retries_a_failed_job(world, browser_client):
 def test_approver_promotes_and_archives(world, browser_client):
     client = browser_client("carol")
     mv = world["mv"]
-    client.post(f"/w/acme/models/{mv.pk}/stage", {"stage": "production"})
+    r = client.post(f"/w/acme/models/{mv.pk}/stage", {"stage": "production"}, follow=True)
+    # Promotion asks the partner first: pending until it answers.
+    assert ModelVersion.objects.get(pk=mv.pk).stage == "candidate"
+    assert "Promotion pending at partner" in r.content.decode()
+    assert "Promote to production" not in r.content.decode()
+    apply_promotion_answer(mv.workspace, mv.ticket.partner, {"model_version_id": str(mv.pk)}, accepted=True)
     assert ModelVersion.objects.get(pk=mv.pk).stage == "production"
     client.post(f"/w/acme/models/{mv.pk}/stage", {"stage": "archived"})
     assert ModelVersion.objects.get(pk=mv.pk).stage == "archived"
     r = client.post(f"/w/acme/models/{mv.pk}/stage", {"stage": "production"}, follow=True)
-    assert "cannot go from archived to production" in r.content.decode()
+    assert "archived model version cannot be promoted" in r.content.decode()
 
 
 def test_admin_creates_an_invitation_code(world, browser_client):
