@@ -5,7 +5,6 @@ a registered dataset equal to the whole model's scores in one process."""
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.launcher.test_two_installations import job_of, logs, pair  # noqa: F401 - `pair` is a fixture
+from tests.launcher.trained_trees import Trained, alpha_table, beta_table, train_trees, users
 from tests.runtime.test_serve import whole_tree_scores
 
 pytestmark = pytest.mark.launcher
@@ -20,54 +20,16 @@ pytestmark = pytest.mark.launcher
 
 def test_a_score_ticket_gives_the_leader_a_registered_scores_dataset(pair):  # noqa: F811 - the fixture
     alpha, beta = pair["alpha"], pair["beta"]
-    beta_folder = pair["data"].parents[2] / "jbeta" / "data" / "globex"
-    rng = random.Random(7)
-    rows = [(f"s{i}", rng.gauss(0, 1), rng.gauss(0, 1)) for i in range(240)]
-    label = {uid: int(a + b + rng.gauss(0, 0.5) > 0) for uid, a, b in rows}
-    train_l, train_f = pair["data"] / "score_train_labels.csv", beta_folder / "score_train_features.csv"
-    train_l.write_text("user_id,clicked,a\n" + "".join(f"{u},{label[u]},{a:.4f}\n" for u, a, _ in rows))
-    train_f.write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
+    rows, label = users(240, seed=7)
     # New data to score: alpha (labelled) has s0..s199 plus x1; beta has s20..s239: PSI keeps s20..s199.
-    (pair["data"] / "score_a.csv").write_text(
-        "user_id,clicked,a\n" + "".join(f"{u},{label[u]},{a:.4f}\n" for u, a, _ in rows[:200]) + "x1,1,0.25\n"
-    )
-    (beta_folder / "score_b.csv").write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows[20:]))
-    partner_b = beta.results("partners/")[0]
-    ds: dict[str, dict[str, Any]] = {}
-    for side, name, uri, label_col in (
-        (alpha, "score_train_labels", "score_train_labels.csv", "clicked"),
-        (alpha, "score_a", "score_a.csv", "clicked"),
-        (beta, "score_train_features", "score_train_features.csv", ""),
-        (beta, "score_b", "score_b.csv", ""),
-    ):
-        body = {"name": name, "uri": uri, "id_column": "user_id", **({"label_column": label_col} if label_col else {})}
-        ds[name] = side.post("datasets/", body)
-        if side is beta:
-            beta.post(f"datasets/{ds[name]['id']}/grants/", {"partner": partner_b["id"]})
-    body = alpha.wait(
-        "partner-datasets/", lambda b: {"score_b", "score_train_features"} <= {d["name"] for d in b["results"]}
-    )
-    remote = {d["name"]: d for d in body["results"]}
-
+    tables = {
+        "score_a": ("alpha", alpha_table(rows[:200], label) + "x1,1,0.25\n", True),
+        "score_b": ("beta", beta_table(rows[20:]), False),
+    }
     tree = {"num_trees": 3, "max_depth": 2, "max_bin": 8, "key_bits": 1024, "early_stopping_rounds": 0}
-    train = alpha.post(
-        "tickets/",
-        {
-            "partner": pair["alpha_partner"]["id"],
-            "kind": "vertical_tree",
-            "local_dataset": ds["score_train_labels"]["id"],
-            "remote_dataset": remote["score_train_features"]["id"],
-            "name": "trees to score with",
-            "params": {"tree": tree},
-        },
-    )["id"]
-    beta.wait(f"tickets/{train}/", lambda t: t["status"] == "pending", timeout=20)
-    beta.post(f"tickets/{train}/approve/", {"dataset": ds["score_train_features"]["id"]})
-    done = job_of(alpha, train, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=240)
-    assert done["status"] == "succeeded", (done, logs(alpha))
-    mv = alpha.wait("model-versions/", lambda b: any(m["ticket"] == train for m in b["results"]))
-    mv = next(m for m in mv["results"] if m["ticket"] == train)
-    mv_b = beta.wait(f"model-versions/{mv['id']}/", lambda m: m["role"] == "follower")
+    t = train_trees(pair, Trained(rows, label), "score", tables, tree)
+    ds, remote, mv, mv_b = t.ds, t.remote, t.mv, t.mv_b
+    train_l, train_f = t.files["score_train_labels"], t.files["score_train_features"]
 
     def proposal(model_version: str) -> dict[str, Any]:
         return {

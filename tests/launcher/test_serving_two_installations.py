@@ -5,7 +5,6 @@ for predictions through the leader's API, and stopped by the follower's cancel."
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.launcher.test_two_installations import job_of, logs, pair  # noqa: F401 - `pair` is a fixture
+from tests.launcher.trained_trees import Trained, alpha_table, beta_table, train_trees, users
 from tests.runtime.test_serve import whole_tree_scores
 
 pytestmark = pytest.mark.launcher
@@ -25,55 +25,16 @@ def predict(side: Any, mv: str, body: dict[str, Any]) -> Any:
 
 def test_a_serve_ticket_serves_predictions_until_the_partner_stops_it(pair):  # noqa: F811 - the fixture
     alpha, beta = pair["alpha"], pair["beta"]
-    beta_folder = pair["data"].parents[2] / "jbeta" / "data" / "globex"
-    rng = random.Random(5)
-    rows = [(f"s{i}", rng.gauss(0, 1), rng.gauss(0, 1)) for i in range(260)]
-    label = {uid: int(a + b + rng.gauss(0, 0.5) > 0) for uid, a, b in rows}
-    train_l, train_f = pair["data"] / "serve_train_labels.csv", beta_folder / "serve_train_features.csv"
-    train_l.write_text("user_id,clicked,a\n" + "".join(f"{u},{label[u]},{a:.4f}\n" for u, a, _ in rows))
-    train_f.write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
+    rows, label = users(260, seed=5)
     # Serving tables: alpha lacks s240..s259 and has x1, which beta lacks.
-    (pair["data"] / "serve_a.csv").write_text(
-        "user_id,a\n" + "".join(f"{u},{a:.4f}\n" for u, a, _ in rows[:240]) + "x1,0.25\n"
-    )
-    (beta_folder / "serve_b.csv").write_text("user_id,b\n" + "".join(f"{u},{b:.4f}\n" for u, _, b in rows))
-    partner_b = beta.results("partners/")[0]
-    ds: dict[str, dict[str, Any]] = {}
-    for side, name, uri, label_col in (
-        (alpha, "serve_train_labels", "serve_train_labels.csv", "clicked"),
-        (alpha, "serve_a", "serve_a.csv", ""),
-        (beta, "serve_train_features", "serve_train_features.csv", ""),
-        (beta, "serve_b", "serve_b.csv", ""),
-    ):
-        body = {"name": name, "uri": uri, "id_column": "user_id", **({"label_column": label_col} if label_col else {})}
-        ds[name] = side.post("datasets/", body)
-        if side is beta:
-            beta.post(f"datasets/{ds[name]['id']}/grants/", {"partner": partner_b["id"]})
-    body = alpha.wait(
-        "partner-datasets/", lambda b: {"serve_b", "serve_train_features"} <= {d["name"] for d in b["results"]}
-    )
-    remote = {d["name"]: d for d in body["results"]}
-
-    # Train, then promote: one side asks, both halves turn production together.
+    tables = {
+        "serve_a": ("alpha", alpha_table(rows[:240]) + "x1,0.25\n", False),
+        "serve_b": ("beta", beta_table(rows), False),
+    }
     tree = {"num_trees": 4, "max_depth": 2, "max_bin": 8, "key_bits": 1024, "early_stopping_rounds": 0}
-    train = alpha.post(
-        "tickets/",
-        {
-            "partner": pair["alpha_partner"]["id"],
-            "kind": "vertical_tree",
-            "local_dataset": ds["serve_train_labels"]["id"],
-            "remote_dataset": remote["serve_train_features"]["id"],
-            "name": "trees to serve",
-            "params": {"tree": tree},
-        },
-    )["id"]
-    beta.wait(f"tickets/{train}/", lambda t: t["status"] == "pending", timeout=20)
-    beta.post(f"tickets/{train}/approve/", {"dataset": ds["serve_train_features"]["id"]})
-    done = job_of(alpha, train, 1, lambda j: j["status"] in ("succeeded", "failed"), timeout=240)
-    assert done["status"] == "succeeded", (done, logs(alpha))
-    mv = alpha.wait("model-versions/", lambda b: any(m["ticket"] == train for m in b["results"]))
-    mv = next(m for m in mv["results"] if m["ticket"] == train)
-    mv_b = beta.wait(f"model-versions/{mv['id']}/", lambda m: m["role"] == "follower")
+    t = train_trees(pair, Trained(rows, label), "serve", tables, tree)
+    ds, remote, mv, mv_b = t.ds, t.remote, t.mv, t.mv_b
+    train_l, train_f = t.files["serve_train_labels"], t.files["serve_train_features"]
 
     serve_body = {
         "partner": pair["alpha_partner"]["id"],
