@@ -25,7 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
@@ -44,6 +46,23 @@ def id_digest(ids: list[str]) -> str:
     h = hashlib.sha256()
     if ids:
         h.update(("\n".join(ids) + "\n").encode())
+    return h.hexdigest()
+
+
+def column_digest(col: pa.ChunkedArray | pa.Array) -> str:
+    """``id_digest(col.to_pylist())`` hashed straight from Arrow buffers (no Python string per id)."""
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
+    if col.null_count or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return id_digest(col.to_pylist())
+    h = hashlib.sha256()
+    width = np.int32 if pa.types.is_string(col.type) else np.int64
+    for chunk in pc.binary_join_element_wise(col, pa.scalar("", col.type), pa.scalar("\n", col.type)).chunks:
+        if not len(chunk):
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)
+        start, end = int(offsets[chunk.offset]), int(offsets[chunk.offset + len(chunk)])
+        h.update(memoryview(chunk.buffers()[2])[start:end])
     return h.hexdigest()
 
 
@@ -181,7 +200,7 @@ def manifest_for(seq: int, table: pa.Table, offset: Any) -> dict[str, Any]:
     return {
         "seq": seq,
         "count": table.num_rows,
-        "id_digest": id_digest(table.column(ID).to_pylist()),
+        "id_digest": column_digest(table.column(ID)),
         "event_time_min": float(times.min()) if len(times) else None,
         "event_time_max": float(times.max()) if len(times) else None,
         "source_offset": offset,

@@ -18,7 +18,8 @@ whatever the batching and timing of the two sources (docs/streaming.md).
 
 from __future__ import annotations
 
-import hmac
+import hashlib
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,25 @@ NEG_INF = float("-inf")
 
 
 def keyed_hashes(key: bytes, ids: list[str]) -> np.ndarray:
-    """HMAC-SHA256 of each id under the job key, truncated to 64 bits (uint64)."""
-    digest = hmac.digest
-    raw = b"".join([digest(key, s.encode(), "sha256")[:8] for s in ids])
-    return np.frombuffer(raw, dtype="<u8").copy()
+    """HMAC-SHA256 of each id under the job key, truncated to 64 bits (uint64).
+
+    Computed as RFC 2104 spells it, with the key's inner and outer pads hashed once
+    per batch and copied per id: the same digests as ``hmac.digest``, at under half
+    the cost per id (tests/runtime/test_stream.py checks the equality).
+    """
+    block = key if len(key) <= 64 else hashlib.sha256(key).digest()
+    block = block.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block)).copy
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block)).copy
+    out: list[bytes] = []
+    put = out.append
+    for s in ids:
+        i = inner()
+        i.update(s.encode())
+        o = outer()
+        o.update(i.digest())
+        put(o.digest()[:8])
+    return np.frombuffer(b"".join(out), dtype="<u8").copy()
 
 
 def late_mask(times: np.ndarray, max_before: float, lateness: float) -> np.ndarray:
@@ -77,7 +93,12 @@ class Pending:
         dups = 0
         if self.by_key:
             index = self.index
-            for i, k in enumerate(keys.tolist(), start):
+            klist = keys.tolist()
+            fresh = dict(zip(klist, range(start, start + len(klist)), strict=True))
+            if len(fresh) == len(klist) and index.keys().isdisjoint(fresh):
+                index.update(fresh)  # the common case: no repeated id, in one C-level pass
+                klist = []
+            for i, k in enumerate(klist, start):
                 if k in index:
                     alive[i - start] = False
                     dups += 1
@@ -88,8 +109,7 @@ class Pending:
         return start, dups
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        get = self.index.get
-        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        return np.array(list(map(self.index.get, keys.tolist(), repeat(-1))), dtype=np.int64).reshape(-1)
 
     def kill(self, idx: np.ndarray) -> None:
         if not len(idx):
@@ -97,8 +117,7 @@ class Pending:
         self.alive[idx] = False
         self.dead += len(idx)
         if self.by_key:
-            for k in self.keys[idx].tolist():
-                self.index.pop(k, None)
+            list(map(self.index.pop, self.keys[idx].tolist(), repeat(None)))
 
     def by_aux(self, aux: np.ndarray) -> np.ndarray:
         """Indices of live events with these tags (tags ascend with the index)."""

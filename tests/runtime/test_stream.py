@@ -7,18 +7,23 @@ kills real `python -m runtime stream_join` subprocesses with SIGKILL.
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from runtime.config import parse_config
 from runtime.errors import ConfigError
 from runtime.stream import step
+from runtime.stream.blocks import column_digest, id_digest
+from runtime.stream.join import Pending, keyed_hashes
 from runtime.stream.synth import ID_COLUMN, TIME_COLUMN, batch_join, make_events, write_parts
 from tests.pki import make_party, tls_config
 from tests.runtime.helpers import Recorder, free_port
@@ -132,6 +137,30 @@ def check_exact(work: Path, leader_df: pd.DataFrame, follower_df: pd.DataFrame, 
     assert (fj[f"{TIME_COLUMN}_b"] == fj[f"{TIME_COLUMN}_s"]).all() and (fj["f1_b"] == fj["f1_s"]).all()
     assert "label" in lb.columns and "label" not in fb.columns
     return len(lb)
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 32, bytes(range(64)), bytes(range(200))])
+def test_keyed_hashes_are_hmac_sha256(key: bytes) -> None:
+    ids = ["", "a", "click-0001", "é✓-ü", "x" * 300]
+    want = [int.from_bytes(hmac.digest(key, s.encode(), "sha256")[:8], "little") for s in ids]
+    assert keyed_hashes(key, ids).tolist() == want
+
+
+def test_column_digest_equals_id_digest() -> None:
+    ids = ["a", "", "click-é✓", "x" * 300]
+    sliced = pa.chunked_array([pa.array(["skip", *ids[:2]]).slice(1), pa.array(ids[2:]), pa.array([], pa.string())])
+    for col in (sliced, pa.array(ids, pa.large_string()), pa.array([], pa.string())):
+        assert column_digest(col) == id_digest(col.to_pylist())
+
+
+def test_pending_index_skips_repeated_ids() -> None:
+    p = Pending(by_key=True)
+    z = np.zeros(3)
+    assert p.append(None, np.array([1, 2, 3], dtype=np.uint64), z, np.arange(3)) == (0, 0)
+    assert p.append(None, np.array([4, 2, 4], dtype=np.uint64), z, np.arange(3, 6)) == (3, 2)
+    assert p.lookup(np.array([1, 2, 4, 9], dtype=np.uint64)).tolist() == [0, 1, 3, -1]
+    p.kill(np.array([1]))
+    assert p.lookup(np.array([2], dtype=np.uint64)).tolist() == [-1] and len(p) == 3
 
 
 def test_join_equals_batch_join(pki, tmp_path: Path) -> None:
