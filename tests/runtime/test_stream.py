@@ -354,6 +354,7 @@ def jetstream():
     """A JetStream stream of its own on the local NATS server, deleted afterwards."""
     import asyncio
     import uuid
+    from concurrent.futures import ThreadPoolExecutor
 
     import nats
 
@@ -368,7 +369,9 @@ def jetstream():
             await nc.close()
 
     def run(fn):
-        return asyncio.run(call(fn))
+        # On a thread of its own: a session fixture (Playwright's sync API) may hold a running loop here.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, call(fn)).result()
 
     run(lambda js: js.add_stream(name=name, subjects=list(subjects)))
     yield name, subjects, run
@@ -410,10 +413,12 @@ def test_nats_jetstream_source(pki, tmp_path: Path, jetstream) -> None:
     assert lres["last_block"] > first
     assert lres["events_read"] == 1000 and fres["events_read"] == 1000  # counters carry over, no re-read
     check_exact(tmp_path, ldf, fdf, 600)
-    # acks: the durable consumer's ack floor is the offset of the last committed block
+    # acks: every event up to the last committed block is acknowledged, and none waits for an ack.
+    # (The server may move a filtered consumer's floor on past the other subject's later messages.)
     _, lm = read_blocks(str(tmp_path / "alpha"))
     info = run(lambda js: js.consumer_info(name, "fedsite-job-s-leader"))
-    assert info.ack_floor.stream_seq == lm[-1]["source_offset"]["stream_seq"]
+    assert info.ack_floor.stream_seq >= lm[-1]["source_offset"]["stream_seq"]
+    assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
 def test_nats_errors_are_named(pki, tmp_path: Path, jetstream) -> None:
