@@ -328,7 +328,8 @@ class _Trainer:
                 "version": version,
                 "model_dir": str(model_dir),
                 "round": st["round"],
-                "blocks": [blocks[0].seq, blocks[-1].seq],
+                # every block since the last version (a version may span several rounds)
+                "blocks": [blocks[-1].seq - st["blocks_since_publish"] + 1, blocks[-1].seq],
                 "newest_block": blocks[-1].seq,
                 "event_time_max": blocks[-1].manifest.get("event_time_max"),
                 "rows_trained": st["rows_trained"],
