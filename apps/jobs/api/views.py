@@ -89,8 +89,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
     @action(detail=True, methods=["get"], url_path=rf"{OUTPUT}/download", url_name="output-download")
     def download_output(self, request, output_name, *args, **kwargs):
         """Download one of this side's outputs (404 for a name the job has not written here)."""
-        out = get_output(self.get_object(), output_name)
-        name = f"{self.get_object().id}-{out.name}.csv"
+        job = self.get_object()
+        out = get_output(job, output_name)
+        name = f"{job.id}-{out.name}.csv"
         return FileResponse(out.path.open("rb"), as_attachment=True, filename=name, content_type=CONTENT_TYPE)
 
     @extend_schema(parameters=[output_param], request=RegisterOutputSerializer, responses={201: DatasetSerializer})
