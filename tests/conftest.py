@@ -6,6 +6,8 @@ viewer. Charlie owns globex and must see nothing of acme.
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,18 @@ from rest_framework.test import APIClient
 
 from apps.workspaces.choices import Role
 from apps.workspaces.models import Membership, Workspace
+
+EXIT_WATCHDOG_S = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread a test leaked must not hang the run at interpreter exit (CI once sat after "N passed").
+
+    If the process is still alive two minutes after pytest is done, every thread's stack goes to stderr and
+    the process exits non-zero, so the leak is named instead of timing out silently.
+    """
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True, file=sys.stderr)
+
 
 PERSONAS = {
     "alice": ("acme", Role.OWNER),

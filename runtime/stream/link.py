@@ -115,7 +115,14 @@ class StreamLeaderLink(_StreamRecv):
         if old is not None:
             old.inq.put(PeerError("the follower opened a new session"))
             old.outq.put(_END)
-        context.add_callback(lambda: session.inq.put(PeerError("the stream was cancelled")))
+
+        def on_rpc_end() -> None:
+            # The call is over (finished, cancelled, or the server stopped): wake both queues, so neither this
+            # handler's thread (joined by the server's pool at interpreter exit) nor a reader waits forever.
+            session.inq.put(PeerError("the stream was cancelled"))
+            session.outq.put(_END)
+
+        context.add_callback(on_rpc_end)
 
         def pump() -> None:
             try:
@@ -174,6 +181,9 @@ class StreamLeaderLink(_StreamRecv):
     def abort(self) -> None:
         """Drop everything at once, telling the partner nothing (a crash)."""
         self._closed = True
+        with self._lock:
+            if self._current is not None:
+                self._current.outq.put(_END)
         self.server.stop(0).wait(5)
 
 
@@ -197,5 +207,6 @@ class StreamFollowerLink(_StreamRecv, FollowerLink):
     def abort(self) -> None:
         """Drop the connection at once, telling the partner nothing (a crash)."""
         self._closed = True
+        self._out.put(_END)
         self.call.cancel()
         self.channel.close()

@@ -162,7 +162,13 @@ class LeaderLink(_Link):
             if self._busy:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "this job's leader already has a follower stream")
             self._busy = True
-        context.add_callback(lambda: self._in.put(PeerError("the stream was cancelled")))
+
+        def on_rpc_end() -> None:
+            # The call is over: wake the reader and end this handler, whose pool thread is joined at exit.
+            self._in.put(PeerError("the stream was cancelled"))
+            self._out.put(_END)
+
+        context.add_callback(on_rpc_end)
         threading.Thread(target=self._pump, args=(request_iterator,), name="leader-recv", daemon=True).start()
         self._connected.set()
         while True:
