@@ -240,8 +240,8 @@ class Installation:
         return kill_all(self.var_dir / "jobs")
 
     def stop(self) -> None:
-        for role in list(self.processes):
-            self.stop_process(role)
+        """SIGTERM to every process at once (their grace periods overlap), then this installation's runtimes."""
+        self.kill(hard=False)
         self.kill_runtimes()
 
     def wait_peer_listening(self, timeout: float = 30) -> None:

@@ -81,9 +81,13 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
             "data": tmp / "jalpha" / "data" / "acme",
         }
     finally:
-        for inst in insts.values():
+
+        def stop(inst: Installation) -> None:
             inst.stop()
             kill_all(inst.var_dir / "jobs")
+
+        with ThreadPoolExecutor(2) as pool:  # both sides' grace periods overlap
+            list(pool.map(stop, insts.values()))
 
 
 def run_ticket(pair: dict[str, Any], name: str) -> str:
