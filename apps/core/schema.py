@@ -181,9 +181,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     },
     "PartnerPolicies": {
         "type": "object",
-        "description": "job kind → how a proposal of that kind from this partner is decided",
+        "description": "job kind → how a proposal of that kind from this partner is decided; model_promotion → "
+        "how its requests to promote a model version are decided (default always_allow)",
         "properties": {
-            kind: {"type": "string", "enum": ["always_allow", "manual", "always_refuse"]} for kind in KIND_GROUPS
+            kind: {"type": "string", "enum": ["always_allow", "manual", "always_refuse"]}
+            for kind in [*KIND_GROUPS, "model_promotion"]
         },
         "additionalProperties": False,
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from apps.datasets.choices import Visibility
-from apps.partners.choices import Policy
+from apps.partners.choices import PROMOTION_POLICY, PROMOTION_POLICY_LABEL, Policy
 from apps.tickets.choices import STREAM_KINDS, JobKind
 from apps.tickets.params import (
     ACTIVATIONS,
@@ -46,6 +46,12 @@ class PolicyForm(forms.Form):
                 choices=Policy.choices,
                 initial=partner.policy_for(kind) if partner else Policy.MANUAL,
             )
+        self.fields[PROMOTION_POLICY] = forms.ChoiceField(
+            label=PROMOTION_POLICY_LABEL,
+            choices=Policy.choices,
+            initial=partner.policy_for(PROMOTION_POLICY) if partner else Policy.ALWAYS_ALLOW,
+            help_text="When the partner asks to promote a model version both sides hold.",
+        )
 
 
 class DatasetForm(forms.Form):

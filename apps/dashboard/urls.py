@@ -39,6 +39,7 @@ urlpatterns = [
     path(ws + "models/compare", models.compare, name="model-compare"),
     path(ws + "models/<uuid:pk>/", models.model_detail, name="model"),
     path(ws + "models/<uuid:pk>/stage", models.stage, name="model-stage"),
+    path(ws + "models/<uuid:pk>/promotion", models.promotion_decision, name="model-promotion"),
     path(ws + "members/", members.member_list, name="members"),
     path(ws + "members/add", members.add, name="member-add"),
     path(ws + "members/<int:pk>/role", members.role, name="member-role"),

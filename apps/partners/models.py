@@ -3,7 +3,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from apps.partners.choices import PartnerStatus, Policy
+from apps.partners.choices import PROMOTION_POLICY, PartnerStatus, Policy
 from apps.tickets.choices import JobKind
 
 
@@ -59,4 +59,5 @@ class Partner(models.Model):
         return self.name
 
     def policy_for(self, kind: str) -> str:
-        return (self.policies or {}).get(kind, Policy.MANUAL)
+        default = Policy.ALWAYS_ALLOW if kind == PROMOTION_POLICY else Policy.MANUAL
+        return (self.policies or {}).get(kind, default)

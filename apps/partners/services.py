@@ -8,7 +8,7 @@ from django.db import transaction
 
 from apps.audit.services import record
 from apps.core.errors import ServiceError
-from apps.partners.choices import PartnerStatus, Policy
+from apps.partners.choices import PROMOTION_POLICY, PartnerStatus, Policy
 from apps.partners.models import Partner
 from apps.tickets.choices import JobKind
 
@@ -18,8 +18,9 @@ def set_policies(partner: Partner, policies: Any, *, acting_user: Any = None, so
     if not isinstance(policies, dict):
         raise ServiceError("must be an object mapping job kind to policy", field="policies")
     for kind, policy in policies.items():
-        if kind not in JobKind.values:
-            raise ServiceError(f"unknown job kind {kind!r} (known: {', '.join(JobKind.values)})", field="policies")
+        if kind not in JobKind.values and kind != PROMOTION_POLICY:
+            known = ", ".join([*JobKind.values, PROMOTION_POLICY])
+            raise ServiceError(f"unknown job kind {kind!r} (known: {known})", field="policies")
         if policy not in Policy.values:
             raise ServiceError(
                 f"unknown policy {policy!r} for {kind} (known: {', '.join(Policy.values)})", field="policies"

@@ -107,6 +107,12 @@ def _model_promote(workspace: Workspace, partner: Partner, payload: dict[str, An
     receive_promotion_request(workspace, partner, payload)
 
 
+def _model_demote(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
+    from apps.registry.services import receive_demotion
+
+    receive_demotion(workspace, partner, payload)
+
+
 def _model_answer(accepted: bool):
     def apply(workspace: Workspace, partner: Partner, payload: dict[str, Any]) -> None:
         from apps.registry.services import apply_promotion_answer
@@ -129,6 +135,7 @@ HANDLERS = {
     "model.promote": _model_promote,
     "model.promoted": _model_answer(True),
     "model.promotion_refused": _model_answer(False),
+    "model.demote": _model_demote,
 }
 
 

@@ -15,6 +15,7 @@ class Promotion(models.TextChoices):
     NONE = "", "None"
     REQUESTED = "requested", "Requested (pending at partner)"
     REFUSED = "refused", "Refused by partner"
+    AWAITING = "awaiting", "Asked by the partner: waiting for an approver here"
 
 
 STAGE_MACHINE = machine(

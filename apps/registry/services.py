@@ -10,6 +10,7 @@ from django.db import transaction
 from apps.audit.services import record
 from apps.core.errors import ServiceError
 from apps.core.statemachine import transition
+from apps.partners.choices import PROMOTION_POLICY, Policy
 from apps.registry.choices import STAGE_MACHINE, Promotion, Stage
 from apps.registry.models import ModelVersion
 
@@ -126,8 +127,13 @@ def register_from_job(job: Any) -> ModelVersion | None:
 
 
 @transaction.atomic
-def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: str = "api") -> ModelVersion:
-    mv = ModelVersion.objects.select_for_update().get(pk=mv.pk)
+def set_stage(
+    mv: ModelVersion, stage: str, *, acting_user: Any = None, source: str = "api", reason: str = ""
+) -> ModelVersion:
+    """Move this side's half to `stage`. Leaving production (archiving a production version) is two-party:
+    the partner hears `model.demote` and archives its half too, and the serve jobs of the version stop on
+    both sides. `source="peer"` is the partner's demotion arriving (nothing is sent back)."""
+    mv = ModelVersion.objects.select_for_update().select_related("ticket__partner").get(pk=mv.pk)
     before = mv.stage
     if stage == Stage.PRODUCTION:
         # One production version per ticket lineage: the previous one is archived.
@@ -136,7 +142,9 @@ def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: 
             .filter(workspace=mv.workspace, ticket=mv.ticket, stage=Stage.PRODUCTION)
             .exclude(pk=mv.pk)
         ):
+            # The partner replaces its own half the same way when it promotes `mv`: no demotion message.
             transition(other, STAGE_MACHINE, Stage.ARCHIVED, field="stage")
+            _stop_serving(other, f"model version {other.name} was replaced in production by {mv.name}", source)
             record(
                 mv.workspace,
                 "model_version.archived",
@@ -147,14 +155,19 @@ def set_stage(mv: ModelVersion, stage: str, *, acting_user: Any = None, source: 
             )
     # Production reached, or archived/restored: a pending or refused promotion request is over.
     transition(mv, STAGE_MACHINE, stage, field="stage", extra={"promotion": Promotion.NONE, "promotion_reason": ""})
-    record(mv.workspace, f"model_version.{stage}", mv, actor=acting_user, source=source, data={"from": before})
+    data = {"from": before, **({"reason": reason} if reason else {})}
+    record(mv.workspace, f"model_version.{stage}", mv, actor=acting_user, source=source, data=data)
+    if before == Stage.PRODUCTION and stage != Stage.PRODUCTION:
+        _left_production(mv, acting_user=acting_user, source=source, reason=reason)
     return mv
 
 
 # Two-party promotion ---------------------------------------------------------------------------------------------
 # Promoting asks the partner (peer message `model.promote`); each half turns production only when the partner
-# holds the same version, not archived. The partner accepts automatically when its half is valid (its approvers
-# already approved the training ticket that made it); it answers `model.promoted` or `model.promotion_refused`.
+# holds the same version, not archived. The partner decides by its approval policy for our promotions
+# (`model_promotion`, default always_allow: its approvers already approved the training ticket that made it;
+# `manual` holds the request for an approver there, `always_refuse` refuses); it answers `model.promoted` or
+# `model.promotion_refused` with the reason.
 PROMOTE, PROMOTED, REFUSED = "model.promote", "model.promoted", "model.promotion_refused"
 
 
@@ -166,6 +179,9 @@ def request_promotion(mv: ModelVersion, *, acting_user: Any = None, source: str 
         mv = ModelVersion.objects.select_for_update().select_related("ticket__partner").get(pk=mv.pk)
         if mv.stage == Stage.PRODUCTION or mv.promotion == Promotion.REQUESTED:
             return mv  # already done, or already asked: idempotent
+        if mv.promotion == Promotion.AWAITING:
+            # The partner asked already and waits for us: promoting here is approving its request.
+            return decide_promotion(mv, approve=True, acting_user=acting_user, source=source)
         if not STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION):
             raise ServiceError(f"an {mv.stage} model version cannot be promoted; restore it as a candidate first")
         mv.promotion, mv.promotion_reason = Promotion.REQUESTED, ""
@@ -187,24 +203,75 @@ def _partner_version(workspace: Any, partner: Any, payload: dict[str, Any]) -> t
 @transaction.atomic
 def receive_promotion_request(workspace: Any, partner: Any, payload: dict[str, Any]) -> None:
     """The partner asks us to promote our half (inside the inbox transaction: applied once)."""
-    from apps.peer.outbox import enqueue
-
     mv_id, mv = _partner_version(workspace, partner, payload)
     reason = ""
     if mv is None:
         reason = "the partner holds no such model version with us"
     elif mv.stage == Stage.ARCHIVED:
         reason = "the partner's half is archived"
+    elif mv.stage != Stage.PRODUCTION and mv.promotion != Promotion.REQUESTED:
+        # (An approver here asked for the same promotion: that is our consent.)
+        # Our approval policy for this partner's promotions, as for its tickets (apps.partners: policy_for).
+        policy = partner.policy_for(PROMOTION_POLICY)
+        if policy == Policy.ALWAYS_REFUSE:
+            reason = f"refused by policy at {workspace.name} ({policy})"
+        elif policy == Policy.MANUAL:
+            if mv.promotion != Promotion.AWAITING:
+                mv.promotion, mv.promotion_reason = Promotion.AWAITING, ""
+                mv.save(update_fields=["promotion", "promotion_reason", "updated_at"])
+                record(workspace, "model_version.promotion_received", mv, source="peer", data={"policy": policy})
+            return  # an approver here decides: decide_promotion answers the partner
     if reason:
-        enqueue(partner, REFUSED, {"model_version_id": str(mv_id), "reason": reason})
-        record(
-            workspace, "model_version.promotion_refused", mv, source="peer", data={"id": str(mv_id), "reason": reason}
-        )
+        _refuse(workspace, partner, mv_id, mv, reason, source="peer")
         return
+    _accept(workspace, partner, mv, source="peer")
+
+
+def _refuse(workspace: Any, partner: Any, mv_id: Any, mv: Any, reason: str, *, source: str, actor: Any = None) -> None:
+    from apps.peer.outbox import enqueue
+
+    enqueue(partner, REFUSED, {"model_version_id": str(mv_id), "reason": reason[:300]})
+    if mv is not None and mv.promotion == Promotion.AWAITING:
+        ModelVersion.objects.filter(pk=mv.pk).update(promotion=Promotion.NONE, promotion_reason="")
+    record(
+        workspace,
+        "model_version.promotion_refused",
+        mv,
+        actor=actor,
+        source=source,
+        data={"id": str(mv_id), "reason": reason},
+    )
+
+
+def _accept(workspace: Any, partner: Any, mv: ModelVersion, *, source: str, actor: Any = None) -> None:
+    from apps.peer.outbox import enqueue
+
     if mv.stage != Stage.PRODUCTION:
-        set_stage(mv, Stage.PRODUCTION, source="peer")
+        set_stage(mv, Stage.PRODUCTION, source=source, acting_user=actor)
     ModelVersion.objects.filter(pk=mv.pk).update(promotion=Promotion.NONE, promotion_reason="")
     enqueue(partner, PROMOTED, {"model_version_id": str(mv.id)}, ticket_id=mv.ticket_id)
+
+
+@transaction.atomic
+def decide_promotion(
+    mv: ModelVersion, *, approve: bool, reason: str = "", acting_user: Any = None, source: str = "api"
+) -> ModelVersion:
+    """An approver here decides the partner's promotion request that our `manual` policy held back."""
+    mv = ModelVersion.objects.select_for_update().select_related("ticket__partner", "workspace").get(pk=mv.pk)
+    if mv.promotion != Promotion.AWAITING:
+        raise ServiceError("the partner has not asked to promote this model version (or it was decided already)")
+    partner = mv.ticket.partner
+    if not approve:
+        reason = reason.strip()
+        who = getattr(acting_user, "username", "") or source
+        text = f"refused by an approver at {mv.workspace.name} ({who})" + (f": {reason}" if reason else "")
+        _refuse(mv.workspace, partner, mv.id, mv, text, source=source, actor=acting_user)
+    elif mv.stage == Stage.ARCHIVED:
+        raise ServiceError("this half is archived; restore it as a candidate before approving its promotion")
+    else:
+        _accept(mv.workspace, partner, mv, source=source, actor=acting_user)
+    mv.refresh_from_db()
+    return mv
 
 
 @transaction.atomic
@@ -222,3 +289,61 @@ def apply_promotion_answer(workspace: Any, partner: Any, payload: dict[str, Any]
         mv.promotion, mv.promotion_reason = Promotion.REFUSED, reason
         record(workspace, "model_version.promotion_refused", mv, source="peer", data={"reason": reason})
     mv.save(update_fields=["promotion", "promotion_reason", "updated_at"])
+
+
+# Two-party demotion ----------------------------------------------------------------------------------------------
+# Leaving production needs no consent: either side may stop using a model, as either side may stop serving it.
+# Archiving a production version here sends `model.demote`; the partner archives its half (idempotent: a half
+# already out of production is left as it is) and both sides stop the version's serve jobs.
+DEMOTE = "model.demote"
+
+
+def _stop_serving(mv: ModelVersion, reason: str, source: str, acting_user: Any = None) -> int:
+    """Cancel this side's active serve jobs of `mv` (each tells the partner, whose job ends too)."""
+    from apps.jobs.choices import ACTIVE
+    from apps.jobs.models import Job
+    from apps.jobs.services import cancel_job
+    from apps.tickets.choices import JobKind
+
+    jobs = Job.objects.filter(
+        workspace=mv.workspace_id,
+        ticket__kind=JobKind.SERVE,
+        ticket__params__serve__model_version=str(mv.id),
+        status__in=ACTIVE,
+    )
+    for job in jobs:
+        cancel_job(job, acting_user=acting_user, source=source, reason=reason)
+    return len(jobs)
+
+
+def _left_production(mv: ModelVersion, *, acting_user: Any, source: str, reason: str) -> None:
+    from apps.peer.outbox import enqueue
+
+    who = "the partner" if source == "peer" else (getattr(acting_user, "username", "") or source)
+    _stop_serving(mv, f"model version {mv.name} left production ({who}): serving stopped", source, acting_user)
+    if source != "peer":
+        enqueue(
+            mv.ticket.partner,
+            DEMOTE,
+            {"model_version_id": str(mv.id), "stage": mv.stage, "reason": reason[:300]},
+            ticket_id=mv.ticket_id,
+        )
+        record(mv.workspace, "model_version.demotion_sent", mv, actor=acting_user, source=source)
+
+
+@transaction.atomic
+def receive_demotion(workspace: Any, partner: Any, payload: dict[str, Any]) -> None:
+    """The partner took its half out of production: ours leaves too (applied once; a repeat changes nothing)."""
+    _, mv = _partner_version(workspace, partner, payload)
+    if mv is None:
+        return  # a version we never held (or deleted): nothing to take out of production
+    reason = str(payload.get("reason") or "")[:250]
+    if mv.stage == Stage.PRODUCTION:
+        label = f"archived by {partner.name}" + (f": {reason}" if reason else "")
+        set_stage(mv, Stage.ARCHIVED, source="peer", reason=label)
+        # Shown on the version's page beside its stage (cleared by its next stage change).
+        ModelVersion.objects.filter(pk=mv.pk).update(promotion_reason=label[:300])
+    elif mv.promotion in (Promotion.REQUESTED, Promotion.AWAITING):
+        # A promotion still being decided is over: the partner no longer wants this version in production.
+        ModelVersion.objects.filter(pk=mv.pk).update(promotion=Promotion.NONE, promotion_reason="")
+        record(workspace, "model_version.promotion_withdrawn", mv, source="peer", data={"by": partner.name})

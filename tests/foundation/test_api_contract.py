@@ -59,7 +59,7 @@ def test_json_fields_are_typed_and_the_validation_auc_is_findable(schema):
     assert ref(comps["ModelVersion"]["properties"]["lineage"]) == "ModelLineage"
     assert ref(comps["Partner"]["properties"]["policies"]) == "PartnerPolicies"
     assert ref(comps["PatchedPartnerPolicyRequest"]["properties"]["policies"]) == "PartnerPolicies"
-    assert set(comps["PartnerPolicies"]["properties"]) == set(KIND_GROUPS)
+    assert set(comps["PartnerPolicies"]["properties"]) == {*KIND_GROUPS, "model_promotion"}
     assert comps["Dataset"]["properties"]["schema"]["items"]["$ref"].endswith("/DatasetColumn")
     assert comps["Dataset"]["properties"]["stats"]["additionalProperties"]["$ref"].endswith("/ColumnStats")
     assert "anyOf" in comps["Ticket"]["properties"]["params"]

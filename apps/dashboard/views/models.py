@@ -13,7 +13,7 @@ from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.dashboard.views.jobs import metric_points
 from apps.registry.choices import STAGE_MACHINE, Promotion, Stage
 from apps.registry.models import ModelVersion
-from apps.registry.services import lineage_chain, request_promotion, set_stage
+from apps.registry.services import decide_promotion, lineage_chain, request_promotion, set_stage
 from apps.workspaces.choices import Role
 
 
@@ -92,7 +92,8 @@ def model_detail(request, pk):
         importance=importance(mv),
         can_promote=request.can.approve
         and STAGE_MACHINE.can(mv.stage, Stage.PRODUCTION)
-        and mv.promotion != Promotion.REQUESTED,
+        and mv.promotion not in (Promotion.REQUESTED, Promotion.AWAITING),
+        can_decide=request.can.approve and mv.promotion == Promotion.AWAITING,
         can_archive=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.ARCHIVED),
         can_restore=request.can.approve and STAGE_MACHINE.can(mv.stage, Stage.CANDIDATE),
         others=ModelVersion.objects.filter(workspace=request.workspace).exclude(pk=mv.pk)[:100],
@@ -159,8 +160,32 @@ def stage(request, pk):
         else (lambda: set_stage(mv, target, acting_user=request.user, source="ui")),
         success={
             Stage.PRODUCTION: f"Promotion of {mv.name} requested: it turns production with the partner's half.",
-            Stage.ARCHIVED: f"{mv.name} is archived.",
+            Stage.ARCHIVED: f"{mv.name} is archived."
+            + (
+                " The partner's half leaves production too; serving stops on both sides."
+                if mv.stage == Stage.PRODUCTION
+                else ""
+            ),
             Stage.CANDIDATE: f"{mv.name} is a candidate again.",
         }[Stage(target)],
+        then=back,
+    )
+
+
+@require_POST
+@workspace_page(role=Role.APPROVER)
+def promotion_decision(request, pk):
+    """Approve or refuse the partner's promotion request our `manual` policy held for an approver."""
+    mv = get_in_workspace(request, ModelVersion, pk)
+    approve = request.POST.get("decision") == "approve"
+    back = request.path.rsplit("/", 1)[0] + "/"
+    return act(
+        request,
+        lambda: decide_promotion(
+            mv, approve=approve, reason=request.POST.get("reason", "")[:250], acting_user=request.user, source="ui"
+        ),
+        success=f"{mv.name} is in production on both sides."
+        if approve
+        else f"The partner's promotion of {mv.name} is refused; it sees your reason.",
         then=back,
     )

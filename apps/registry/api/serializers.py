@@ -60,3 +60,7 @@ class PredictResponseSerializer(serializers.Serializer):
     job = serializers.UUIDField(help_text="the serve job that answered")
     predictions = PredictionSerializer(many=True)
     elapsed_ms = serializers.FloatField(help_text="time the leader's serving runtime took")
+
+
+class DecisionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=250, help_text="the partner sees it")

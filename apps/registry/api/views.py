@@ -5,13 +5,14 @@ from rest_framework.response import Response
 
 from apps.core.api import TenantViewSet
 from apps.registry.api.serializers import (
+    DecisionSerializer,
     ModelVersionSerializer,
     PredictRequestSerializer,
     PredictResponseSerializer,
 )
 from apps.registry.choices import Stage
 from apps.registry.models import ModelVersion
-from apps.registry.services import request_promotion, set_stage
+from apps.registry.services import decide_promotion, request_promotion, set_stage
 from apps.registry.serving import predict
 from apps.workspaces.choices import Role
 
@@ -22,7 +23,12 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     serializer_class = ModelVersionSerializer
     queryset = ModelVersion.objects.all()
     filterset_fields = ["stage", "ticket", "role"]
-    action_roles = {"promote": Role.APPROVER, "archive": Role.APPROVER}
+    action_roles = {
+        "promote": Role.APPROVER,
+        "archive": Role.APPROVER,
+        "approve_promotion": Role.APPROVER,
+        "refuse_promotion": Role.APPROVER,
+    }
 
     @extend_schema(
         request=None,
@@ -36,10 +42,44 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         mv = request_promotion(self.get_object(), acting_user=request.user, source=self.source)
         return Response(ModelVersionSerializer(mv).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses=ModelVersionSerializer)
+    @extend_schema(
+        request=None,
+        responses=ModelVersionSerializer,
+        description="Archives this half. A production version leaves production on both sides: the partner "
+        "archives its half (peer `model.demote`) and the version's serve jobs stop on both sides.",
+    )
     @action(detail=True, methods=["post"])
     def archive(self, request, *args, **kwargs):
         mv = set_stage(self.get_object(), Stage.ARCHIVED, acting_user=request.user, source=self.source)
+        return Response(ModelVersionSerializer(mv).data)
+
+    @extend_schema(
+        request=None,
+        responses=ModelVersionSerializer,
+        description="Approves the partner's request to promote this version (`promotion: awaiting`, held by a "
+        "`manual` model_promotion policy for that partner): both halves turn production.",
+    )
+    @action(detail=True, methods=["post"], url_path="approve-promotion")
+    def approve_promotion(self, request, *args, **kwargs):
+        mv = decide_promotion(self.get_object(), approve=True, acting_user=request.user, source=self.source)
+        return Response(ModelVersionSerializer(mv).data)
+
+    @extend_schema(
+        request=DecisionSerializer,
+        responses=ModelVersionSerializer,
+        description="Refuses the partner's request to promote this version; the partner sees the reason.",
+    )
+    @action(detail=True, methods=["post"], url_path="refuse-promotion")
+    def refuse_promotion(self, request, *args, **kwargs):
+        ser = DecisionSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        mv = decide_promotion(
+            self.get_object(),
+            approve=False,
+            reason=ser.validated_data.get("reason", ""),
+            acting_user=request.user,
+            source=self.source,
+        )
         return Response(ModelVersionSerializer(mv).data)
 
     @extend_schema(
