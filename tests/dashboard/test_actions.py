@@ -130,6 +130,7 @@ def test_admin_sets_policies_and_suspends(world, browser_client):
         "vertical_tree": "manual",
     }
     policies |= {kind: "manual" for kind in JobKind.values if kind not in policies}  # kinds added since
+    policies["model_promotion"] = "manual"  # the partner's promotions wait for an approver here
     client.post(f"/w/acme/partners/{pk}/policies", policies)
     partner = Partner.objects.get(pk=pk)
     assert partner.policies == policies
