@@ -164,6 +164,16 @@
       }
     };
 
+    /* Serve jobs: both sides' requests, predictions, latency p50/p99 and errors, as the page first showed them. */
+    var renderServing = function (sv) {
+      document.querySelectorAll("[data-serve]").forEach(function (cell) {
+        var parts = cell.getAttribute("data-serve").split(".");
+        var v = (sv[parts[0]] || {})[parts[1]];
+        if (v === null || v === undefined) { cell.textContent = parts[1].indexOf("latency") === 0 ? "—" : "0"; return; }
+        cell.textContent = parts[1].indexOf("latency") === 0 ? v.toFixed(1) + " ms" : Math.round(v).toLocaleString();
+      });
+    };
+
     /* Stream jobs: both sides' counters, "waiting for data", versions and their AUC. */
     var fmt = function (key, v) {
       if (v === null || v === undefined) return "—";
@@ -210,6 +220,7 @@
         .then(function (body) {
           ingest(body.metrics);
           render(body.job);
+          if (body.serving) renderServing(body.serving);
           // After the job ends keep polling a little: the partner's last report and the model version follow.
           if (body.job.active || (wasActive && finalPolls++ < 15)) setTimeout(poll, 1000);
           else if (wasActive && !body.job.active) setTimeout(function () { window.location.reload(); }, 0);

@@ -133,6 +133,13 @@ def test_the_job_page_shows_requests_latency_and_the_hourly_audit_of_both_sides(
     assert f"/api/v1/workspaces/acme/model-versions/{world['mv'].id}/predict" in html
     plain = browser_client("bob").get(f"/w/acme/jobs/{world['job'].pk}/").content.decode()
     assert "Predictions per hour" not in plain
+    # The page polls /live: it carries the serving figures the panel's cells (data-serve) show.
+    assert 'data-serve="local.latency_p99_ms"' in html
+    JobMetric.objects.create(job=job, name="requests", split="serve", step=hour, epoch=hour, value=1600)
+    live = browser_client("bob").get(f"/w/acme/jobs/{job.pk}/live").json()
+    assert live["serving"]["local"]["requests"] == 1600 and live["serving"]["local"]["latency_p99_ms"] == 12.34
+    assert live["serving"]["remote"] == {"predictions": 340}
+    assert "serving" not in browser_client("bob").get(f"/w/acme/jobs/{world['job'].pk}/live").json()
 
 
 def test_revoking_the_grant_of_the_serving_dataset_stops_serving(world) -> None:

@@ -111,7 +111,13 @@ def job_live(request, pk):
         after = max(0, int(request.GET.get("after", "0")))
     except ValueError:
         after = 0
-    return JsonResponse({"job": job_state(job), "metrics": metric_points(job, after)})
+    from apps.registry.serving import serving_summary
+
+    serving = serving_summary(job)
+    body = {"job": job_state(job), "metrics": metric_points(job, after)}
+    return JsonResponse(
+        {**body, "serving": {"local": serving["local"], "remote": serving["remote"]}} if serving else body
+    )
 
 
 @require_POST
