@@ -8,6 +8,7 @@ from apps.audit.models import AuditEvent
 from apps.datasets.models import Dataset, DatasetGrant
 from apps.jobs.models import Job
 from apps.partners.models import Partner
+from apps.peer.models import OutboxMessage
 from apps.registry.models import ModelVersion
 from apps.registry.services import apply_promotion_answer
 from apps.tickets.choices import JobKind
@@ -190,6 +191,24 @@ def test_approver_promotes_and_archives(world, browser_client):
     assert ModelVersion.objects.get(pk=mv.pk).stage == "archived"
     r = client.post(f"/w/acme/models/{mv.pk}/stage", {"stage": "production"}, follow=True)
     assert "archived model version cannot be promoted" in r.content.decode()
+    # Leaving production told the partner (model.demote).
+    assert OutboxMessage.objects.filter(kind="model.demote").count() == 1
+
+
+def test_approver_decides_a_promotion_the_partner_asked_for(world, browser_client):
+    from apps.partners.services import set_policies
+    from apps.registry.services import receive_promotion_request
+
+    mv = world["mv"]
+    set_policies(mv.ticket.partner, {"model_promotion": "manual"})
+    receive_promotion_request(mv.workspace, mv.ticket.partner, {"model_version_id": str(mv.pk)})
+    client = browser_client("carol")
+    page = client.get(f"/w/acme/models/{mv.pk}/").content.decode()
+    assert "data-promotion-awaiting" in page and "Approve promotion" in page
+    r = client.post(f"/w/acme/models/{mv.pk}/promotion", {"decision": "refuse", "reason": "later"}, follow=True)
+    assert "promotion of" in r.content.decode() and ModelVersion.objects.get(pk=mv.pk).stage == "candidate"
+    [refusal] = OutboxMessage.objects.filter(kind="model.promotion_refused")
+    assert refusal.payload["reason"].endswith("(carol): later")
 
 
 def test_admin_creates_an_invitation_code(world, browser_client):
