@@ -27,7 +27,6 @@ import platform
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port  # noqa: E402
 from runtime.psi import crypto  # noqa: E402
 from tests.pki import make_party, tls_config  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 RESULTS = ROOT / "bench" / "results" / "psi.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_kb(pid: int) -> int:

@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port  # noqa: E402
 
 TARGETS = {"predict_1_p99_ms": 25.0, "throughput_ratio": 0.5}
 TOKEN = secrets.token_urlsafe(16)  # the serving API token of this run
@@ -65,12 +66,6 @@ def make_data(directory: Path, rows: int, fl: int, ff: int, seed: int) -> tuple[
     leader.to_csv(lp, index=False, float_format="%.6g")
     follower.to_csv(fp, index=False, float_format="%.6g")
     return lp, fp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def configs(work: Path, lp: Path, fp: Path, job: str, **blocks: Any) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port  # noqa: E402
 
 TARGETS = {"auc_gap": 0.005, "throughput_ratio": 0.8, "epoch_s": 2.4}
 SMALL_TARGET_GAP = 0.01  # federated test AUC at most this much below centralized logistic regression
@@ -70,12 +71,6 @@ def make_data(directory: Path, rows: int, fl: int, ff: int, seed: int) -> tuple[
     leader.to_csv(lp, index=False, float_format="%.6g")
     follower.to_csv(fp, index=False, float_format="%.6g")
     return lp, fp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pair_configs(work: Path, lp: Path, fp: Path, job_id: str, **blocks: dict) -> dict[str, dict]:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import free_port  # noqa: E402
 
 TARGETS = {"auc_gap": 0.005, "ceiling_ratio": 2.0}
 
@@ -75,12 +76,6 @@ def make_data(directory: Path, rows: int, fl: int, ff: int, positives: float | N
     leader.to_csv(lp, index=False, float_format="%.6g")
     follower.to_csv(fp, index=False, float_format="%.6g")
     return lp, fp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def federated(work: Path, lp: Path, fp: Path, tree: dict[str, Any]) -> dict[str, Any]:
