@@ -13,6 +13,7 @@ from apps.tickets.params import (
     KEY_BITS,
     KIND_GROUPS,
     OPTIMIZERS,
+    PSI_DEFAULTS,
     PSI_PROTOCOLS,
     STREAM_DEFAULTS,
     TRAIN_DEFAULTS,
@@ -104,6 +105,12 @@ class TicketForm(forms.Form):
     share_metrics = forms.BooleanField(required=False, initial=True, label="Share training metrics with the partner")
     psi_protocol = forms.ChoiceField(
         label="PSI protocol", choices=[(p, p.upper() if p != "auto" else "Automatic") for p in PSI_PROTOCOLS]
+    )
+    psi_partitions = forms.IntegerField(
+        label="Partitions",
+        required=False,
+        initial=PSI_DEFAULTS["partitions"],
+        help_text="1 to 256; more than 1 splits the ids by a keyed hash, one PSI pair per partition (PSI jobs only)",
     )
     train_bottom_layers = forms.CharField(
         label="Bottom layers", initial=_layers_text(TRAIN_DEFAULTS["bottom_layers"]), help_text="Sizes, comma-separated"
@@ -235,7 +242,8 @@ class TicketForm(forms.Form):
         """The ticket's params in the shape apps.tickets.params validates."""
         d = self.cleaned_data
         groups = {
-            "psi": {"protocol": d["psi_protocol"]},
+            "psi": {"protocol": d["psi_protocol"]}
+            | ({} if d.get("psi_partitions") in (None, "") else {"partitions": d["psi_partitions"]}),
             "train": {name.removeprefix("train_"): d[name] for name in self.TRAIN_FIELDS},
             "tree": {
                 key: TREE_DEFAULTS[key] if d.get(f"tree_{key}") in (None, "") else d[f"tree_{key}"]
@@ -264,6 +272,8 @@ class TicketForm(forms.Form):
             return "train_" + service_field.removeprefix("params.train.").split("[")[0]
         if service_field.startswith("params.tree."):
             return "tree_" + service_field.removeprefix("params.tree.")
+        if service_field.startswith("params.psi.partitions"):
+            return "psi_partitions"
         if service_field.startswith("params.psi"):
             return "psi_protocol"
         if service_field.startswith(("params.stream.", "stream_source.")):

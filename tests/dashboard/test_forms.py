@@ -179,3 +179,32 @@ def test_a_bad_tree_parameter_is_shown_next_to_its_field(world, browser_client):
     assert r.status_code == 400
     body = r.content.decode()
     assert 'id="id_tree_max_bin_error"' in body and "must be an integer from 2 to 127" in body
+
+
+def test_a_partitioned_psi_proposal_takes_its_partition_count(world, browser_client):
+    client = browser_client("dave")
+    assert 'name="psi_partitions" value="1"' in client.get("/w/acme/tickets/new").content.decode()
+    r = client.post("/w/acme/tickets/new", _proposal(world, kind="psi", psi_partitions="4"))
+    assert r.status_code == 302
+    ticket = Ticket.objects.exclude(pk__in=[world["sent"].pk, world["received"].pk]).get()
+    assert ticket.params["psi"]["partitions"] == 4 and "train" not in ticket.params
+    assert "PSI partitions" in client.get(r["Location"]).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"kind": "psi", "psi_partitions": "0"}, "must be an integer from 1 to 256"),
+        ({"kind": "psi", "psi_partitions": "257"}, "must be an integer from 1 to 256"),
+        ({"kind": "psi", "psi_partitions": "abc"}, "Enter a whole number."),
+        ({"kind": "psi_vertical_nn", "psi_partitions": "2"}, "more than 1 partition runs only for `psi` jobs"),
+    ],
+    ids=["zero", "too-many", "not-a-number", "training-kind"],
+)
+def test_a_bad_partition_count_is_shown_next_to_its_field(world, browser_client, over, message):
+    before = Ticket.objects.count()
+    r = browser_client("dave").post("/w/acme/tickets/new", _proposal(world, **over))
+    assert r.status_code == 400
+    body = r.content.decode()
+    assert 'id="id_psi_partitions_error"' in body and message in body
+    assert Ticket.objects.count() == before
