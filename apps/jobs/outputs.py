@@ -63,7 +63,11 @@ class JobOutput:
 
 
 def output_dir(job: Job) -> Path | None:
-    """This side's runtime output folder, when this installation can read it (the local launcher's)."""
+    """This side's runtime output folder, when this installation can read it.
+
+    The local launcher's folder, or a Kubernetes runtime's folder on the outputs claim where the workers and
+    the web mount it (FEDSITE_K8S_OUTPUT_PVC and FEDSITE_K8S_OUTPUT_MOUNT); elsewhere a job lists no outputs.
+    """
     raw = (job.handle or {}).get("output_dir")
     return Path(raw) if raw else None
 

@@ -140,7 +140,9 @@ def test_workers_read_the_runtime_outputs_where_the_launcher_expects_them():
     claim, mount = config["FEDSITE_K8S_OUTPUT_PVC"], config["FEDSITE_K8S_OUTPUT_MOUNT"]
     assert ("PersistentVolumeClaim", config["FEDSITE_K8S_NAMESPACE"], claim) in docs  # where the pods write
     assert ("PersistentVolumeClaim", "fedsite", claim) in docs  # where the workers read
-    pod = docs[("Deployment", "fedsite", "fedsite-worker")]["spec"]["template"]["spec"]
-    volume = next(v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
-    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
-    assert mounts[volume]["mountPath"] == mount and mounts[volume]["readOnly"]
+    # The workers read results there; the web lists and serves job outputs from there (apps.jobs.outputs).
+    for deployment in ("fedsite-worker", "fedsite-web"):
+        pod = docs[("Deployment", "fedsite", deployment)]["spec"]["template"]["spec"]
+        volume = next(v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts[volume]["mountPath"] == mount and mounts[volume]["readOnly"], deployment

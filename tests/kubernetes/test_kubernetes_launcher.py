@@ -284,6 +284,52 @@ def test_jobs_through_the_service_layer(
         assert name2 not in cluster.objects(plural)
 
 
+@pytest.mark.django_db
+def test_a_kubernetes_jobs_outputs_are_listed_and_served_from_the_outputs_claim(
+    cluster, k8s_launcher, settings, monkeypatch, tmp_path
+):
+    """The pod writes to <claim>/<job>/<side>/; the web mounts the claim and the outputs API reads it there."""
+    from apps.jobs import launch as launching
+    from apps.jobs.outputs import get_output, job_outputs
+    from apps.jobs.services import start_ticket_run
+    from apps.workspaces.models import Membership
+
+    settings.FEDSITE_LAUNCHER = "kubernetes"
+    settings.FEDSITE_RUNTIME_ALLOW_INSECURE = True
+    settings.FEDSITE_K8S_OUTPUT_PVC, settings.FEDSITE_K8S_OUTPUT_MOUNT = "fedsite-outputs", str(tmp_path / "claim")
+    monkeypatch.setattr(launching, "get_launcher", lambda name=None: k8s_launcher)
+    monkeypatch.setattr("apps.peer.outbox._push", lambda partner_id: None)
+    job = _make_job(settings, start_ticket_run)
+    assert launching.launch(str(job.id)) == "started"
+    job.refresh_from_db()
+    pod_side = tmp_path / "claim" / str(job.id) / "leader"
+    assert job.handle["output_dir"] == str(pod_side)
+    volume = cluster.objects("jobs")[job.handle["name"]]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "output", "mountPath": "/var/fedsite/output", "subPath": f"{job.id}/leader"} in volume[
+        "volumeMounts"
+    ]
+    assert job_outputs(job) == []  # nothing written yet
+    (pod_side / "psi").mkdir(parents=True)
+    content = b"id,label\nu1,1\nu2,0\n"
+    (pod_side / "psi" / "aligned.csv").write_bytes(content)
+    assert [o.name for o in job_outputs(job)] == ["aligned"] and get_output(job, "aligned").size_bytes == len(content)
+
+    # Through the API, as a member of the job's workspace would download it.
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    user = get_user_model().objects.create_user(username="kate", password="kate-password-1")
+    Membership.objects.create(workspace=job.workspace, user=user, role="member")
+    client = APIClient()
+    client.force_authenticate(user)
+    base = f"/api/v1/workspaces/{job.workspace.slug}/jobs/{job.id}/outputs/"
+    listed = client.get(base)
+    assert listed.status_code == 200, listed.content
+    assert [o["name"] for o in listed.json()] == ["aligned"]
+    got = client.get(f"{base}aligned/download/")
+    assert got.status_code == 200 and b"".join(got.streaming_content) == content
+
+
 def _make_job(settings, start_ticket_run):
     from apps.datasets.models import Dataset
     from apps.partners.models import Partner

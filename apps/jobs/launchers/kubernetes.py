@@ -470,6 +470,11 @@ class KubernetesLauncher(Launcher):
             handle["partition_count"] = spec.partitions
         if spec.keep_running:
             handle["kind"] = "Deployment"
+        mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
+        if mount and _s("FEDSITE_K8S_OUTPUT_PVC", ""):
+            # The pod writes its outputs to <claim>/<job>/<side>/ (the volume's subPath); the workers and the web
+            # mount the same claim here, so the outputs API lists and serves them as it does a local runtime's.
+            handle["output_dir"] = str(Path(mount) / spec.job_id / spec.side)
         ns = self.namespace
         try:
             if spec.keep_running:
