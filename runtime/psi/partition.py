@@ -40,12 +40,14 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 
+from fedsite_proto.runtime.v1 import psi_partition_pb2 as pb
+from fedsite_proto.runtime.v1 import psi_partition_pb2_grpc as pb_grpc
 from runtime.config import DataConfig, JobConfig
 from runtime.errors import ConfigError, DataError, PeerError, RuntimeJobError
 from runtime.psi.common import PsiParams, parse_params
@@ -54,7 +56,7 @@ from runtime.report import RESULT_FILE, Reporter
 from runtime.tls import CHANNEL_OPTIONS, NO_PORT_SHARING, add_port, open_channel
 
 MAX_PARTITIONS = 256
-SERVICE = "fedsite.runtime.v1.PsiPartition"
+HANDSHAKE_VERSION = 1  # psi_partition.proto's PartitionHello.protocol_version
 MANIFEST = "done.json"
 MANIFEST_VERSION = 1
 PERSON = b"fedsite-psi-part"  # BLAKE2b personalisation of the partition hash
@@ -157,15 +159,7 @@ def _address(address: str, plan: PartitionPlan, *, listen: bool) -> str:
 # -- the handshake -------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj).encode()
-
-
-def _loads(data: bytes) -> Any:
-    return json.loads(data.decode())
-
-
-class _Handshake:
+class _Handshake(pb_grpc.PsiPartitionServicer):
     """The leader's side: hands out the key, then answers whether the pair reuses an earlier result."""
 
     def __init__(self, cfg: JobConfig, plan: PartitionPlan) -> None:
@@ -177,59 +171,50 @@ class _Handshake:
         self.error: str = ""  # why the pair cannot go on (the follower's word)
         self.local_error: str = ""  # the leader's own failure, told to the follower
 
-    def _check(self, req: dict[str, Any]) -> str:
-        if req.get("job_id") != self.cfg.job_id:
-            return f"job mismatch: leader runs {self.cfg.job_id}, follower {req.get('job_id')}"
-        if req.get("partitions") != self.plan.count or req.get("partition") != self.plan.index:
+    def _check(self, hello: pb.PartitionHello) -> str:
+        if hello.protocol_version != HANDSHAKE_VERSION:
+            return (
+                f"partition handshake version mismatch: leader speaks {HANDSHAKE_VERSION}, "
+                f"follower {hello.protocol_version}"
+            )
+        if hello.job_id != self.cfg.job_id:
+            return f"job mismatch: leader runs {self.cfg.job_id}, follower {hello.job_id}"
+        if hello.partitions != self.plan.count or hello.partition != self.plan.index:
             return (
                 f"partition mismatch: leader runs partition {self.plan.index} of {self.plan.count}, "
-                f"follower {req.get('partition')} of {req.get('partitions')}"
+                f"follower {hello.partition} of {hello.partitions}"
             )
         return ""
 
-    def key(self, req: dict[str, Any], context: Any) -> dict[str, Any]:
-        error = self._check(req)
+    def Key(self, request: pb.PartitionHello, context: Any) -> pb.PartitionKeyReply:  # noqa: N802 - gRPC method
+        error = self._check(request)
         if error:
             self.error = error
             self.decided.set()
-            return {"ok": False, "error": error}
+            return pb.PartitionKeyReply(ok=False, error=error)
         assert self.plan.key is not None
-        return {"ok": True, "key": self.plan.key.hex()}
+        return pb.PartitionKeyReply(ok=True, key=self.plan.key)
 
-    def reuse_call(self, req: dict[str, Any], context: Any) -> dict[str, Any]:
-        error = self._check(req)
+    def Reuse(self, request: pb.PartitionReuseRequest, context: Any) -> pb.PartitionReuseReply:  # noqa: N802
+        error = self._check(request.hello)
         if error:
             self.error = error
             self.decided.set()
-            return {"ok": False, "error": error}
-        if req.get("error"):
-            self.error = f"the follower's partition failed: {req['error']}"
+            return pb.PartitionReuseReply(ok=False, error=error)
+        if request.error:
+            self.error = f"the follower's partition failed: {request.error}"
             self.decided.set()
-            return {"ok": True, "reuse": False}
+            return pb.PartitionReuseReply(ok=True, reuse=False)
         self.offer_ready.wait(max(0.1, self.cfg.timeout_s))
         if self.local_error:
             self.decided.set()
-            return {"ok": False, "error": f"the leader's partition failed: {self.local_error}"}
-        theirs = str(req.get("offer") or "")
-        self.reuse = bool(self.own_offer) and self.own_offer == theirs
+            return pb.PartitionReuseReply(ok=False, error=f"the leader's partition failed: {self.local_error}")
+        self.reuse = bool(self.own_offer) and self.own_offer == request.offer
         self.decided.set()
-        return {"ok": True, "reuse": self.reuse}
+        return pb.PartitionReuseReply(ok=True, reuse=self.reuse)
 
-    def ping(self, req: dict[str, Any], context: Any) -> dict[str, Any]:
-        return {"ok": True}
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn: Callable[[dict[str, Any], Any], dict[str, Any]]) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_loads, response_serializer=_dumps)
-
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {"Key": unary(self.key), "Reuse": unary(self.reuse_call), "Ping": unary(self.ping)}
-        )
-
-
-def _call(channel: grpc.Channel, method: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
-    fn = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads)
-    return cast(dict[str, Any], fn(req, timeout=timeout, wait_for_ready=True))
+    def Ping(self, request: pb.PartitionHello, context: Any) -> pb.PartitionPingReply:  # noqa: N802
+        return pb.PartitionPingReply(ok=True)
 
 
 # -- splitting, manifests, merging -----------------------------------------------------
@@ -537,7 +522,7 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
             cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="psi-part"),
             options=[*CHANNEL_OPTIONS, NO_PORT_SHARING],
         )
-        server.add_generic_rpc_handlers((hs.handler(),))
+        pb_grpc.add_PsiPartitionServicer_to_server(hs, server)
         try:
             port = add_port(server, sub)
         except RuntimeError as exc:
@@ -567,36 +552,41 @@ def _run(cfg: JobConfig, plan: PartitionPlan, reporter: Reporter) -> dict[str, A
             server.stop(grace=0.5).wait()
     else:
         channel = open_channel(sub)
+        stub = pb_grpc.PsiPartitionStub(channel)
         try:
-            req = {"job_id": cfg.job_id, "partition": plan.index, "partitions": plan.count}
+            hello = pb.PartitionHello(
+                protocol_version=HANDSHAKE_VERSION, job_id=cfg.job_id, partition=plan.index, partitions=plan.count
+            )
             try:
-                reply = _call(channel, "Key", req, max(0.1, deadline - time.monotonic()))
+                reply = stub.Key(hello, timeout=max(0.1, deadline - time.monotonic()), wait_for_ready=True)
             except grpc.RpcError as exc:
                 raise PeerError(
                     f"cannot reach the leader's partition {plan.index} at {sub.peer_address}: {exc.details()}"
                 ) from None
-            if not reply.get("ok"):
-                raise PeerError(str(reply.get("error")))
-            key = bytes.fromhex(str(reply["key"]))
+            if not reply.ok:
+                raise PeerError(reply.error)
+            key = bytes(reply.key)
             try:
                 n, input_sha, offer = split(key)
             except DataError as exc:
                 # Tell the leader's worker (so it does not wait for us), then fail with our own reason.
                 try:
-                    _call(channel, "Reuse", {**req, "offer": "", "error": str(exc)}, 10.0)
+                    stub.Reuse(pb.PartitionReuseRequest(hello=hello, error=str(exc)), timeout=10.0, wait_for_ready=True)
                 except grpc.RpcError:
                     pass
                 raise
-            reply = _call(
-                channel, "Reuse", {**req, "offer": offer.partition(":")[0]}, max(0.1, deadline - time.monotonic())
+            answer = stub.Reuse(
+                pb.PartitionReuseRequest(hello=hello, offer=offer.partition(":")[0]),
+                timeout=max(0.1, deadline - time.monotonic()),
+                wait_for_ready=True,
             )
-            if not reply.get("ok"):
-                raise PeerError(str(reply.get("error")))
-            reuse_dir = offer.partition(":")[2] if reply.get("reuse") else ""
+            if not answer.ok:
+                raise PeerError(answer.error)
+            reuse_dir = offer.partition(":")[2] if answer.reuse else ""
             # The leader's PSI server takes the same port once the handshake server is gone.
             while time.monotonic() < deadline:
                 try:
-                    _call(channel, "Ping", req, 1.0)
+                    stub.Ping(hello, timeout=1.0, wait_for_ready=True)
                 except grpc.RpcError:
                     break
                 time.sleep(0.05)

@@ -280,3 +280,29 @@ def test_quoted_csv_takes_the_csv_path_and_still_matches_the_single_pair(pki, tm
     for role in ("leader", "follower"):
         assert aligned(tmp_path / "p2", role) == aligned(tmp_path / "p1", role)
     assert b'"' in aligned(tmp_path / "p2", "leader")
+
+
+def test_the_handshake_refuses_a_pair_that_is_not_this_one(pki, tmp_path):
+    """psi_partition.proto: another handshake version, job or partition is refused with the reason, no key given."""
+    from fedsite_proto.runtime.v1 import psi_partition_pb2 as pb
+
+    data, _, _ = datasets(tmp_path, n=10)
+    leader = parse_config(cfg(pki, "leader", data, "user_id", tmp_path / "out", 17040, {"partitions": 2}, "j1"))
+    plan = partition.PartitionPlan(index=1, count=2, key=b"k" * 32, reuse_from=(), ports="offset")
+    good = {"protocol_version": partition.HANDSHAKE_VERSION, "job_id": "j1", "partition": 1, "partitions": 2}
+    reply = partition._Handshake(leader, plan).Key(pb.PartitionHello(**good), None)
+    assert reply.ok and reply.key == b"k" * 32
+    for bad, why in (
+        ({"protocol_version": 99}, "handshake version mismatch: leader speaks 1, follower 99"),
+        ({"job_id": "j2"}, "job mismatch: leader runs j1, follower j2"),
+        ({"partition": 0}, "partition mismatch: leader runs partition 1 of 2, follower 0 of 2"),
+        ({"partitions": 4}, "partition mismatch: leader runs partition 1 of 2, follower 1 of 4"),
+    ):
+        hs = partition._Handshake(leader, plan)
+        reply = hs.Key(pb.PartitionHello(**(good | bad)), None)
+        assert not reply.ok and why in reply.error and reply.key == b""
+        assert hs.decided.is_set() and why in hs.error  # the leader's worker fails with the same reason
+        answer = partition._Handshake(leader, plan).Reuse(
+            pb.PartitionReuseRequest(hello=pb.PartitionHello(**(good | bad))), None
+        )
+        assert not answer.ok and why in answer.error
