@@ -30,8 +30,8 @@ static: ## front-end libraries from npm (package-lock.json) into static/vendor; 
 	elif [ -f static/vendor/chart.umd.min.js ]; then echo "npm not found: serving the committed static/vendor"; \
 	else echo "npm is needed once to fetch Chart.js into static/vendor" >&2; exit 1; fi
 
-demo: setup ## two installations on loopback through the whole main flow (ONCE=1 exits after the summary; STREAM=1: the streaming act)
-	$(PY) scripts/demo.py $(if $(ONCE),--once,) $(if $(STREAM),--stream,)
+demo: setup ## two installations on loopback through the whole main flow (ONCE=1 exits after the summary; STREAM=1: the streaming act; NATS=1: beta's events through NATS JetStream)
+	$(PY) scripts/demo.py $(if $(ONCE),--once,) $(if $(STREAM),--stream,) $(if $(NATS),--nats,)
 
 test: setup ## every test, including peer, launcher, kubernetes, browser and e2e
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)

@@ -6,23 +6,30 @@ advertiser) sees its half of the same clicks when the visitor lands on its site,
 later (realistic delays, out of order), with what it knows: basket value, visits, category.
 About 70 % of clicks reach the advertiser. Each side's events land as part files in a folder of
 its own data folder; a `stream_join_train` ticket joins them and publishes model versions.
+With `beta_nats`, beta's events go to a NATS JetStream subject instead (one JSON object per event),
+and beta names that subject as its source: the broker path, through both installations.
 
 Used by `scripts/demo.py --stream` and by the live two-installation test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from fedsite.localcluster import ApiClient, Installation
 
+T = TypeVar("T")
 CLICKS = "events/clicks"
 CONVERSIONS = "events/conversions"
 SHARED = 0.7
@@ -81,11 +88,59 @@ def write_sample(folder: Path, name: str, rows: int = 200, seed: int = 7) -> tup
     return a, b
 
 
-class EventGenerator:
-    """Writes clicks (alpha's folder) and visits (beta's folder) at a steady rate until stopped."""
+class JetStreamSink:
+    """Publishes one side's events to a JetStream subject, one JSON object per event (creates the stream).
 
-    def __init__(self, alpha_folder: Path, beta_folder: Path, *, rate: float = 400.0, seed: int = 2026) -> None:
+    nats-py is asyncio; its loop runs on a thread of its own, so callers stay synchronous.
+    """
+
+    def __init__(self, url: str, stream: str, subject: str) -> None:
+        import nats
+
+        self.stream, self.subject = stream, subject
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jetstream-sink", daemon=True)
+        self._thread.start()
+        self._nc = self._call(nats.connect(url, connect_timeout=5, max_reconnect_attempts=2))
+        self._js = self._nc.jetstream()
+        self._call(self._js.add_stream(name=stream, subjects=[subject]))
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def __call__(self, df: pd.DataFrame, part: int) -> None:
+        rows = df.to_dict("records")
+
+        async def go() -> None:
+            for r in rows:
+                await self._js.publish(self.subject, json.dumps(r).encode())
+
+        self._call(go())
+
+    def close(self, *, delete: bool = False) -> None:
+        try:
+            if delete:
+                self._call(self._js.delete_stream(self.stream))
+            self._call(self._nc.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+
+class EventGenerator:
+    """Writes clicks (alpha's folder) and visits (beta's folder, or `beta_sink`) at a steady rate until stopped."""
+
+    def __init__(
+        self,
+        alpha_folder: Path,
+        beta_folder: Path,
+        *,
+        rate: float = 400.0,
+        seed: int = 2026,
+        beta_sink: Callable[[pd.DataFrame, int], None] | None = None,
+    ) -> None:
         self.folders = (alpha_folder, beta_folder)
+        self.beta_sink = beta_sink or (lambda df, part: _land(df, beta_folder, part))
         self.rate = rate
         self.rng = np.random.default_rng(seed)
         self.clicks = 0
@@ -118,7 +173,7 @@ class EventGenerator:
             if due.any():
                 # Each side's events arrive in the order they happen on that side, not the partner's.
                 landed = waiting[due].sample(frac=1.0, random_state=part)
-                _land(landed, self.folders[1], part)
+                self.beta_sink(landed, part)
                 self.visits += len(landed)
             self._pending = [waiting[~due]]
             part += 1
@@ -161,10 +216,12 @@ def run_stream_flow(
     stop_reason: str = "demo over: enough versions for today",
     timeout_s: float = 600.0,
     say: Any = print,
+    beta_nats: tuple[str, str] | None = None,
 ) -> StreamResult:
     """Connect, describe the streams, propose and approve a stream_join_train ticket, generate events,
     watch versions being published; stop from beta (the follower) with a reason once `versions` exist
-    (0: never). `clients` = (alpha admin, beta admin, alpha approver, beta approver)."""
+    (0: never). `clients` = (alpha admin, beta admin, alpha approver, beta approver).
+    `beta_nats` = (JetStream stream, subject): beta's events are published there, and beta's source is it."""
     t0 = time.monotonic()
     a_admin, b_admin, a_appr, b_appr = clients
     A, B = (f"/api/v1/workspaces/{w}" for w in workspaces)
@@ -209,12 +266,15 @@ def run_stream_flow(
         },
     )
     b_appr.wait_for(f"{B}/tickets/{ticket['id']}/", lambda t: t["status"] == "pending")
-    b_appr.post(
-        f"{B}/tickets/{ticket['id']}/approve/",
-        {"comment": "Go.", "stream_source": {"kind": "folder", "location": CONVERSIONS}},
-    )
-    say("  ✓ stream_join_train proposed by alpha, approved by beta (each named its own events folder)")
-    gen = EventGenerator(a_folder / CLICKS, b_folder / CONVERSIONS, rate=rate).start()
+    sink: JetStreamSink | None = None
+    b_source = {"kind": "folder", "location": CONVERSIONS}
+    if beta_nats:
+        sink = JetStreamSink(os.environ.get("FEDSITE_NATS_URL", "nats://127.0.0.1:4222"), *beta_nats)
+        b_source = {"kind": "nats", "stream": beta_nats[0], "location": beta_nats[1]}
+    b_appr.post(f"{B}/tickets/{ticket['id']}/approve/", {"comment": "Go.", "stream_source": b_source})
+    where = f"JetStream subject {beta_nats[1]}" if beta_nats else "events folder"
+    say(f"  ✓ stream_join_train proposed by alpha, approved by beta (alpha named its events folder, beta its {where})")
+    gen = EventGenerator(a_folder / CLICKS, b_folder / CONVERSIONS, rate=rate, beta_sink=sink).start()
     result = StreamResult(ticket_id=ticket["id"], job_id="")
     try:
         a_job = a_appr.wait_for(f"{A}/jobs/?ticket={ticket['id']}", lambda body: body["count"] > 0)["results"][0]
@@ -259,5 +319,7 @@ def run_stream_flow(
             result.errors[side] = done["error"]
     finally:
         gen.stop()
+        if sink is not None:
+            sink.close(delete=True)
     result.seconds = round(time.monotonic() - t0, 1)
     return result

@@ -35,6 +35,11 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="the streaming act: live events, continual training")
     parser.add_argument("--versions", type=int, default=3, help="--stream --once: stop after this many versions")
     parser.add_argument("--rate", type=float, default=200.0, help="--stream: clicks per second")
+    parser.add_argument(
+        "--nats",
+        action="store_true",
+        help="--stream: beta's events go to a NATS JetStream subject (FEDSITE_NATS_URL, default 127.0.0.1:4222)",
+    )
     args = parser.parse_args()
     if args.stream:
         return stream_act(args)
@@ -99,8 +104,15 @@ def stream_act(args: argparse.Namespace) -> int:
         want = args.versions if args.once else 0
         if not args.once:
             print("Events flow until Ctrl-C; watch the job on either dashboard.", flush=True)
+        nats = (f"FEDSITE_DEMO_{os.getpid()}", f"fedsite-demo.{os.getpid()}.visits") if args.nats else None
         result = run_stream_flow(
-            alpha, beta, clients=clients, versions=want, rate=args.rate, timeout_s=900 if args.once else 10**9
+            alpha,
+            beta,
+            clients=clients,
+            versions=want,
+            rate=args.rate,
+            timeout_s=900 if args.once else 10**9,
+            beta_nats=nats,
         )
         print(
             f"\nStream job {result.job_id}: {len(result.versions)} versions in {result.seconds:.0f}s; "

@@ -1,10 +1,11 @@
-"""Two real installations run a stream_join_train ticket end to end: live events land in each side's
-folder, the runtimes join them and train continually, versions appear on both sides under one UUID with
+"""Two real installations run a stream_join_train ticket end to end: live clicks land in alpha's folder and
+visits are published to a NATS JetStream subject (127.0.0.1:4222) that beta names as its source; the runtimes join them and train continually, versions appear on both sides under one UUID with
 a lineage, and the follower stops the job with a reason the leader sees."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,14 +59,19 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
         beta = Side(insts["sbeta"], "globex", insts["sbeta"].client("bob"))
         yield {"alpha": alpha, "beta": beta}
     finally:
-        for inst in insts.values():
+
+        def stop(inst: Installation) -> None:
             inst.stop()
             kill_all(inst.var_dir / "jobs")
+
+        with ThreadPoolExecutor(2) as pool:  # both sides' grace periods overlap
+            list(pool.map(stop, insts.values()))
 
 
 def test_a_stream_ticket_publishes_versions_on_both_sides_and_stops_from_the_follower(pair):
     alpha, beta = pair["alpha"], pair["beta"]
     lines: list[str] = []
+    tag = uuid.uuid4().hex[:10]
     result = run_stream_flow(
         alpha.inst,
         beta.inst,
@@ -76,6 +82,7 @@ def test_a_stream_ticket_publishes_versions_on_both_sides_and_stops_from_the_fol
         stop_reason=REASON,
         timeout_s=420,
         say=lines.append,
+        beta_nats=(f"FS_{tag.upper()}", f"fstest.{tag}.visits"),
     )
     logs = "\n".join(lines) + "\n" + alpha.inst.log("worker")[-3000:]
     assert len(result.versions) >= 2, logs
@@ -84,6 +91,7 @@ def test_a_stream_ticket_publishes_versions_on_both_sides_and_stops_from_the_fol
     assert result.errors["alpha"] == REASON and result.errors["beta"] == REASON
     mine = alpha.get(f"jobs/{result.job_id}/")
     assert mine["remote_status"] == "cancelled" and mine["stream"]["local"]["events_read"] > 0
+    assert beta.get(f"tickets/{result.ticket_id}/")["stream_source"]["kind"] == "nats"  # beta read the broker
     assert alpha.get(f"tickets/{result.ticket_id}/")["status"] == "cancelled"
     # both sides' counters reached the leader's page while it ran
     assert (mine["stream"]["partner"]["events_read"] or 0) > 0, mine["stream"]
