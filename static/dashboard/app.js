@@ -85,7 +85,10 @@
         return el.value !== el.defaultValue;
       });
     };
-    var refresh = function () { window.location.replace(window.location.href); };
+    // Once the user navigates away, a refresh must not replace (abort) that navigation.
+    var leaving = false;
+    window.addEventListener("beforeunload", function () { leaving = true; });
+    var refresh = function () { if (!leaving) window.location.replace(window.location.href); };
     var bar = function (id, value) {
       var node = document.querySelector('[data-job-progress="' + id + '"]');
       if (!node || value === null || value === undefined) return;
@@ -96,6 +99,7 @@
       if (pct) pct.textContent = Math.round(v * 100) + "%";
     };
     var tick = function () {
+      if (leaving) return;
       if (document.hidden) { setTimeout(tick, 2000); return; }
       fetch(watch, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
@@ -111,6 +115,8 @@
         .catch(function () { setTimeout(tick, 5000); });
     };
     if (note) note.querySelector("[data-reload]").addEventListener("click", refresh);
+    // Back to this page from the browser's cache: the polling loop ended when the user left; start it again.
+    window.addEventListener("pageshow", function (e) { if (e.persisted && leaving) { leaving = false; tick(); } });
     tick();
   }
 })();
