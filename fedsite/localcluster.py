@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,14 @@ class Installation:
         """SIGTERM to every process at once (their grace periods overlap), then this installation's runtimes."""
         self.kill(hard=False)
         self.kill_runtimes()
+
+    @staticmethod
+    def stop_all(insts: Iterable[Installation]) -> None:
+        """Stop several installations at once, so their grace periods overlap."""
+        insts = list(insts)
+        if insts:
+            with ThreadPoolExecutor(len(insts)) as pool:
+                list(pool.map(Installation.stop, insts))
 
     def wait_peer_listening(self, timeout: float = 30) -> None:
         """Wait until the peer service accepts connections (it has no readiness URL)."""

@@ -23,8 +23,6 @@ REASON = "enough for today (from beta)"
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    from apps.jobs.launchers.local import kill_all
-
     tmp = tmp_path_factory.mktemp("stream2")
     tag = os.getpid()
     insts: dict[str, Installation] = {}
@@ -59,13 +57,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
         beta = Side(insts["sbeta"], "globex", insts["sbeta"].client("bob"))
         yield {"alpha": alpha, "beta": beta}
     finally:
-
-        def stop(inst: Installation) -> None:
-            inst.stop()
-            kill_all(inst.var_dir / "jobs")
-
-        with ThreadPoolExecutor(2) as pool:  # both sides' grace periods overlap
-            list(pool.map(stop, insts.values()))
+        Installation.stop_all(insts.values())  # each also kills its runtimes
 
 
 def test_a_stream_ticket_publishes_versions_on_both_sides_and_stops_from_the_follower(pair):

@@ -27,8 +27,6 @@ JOB_TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    from apps.jobs.launchers.local import kill_all
-
     tmp = tmp_path_factory.mktemp("jobs2")
     tag = os.getpid()
     insts = {}
@@ -81,13 +79,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Any]]:
             "data": tmp / "jalpha" / "data" / "acme",
         }
     finally:
-
-        def stop(inst: Installation) -> None:
-            inst.stop()
-            kill_all(inst.var_dir / "jobs")
-
-        with ThreadPoolExecutor(2) as pool:  # both sides' grace periods overlap
-            list(pool.map(stop, insts.values()))
+        Installation.stop_all(insts.values())  # each also kills its runtimes
 
 
 def run_ticket(pair: dict[str, Any], name: str) -> str:

@@ -82,8 +82,7 @@ def installations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         wait_peer_port(beta)
         yield {"alpha": alpha, "beta": beta}
     finally:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda inst: inst.stop(), (alpha, beta)))
+        Installation.stop_all((alpha, beta))
         for name in ("alpha", "beta"):
             drop_postgres_database(PG, f"fedsite_test_{name}_{tag}")
 

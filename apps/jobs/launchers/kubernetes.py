@@ -71,6 +71,15 @@ def _s(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
 
+def _mounted_output_dir(job_id: str, side: str) -> Path | None:
+    """Where this installation reads a runtime pod's output folder: the pod writes to <claim>/<job>/<side>/
+    (its volume's subPath), and the workers and the web mount the same claim at FEDSITE_K8S_OUTPUT_MOUNT."""
+    mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
+    if not mount or not _s("FEDSITE_K8S_OUTPUT_PVC", "") or not job_id or not side:
+        return None
+    return Path(mount) / job_id / side
+
+
 def load_api_client() -> Any:
     """An ApiClient from the in-cluster service account or a kubeconfig (cached per process)."""
     global _client
@@ -470,11 +479,9 @@ class KubernetesLauncher(Launcher):
             handle["partition_count"] = spec.partitions
         if spec.keep_running:
             handle["kind"] = "Deployment"
-        mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
-        if mount and _s("FEDSITE_K8S_OUTPUT_PVC", ""):
-            # The pod writes its outputs to <claim>/<job>/<side>/ (the volume's subPath); the workers and the web
-            # mount the same claim here, so the outputs API lists and serves them as it does a local runtime's.
-            handle["output_dir"] = str(Path(mount) / spec.job_id / spec.side)
+        mounted = _mounted_output_dir(spec.job_id, spec.side)
+        if mounted is not None:  # the outputs API lists and serves them as it does a local runtime's
+            handle["output_dir"] = str(mounted)
         ns = self.namespace
         try:
             if spec.keep_running:
@@ -672,10 +679,8 @@ class KubernetesLauncher(Launcher):
 
     def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
         """Where the workers mount the outputs PVC (FEDSITE_K8S_OUTPUT_MOUNT), the pod's result file."""
-        mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
-        if not mount or not _s("FEDSITE_K8S_OUTPUT_PVC", "") or not handle.get("job_id"):
-            return {}
-        return read_result_file(Path(mount) / handle["job_id"] / handle["side"] / RESULT_FILE)
+        mounted = _mounted_output_dir(handle.get("job_id") or "", handle.get("side") or "")
+        return read_result_file(mounted / RESULT_FILE) if mounted is not None else {}
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
         from kubernetes.client.exceptions import ApiException
