@@ -34,7 +34,10 @@ def test_pending_messages_reach_a_returning_partner_within_5_s_whatever_the_back
         # (more tickets: lanes never tried wait behind the failed one's backoff)
         others = [propose(alpha, partnership, name=f"also while beta is down {i}") for i in range(3)]
         # then Alpha sees that its messages do not reach Beta
-        partner = alpha.wait(f"partners/{pid}/", lambda p: p["failing_messages"] >= 1, timeout=30)
+        # (the failed attempt and the partner's last error are written one after the other: wait for both)
+        partner = alpha.wait(
+            f"partners/{pid}/", lambda p: p["failing_messages"] >= 1 and bool(p["last_error"]), timeout=30
+        )
         assert partner["reachable"] is False and partner["pending_messages"] >= 1
         assert partner["undelivered_since"] and "UNAVAILABLE" in partner["last_error"]
         # and Beta's doctor says its own peer service is not answering
