@@ -143,11 +143,28 @@ def test_x25519_backends_agree_and_commute():
     pts = b"".join(HashToCurve()(f"id-{i}".encode()) for i in range(20))
     a, b = crypto.new_ecdh_key(), crypto.new_ecdh_key()
     assert crypto.x25519_many(a, pts, backend="cryptography") == crypto.x25519_many(a, pts)
+    if crypto._sodium() is not None:
+        assert crypto.x25519_many(a, pts, backend="libsodium") == crypto.x25519_many(a, pts, backend="cryptography")
+    assert crypto.ecdh_final(pts) == b"".join(pts[i : i + 16] for i in range(0, len(pts), 32))
     ab = crypto.ecdh_reencrypt(b, crypto.ecdh_reencrypt(a, pts))
     ba = crypto.ecdh_reencrypt(a, crypto.ecdh_reencrypt(b, pts))
     assert ab == ba
     with pytest.raises(crypto.CryptoError):
         crypto.x25519_many(a, bytes(32))  # the zero point has small order
+
+
+def test_the_x25519_backend_is_the_faster_one_unless_fixed(monkeypatch):
+    try:
+        for forced in ("cryptography", "libsodium"):
+            monkeypatch.setenv("FEDSITE_PSI_X25519", forced)
+            crypto.x25519_backend.cache_clear()
+            expected = forced if crypto._sodium() is not None else "cryptography"
+            assert crypto.x25519_backend() == expected
+        monkeypatch.delenv("FEDSITE_PSI_X25519")
+        crypto.x25519_backend.cache_clear()
+        assert crypto.x25519_backend() in ("libsodium", "cryptography")
+    finally:
+        crypto.x25519_backend.cache_clear()
 
 
 def test_rsa_crt_blind_signature_equals_plain_signature():
