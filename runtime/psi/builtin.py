@@ -581,6 +581,10 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             server.stop(grace=1.0).wait(3)
             if self.pool is not None:
                 self.pool.close()
+            if self.producer is not None:
+                # It stops at its next batch (done is set, the pool is shut): its Arrow reader must not be
+                # in the middle of a read when the interpreter exits (a native thread then aborts the process).
+                self.producer.join(10.0)
 
 
 # -- follower -----------------------------------------------------------------------------
