@@ -171,3 +171,22 @@ def test_hash64_is_stable_and_separates_ids():
     assert len(set(h[:7].tolist())) == 7
     assert (h[:7] == h[7:]).all()
     assert (data.hash64(ids.slice(7)) == h[7:]).all()  # sliced arrays hash the same
+
+
+def test_hash64_of_ids_of_one_length_equals_the_general_path():
+    """One-length ids take a faster path; a batch mixing lengths takes the general one: same hashes."""
+    same = pa.array([f"user-{i:09d}" for i in range(1000)])
+    mixed = pa.concat_arrays([pa.array(["x"]), same])
+    assert (data.hash64(mixed)[1:] == data.hash64(same)).all()
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 16, 17, 40])
+def test_bytewise_sort_matches_utf8_byte_order(width):
+    rng = np.random.default_rng(width)
+    alphabet = ["a", "b", "\x00", "ü", "日", "~", "\x7f", "z"]
+    for _ in range(50):
+        vals = ["".join(rng.choice(alphabet, size=width)) for _ in range(rng.integers(0, 60))]
+        if vals and rng.random() < 0.3:
+            vals[0] = vals[0][:-1] or "q"  # one shorter id: Arrow's sort
+        order = data.sort_indices_bytewise(pa.chunked_array([pa.array(vals, pa.string())])).to_numpy()
+        assert [vals[i].encode() for i in order] == sorted(v.encode() for v in vals)
