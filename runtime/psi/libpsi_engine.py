@@ -281,7 +281,9 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, reader: Any, prepar
         def hook(p) -> None:
             out.put(("progress", p.percentage))
 
+        t1 = time.monotonic()
         rep = psi.psi_execute(conf, ctx, psi.ProgressParams(hook=hook, interval_ms=500))
+        out.put(("log", f"libpsi: {spec['protocol']} done in {time.monotonic() - t1:.1f}s"))
         mine = {"n": rep.original_count, "unique": rep.original_unique_count, "inter": rep.intersection_count}
         both = [json.loads(x) for x in ctx.all_gather(json.dumps(mine))]
         out.put(("result", {"mine": mine, "peer": both[1 - spec["rank"]]}))
@@ -403,7 +405,9 @@ def run_libpsi(
     loader.join()
     if "error" in loaded:
         raise loaded["error"]
+    t_out = time.monotonic()
     _write_output(table, loaded["table"], raw_out, output.aligned, int(mine["inter"]))
+    reporter.log(f"psi: aligned output written in {time.monotonic() - t_out:.1f}s")
     stats = {
         "engine": "libpsi",
         "protocol": protocol,
