@@ -125,6 +125,42 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "PsiPartitions": {
+        "type": "array",
+        "nullable": True,
+        "description": "partitioned PSI jobs only (`psi.partitions` > 1; null otherwise): this side's partitions "
+        "in order, partition i paired with the partner's partition i (docs/psi.md, Partitioned PSI)",
+        "items": {
+            "type": "object",
+            "properties": {
+                "index": {"type": "integer", "description": "the partition's number, 0 to P-1"},
+                "state": {
+                    "type": "string",
+                    "enum": ["pending", "running", "succeeded", "failed", "stopped"],
+                    "description": "stopped: cut short because the job ended (e.g. another partition failed)",
+                },
+                "progress": {"type": "number", "description": "0 to 1"},
+                "input_size": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "this side's ids in the partition (once it succeeded)",
+                },
+                "intersection_size": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "common ids in the partition (once it succeeded)",
+                },
+                "reused": {
+                    "type": "boolean",
+                    "nullable": True,
+                    "description": "a retry took an earlier attempt's result instead of running the PSI again "
+                    "(null while unknown)",
+                },
+                "error": {"type": "string", "description": "why it failed (empty unless failed)"},
+            },
+            "required": ["index", "state", "progress", "input_size", "intersection_size", "reused", "error"],
+        },
+    },
     "SplitMetrics": SPLIT_METRICS,
     "TrainingMetrics": TRAINING_METRICS,
     "TrainingSummary": TRAINING_SUMMARY,

@@ -243,6 +243,94 @@ def _partition_result(job: Job, stage: str, data: dict[str, Any]) -> None:
     job.result = {**(job.result or {}), "partitions": {**part, "count": data.get("partitions"), "done": done}}
 
 
+PARTITION_ERROR = re.compile(r"\bpartition (?P<index>\d{1,3}) of (?P<count>\d{1,3}):")
+
+
+def _count_of(job: Job, part: dict[str, Any]) -> int:
+    count = part.get("count")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        return count
+    from apps.jobs.launch import psi_partitions
+
+    return psi_partitions(job)
+
+
+def _failed_partition(job: Job, count: int) -> tuple[int, str] | None:
+    """The partition a failure names (``partition <i> of <P>: …``): this side's error first, else the partner's."""
+    for text, whose in ((job.error, ""), (job.remote_error, "the partner's side: ")):
+        m = PARTITION_ERROR.search(text or "")
+        if m and int(m["count"]) == count and 0 <= int(m["index"]) < count:
+            return int(m["index"]), whose + text
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def partition_status(job: Job) -> list[dict[str, Any]] | None:
+    """A partitioned PSI job's partitions on this side (None unless ``psi.partitions`` > 1).
+
+    For each partition i in 0..P-1: ``state`` (pending, running, succeeded, failed, or stopped:
+    cut short because the job ended, e.g. another partition failed), ``progress`` (0–1),
+    ``input_size`` (this side's ids in the partition) and ``intersection_size`` once it is done,
+    ``reused`` (a retry took the earlier attempt's result instead of running it again; null
+    while unknown) and ``error`` (the failure naming it). Built from what the runtime's
+    partition workers report: stage ``psi.p<i>of<P>`` progress and each partition's result
+    (``result.partitions``); the worker that merges reports the merged result instead of its
+    own, whose figures are then the merged totals less the other partitions'.
+    """
+    result = job.result or {}
+    part = _partitions(job)
+    count = _count_of(job, part)
+    if count <= 1:
+        return None
+    progress = part.get("progress") or {}
+    done = part.get("done") or {}
+    merged = result.get("psi") if isinstance(result.get("psi"), dict) else None
+    if merged is not None and merged.get("partitions") != count:
+        merged = None
+    reused_all = set(merged.get("reused_partitions") or []) if merged else set()
+    failed = _failed_partition(job, count) if job.status == J.FAILED else None
+    rows: list[dict[str, Any]] = []
+    for i in range(count):
+        entry = done.get(str(i)) if isinstance(done.get(str(i)), dict) else None
+        value = progress.get(str(i))
+        row: dict[str, Any] = {
+            "index": i,
+            "state": "pending",
+            "progress": max(0.0, min(1.0, float(value))) if isinstance(value, (int, float)) else 0.0,
+            "input_size": None,
+            "intersection_size": None,
+            "reused": None,
+            "error": "",
+        }
+        if entry is not None or merged is not None or job.status == J.SUCCEEDED:
+            row["state"], row["progress"] = "succeeded", 1.0
+            if entry is not None:
+                row["input_size"] = _int_or_none(entry.get("input_size"))
+                row["intersection_size"] = _int_or_none(entry.get("intersection_size"))
+                row["reused"] = bool(entry.get("reused"))
+            elif merged is not None:
+                row["reused"] = i in reused_all
+        elif failed is not None and failed[0] == i:
+            row["state"], row["error"] = "failed", failed[1]
+        elif job.status not in ACTIVE:
+            row["state"] = "stopped"
+        elif value is not None:
+            row["state"] = "running"
+        rows.append(row)
+    # The merging worker's own figures: the merged totals less the other partitions' (when all are known).
+    missing = [r for r in rows if r["state"] == "succeeded" and r["input_size"] is None]
+    if merged is not None and len(missing) == 1:
+        others = [r for r in rows if r is not missing[0]]
+        for key in ("input_size", "intersection_size"):
+            total = _int_or_none(merged.get(key))
+            if total is not None and all(r[key] is not None for r in others):
+                missing[0][key] = total - sum(r[key] for r in others)
+    return rows
+
+
 @transaction.atomic
 def apply_report(job: Job, events: list[dict[str, Any]]) -> int:
     """Apply a runtime's batch of progress/metric/log/result events; returns how many."""

@@ -159,6 +159,7 @@
         });
       }
       if (job.stream) renderStream(job.stream);
+      if (job.partitions) renderPartitions(job.partitions);
       if (!job.active) {
         document.querySelectorAll("[data-hide-when-done]").forEach(function (n) { n.hidden = true; });
       }
@@ -171,6 +172,50 @@
         var v = (sv[parts[0]] || {})[parts[1]];
         if (v === null || v === undefined) { cell.textContent = parts[1].indexOf("latency") === 0 ? "—" : "0"; return; }
         cell.textContent = parts[1].indexOf("latency") === 0 ? v.toFixed(1) + " ms" : Math.round(v).toLocaleString();
+      });
+    };
+
+    /* Partitioned PSI: each partition's state, progress, figures and error; a failed one is named above the table. */
+    var renderPartitions = function (parts) {
+      var body = document.querySelector("[data-partition-rows]");
+      if (!body) return;
+      var count = field("partition-count");
+      if (count) count.textContent = String(parts.length);
+      var num = function (v) { return v === null || v === undefined ? "—" : v.toLocaleString(); };
+      body.replaceChildren();
+      var failed = document.querySelector("[data-partition-failed]");
+      if (failed) failed.replaceChildren();
+      parts.forEach(function (p) {
+        var tr = document.createElement("tr");
+        tr.setAttribute("data-partition", String(p.index));
+        tr.setAttribute("data-state", p.state);
+        var th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = String(p.index);
+        tr.appendChild(th);
+        var cell = function (content, cls) {
+          var td = document.createElement("td");
+          if (cls) td.className = cls;
+          if (typeof content === "string") td.textContent = content; else td.appendChild(content);
+          tr.appendChild(td);
+        };
+        cell(badge(p.state));
+        cell(pct(p.progress), "num");
+        cell(num(p.input_size), "num");
+        cell(num(p.intersection_size), "num");
+        cell(p.reused ? "yes: an earlier attempt's result" : p.reused === false ? "no" : "—");
+        cell(p.error || "");
+        body.appendChild(tr);
+        if (p.state === "failed" && failed) {
+          var div = document.createElement("div");
+          div.className = "notice notice-bad";
+          div.setAttribute("role", "alert");
+          var strong = document.createElement("strong");
+          strong.textContent = "Partition " + p.index + " of " + parts.length + " failed: ";
+          div.appendChild(strong);
+          div.appendChild(document.createTextNode(p.error));
+          failed.appendChild(div);
+        }
       });
     };
 

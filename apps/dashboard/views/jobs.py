@@ -61,6 +61,8 @@ def job_state(job: Job) -> dict:
         "model_versions": [{"id": str(mv.id), "name": mv.name} for mv in job.model_versions.all()],
         # Stream jobs: both sides' join counters, "waiting for data", the versions published.
         "stream": job_services.stream_status(job),
+        # Partitioned PSI: each partition's state, progress and figures (None for other jobs).
+        "partitions": job_services.partition_status(job),
     }
 
 

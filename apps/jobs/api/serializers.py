@@ -5,25 +5,31 @@ from rest_framework import serializers
 
 from apps.core.schema import ref, typed_json
 from apps.jobs.models import Job, JobMetric
-from apps.jobs.services import stream_status
+from apps.jobs.services import partition_status, stream_status
 
 
 class JobSerializer(serializers.ModelSerializer):
     ticket = serializers.UUIDField(source="ticket_id", read_only=True)
     result = typed_json(ref("JobResult"))
     stream = serializers.SerializerMethodField()
+    partitions = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = [
             "id", "ticket", "attempt", "role", "status", "stage", "progress", "launcher", "log_tail", "error", "result",
             "remote_status", "remote_progress", "remote_error", "remote_updated_at", "started_at", "finished_at", "created_at", "updated_at", "stream",
+            "partitions",
         ]  # fmt: skip
         read_only_fields = fields
 
     @extend_schema_field(ref("StreamStatus"))
     def get_stream(self, obj: Job) -> dict[str, Any] | None:
         return stream_status(obj)
+
+    @extend_schema_field(ref("PsiPartitions"))
+    def get_partitions(self, obj: Job) -> list[dict[str, Any]] | None:
+        return partition_status(obj)
 
 
 class JobMetricSerializer(serializers.ModelSerializer):

@@ -28,7 +28,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
     """Runs of tickets on this side, with the partner's status beside ours."""
 
     serializer_class = JobSerializer
-    queryset = Job.objects.all()
+    queryset = Job.objects.select_related("ticket")
     filterset_fields = ["status", "ticket", "role"]
     action_roles = {"retry": Role.APPROVER}
     OUTPUT = r"outputs/(?P<output_name>[A-Za-z0-9_-]{1,64})"
