@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -288,10 +289,11 @@ def _retry_later(partner: Partner, message: OutboxMessage, error: str) -> dt.dat
     now = timezone.now()
     attempts = message.attempts + 1
     next_attempt = now + dt.timedelta(seconds=backoff_s(attempts))
-    OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
-        attempts=attempts, next_attempt_at=next_attempt, last_error=error
-    )
-    Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
+    with transaction.atomic():  # readers (the partner page) see the message's error and the partner's together
+        OutboxMessage.objects.filter(pk=message.pk, status=OutboxStatus.PENDING).update(
+            attempts=attempts, next_attempt_at=next_attempt, last_error=error
+        )
+        Partner.objects.filter(pk=partner.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} UTC {error}"[:2000])
     log.info("delivery of %s to %s failed (attempt %s): %s", message.kind, partner.name, attempts, error)
     return next_attempt
 

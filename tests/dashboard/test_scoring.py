@@ -193,6 +193,59 @@ def test_unknown_names_traversal_and_other_workspaces_are_404(world, api, finish
     assert api("alice").get(f"{JOBS}/{uuid.uuid4()}/outputs/scores/download/").status_code == 404
 
 
+def test_a_symlink_leading_out_of_the_jobs_folder_is_neither_listed_nor_served(world, api, finished, tmp_path) -> None:
+    """A runtime that leaves symlinks to another job's folder or to /etc in its own gets nothing through them."""
+    job, out = finished
+    other = tmp_path / "jobs" / "j2" / "leader"  # another job's outputs, next door
+    (other / "psi").mkdir(parents=True)
+    (other / "psi" / "aligned.csv").write_text("user_id,secret\nv1,42\n")
+    (out / "psi" / "aligned.csv").unlink()
+    (out / "psi").rmdir()
+    (out / "psi").symlink_to(other / "psi")  # a folder symlink: the file itself is no symlink
+    (out / "score" / "scores.csv").unlink()
+    (out / "score" / "scores.csv").symlink_to("/etc/passwd")
+    r = api("bob").get(f"{JOBS}/{job.id}/outputs/")
+    assert r.status_code == 200 and r.json() == []
+    for name in ("aligned", "scores"):
+        r = api("dave").get(f"{JOBS}/{job.id}/outputs/{name}/download/")
+        assert r.status_code == 404 and f"no output '{name}'" in r.json()["detail"]
+        r = api("dave").post(f"{JOBS}/{job.id}/outputs/{name}/register/", {"name": f"stolen {name}"}, format="json")
+        assert r.status_code == 404
+    assert not Dataset.objects.filter(name__startswith="stolen").exists()
+    # A symlink that stays inside the job's folder is fine: what is served is the real file there.
+    (out / "score" / "scores.csv").unlink()
+    (out / "score" / "real.csv").write_text("user_id,score\nu1,0.5\n")
+    (out / "score" / "scores.csv").symlink_to("real.csv")
+    assert [o["name"] for o in api("bob").get(f"{JOBS}/{job.id}/outputs/").json()] == ["scores"]
+    r = api("bob").get(f"{JOBS}/{job.id}/outputs/scores/download/")
+    assert r.status_code == 200 and b"".join(r.streaming_content) == b"user_id,score\nu1,0.5\n"
+
+
+def test_a_folder_this_installation_cannot_read_is_a_404_naming_why(world, api, browser_client, finished) -> None:
+    job, out = finished
+    for handle, why in (
+        (
+            {"backend": "local", "output_dir": str(out.parent / "gone")},
+            f"its folder {out.parent / 'gone'} does not exist",
+        ),
+        ({"backend": "local", "output_dir": str(out), "host": "elsewhere.example"}, "ran on elsewhere.example"),
+    ):
+        Job.objects.filter(pk=job.pk).update(handle=handle, status="succeeded")
+        for path in (f"{JOBS}/{job.id}/outputs/", f"{JOBS}/{job.id}/outputs/scores/download/"):
+            r = api("bob").get(path)
+            assert r.status_code == 404, (path, r.content)
+            assert "outputs are not readable here" in r.json()["detail"] and why in r.json()["detail"]
+        r = api("dave").post(f"{JOBS}/{job.id}/outputs/scores/register/", {"name": "x"}, format="json")
+        assert r.status_code == 404 and why in r.json()["detail"]
+        page = browser_client("bob").get(f"/w/acme/jobs/{job.pk}/")
+        assert page.status_code == 200 and why in page.content.decode()
+        assert browser_client("bob").get(f"/w/acme/jobs/{job.pk}/outputs/scores/download").status_code == 404
+    # A job whose runtime never started here has no outputs yet: an empty list, not an error.
+    Job.objects.filter(pk=job.pk).update(handle={}, status="pending")
+    r = api("bob").get(f"{JOBS}/{job.id}/outputs/")
+    assert r.status_code == 200 and r.json() == []
+
+
 def test_an_output_is_registered_as_a_dataset_in_one_call(world, api, finished, data_root) -> None:
     job, out = finished
     r = api("dave").post(f"{JOBS}/{job.id}/outputs/aligned/register/", {"name": "aligned q3"}, format="json")

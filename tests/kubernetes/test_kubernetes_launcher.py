@@ -297,13 +297,14 @@ def test_a_kubernetes_jobs_outputs_are_listed_and_served_from_the_outputs_claim(
     settings.FEDSITE_LAUNCHER = "kubernetes"
     settings.FEDSITE_RUNTIME_ALLOW_INSECURE = True
     settings.FEDSITE_K8S_OUTPUT_PVC, settings.FEDSITE_K8S_OUTPUT_MOUNT = "fedsite-outputs", str(tmp_path / "claim")
+    (tmp_path / "claim").mkdir()  # where the web mounts the claim
     monkeypatch.setattr(launching, "get_launcher", lambda name=None: k8s_launcher)
     monkeypatch.setattr("apps.peer.outbox._push", lambda partner_id: None)
     job = _make_job(settings, start_ticket_run)
     assert launching.launch(str(job.id)) == "started"
     job.refresh_from_db()
     pod_side = tmp_path / "claim" / str(job.id) / "leader"
-    assert job.handle["output_dir"] == str(pod_side)
+    assert "output_dir" not in job.handle  # derived from the settings, the job and its side whenever it is read
     volume = cluster.objects("jobs")[job.handle["name"]]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "output", "mountPath": "/var/fedsite/output", "subPath": f"{job.id}/leader"} in volume[
         "volumeMounts"
@@ -328,6 +329,36 @@ def test_a_kubernetes_jobs_outputs_are_listed_and_served_from_the_outputs_claim(
     assert [o["name"] for o in listed.json()] == ["aligned"]
     got = client.get(f"{base}aligned/download/")
     assert got.status_code == 200 and b"".join(got.streaming_content) == content
+
+    # A path stored on the job is not trusted: the folder is derived from the settings, the job and its side.
+    other = tmp_path / "claim" / str(uuid.uuid4()) / "leader"
+    (other / "score").mkdir(parents=True)
+    (other / "score" / "scores.csv").write_text("id,score\nv1,0.9\n")
+    job.handle = {**job.handle, "output_dir": str(other)}
+    job.save(update_fields=["handle"])
+    assert [o["name"] for o in client.get(base).json()] == ["aligned"]
+    assert client.get(f"{base}scores/download/").status_code == 404
+
+    # A pod that leaves a symlink to another job's folder (or /etc) in its own gets nothing through it.
+    (pod_side / "score").symlink_to(other / "score")
+    (pod_side / "psi" / "aligned.csv").unlink()
+    (pod_side / "psi" / "aligned.csv").symlink_to("/etc/passwd")
+    assert client.get(base).json() == []
+    for name in ("aligned", "scores"):
+        got = client.get(f"{base}{name}/download/")
+        assert got.status_code == 404 and f"no output '{name}'" in got.json()["detail"], got.content
+
+    # This installation cannot read the claim: a 404 saying why, not an empty list.
+    settings.FEDSITE_K8S_OUTPUT_MOUNT = str(tmp_path / "not-mounted")
+    for path in (base, f"{base}aligned/download/"):
+        got = client.get(path)
+        assert got.status_code == 404, got.content
+        assert got.json()["detail"] == (
+            f"job {job.id}'s outputs are not readable here: the outputs claim is not mounted at {tmp_path / 'not-mounted'}"
+        )
+    settings.FEDSITE_K8S_OUTPUT_MOUNT = ""
+    got = client.get(base)
+    assert got.status_code == 404 and "does not mount the runtime pods' outputs claim" in got.json()["detail"]
 
 
 def _make_job(settings, start_ticket_run):

@@ -13,7 +13,7 @@ from apps.dashboard.views.common import act, get_in_workspace, page
 from apps.jobs import services as job_services
 from apps.jobs.choices import ACTIVE, JobStatus
 from apps.jobs.models import Job, JobMetric
-from apps.jobs.outputs import CONTENT_TYPE, get_output, job_outputs, register_output
+from apps.jobs.outputs import CONTENT_TYPE, OutputsUnreadable, get_output, job_outputs, open_output, register_output
 from apps.registry.serving import serving_summary
 from apps.workspaces.choices import Role
 
@@ -85,6 +85,10 @@ def metric_points(job: Job, after: int = 0) -> list[dict]:
 @workspace_page
 def job_detail(request, pk):
     job = get_in_workspace(request, Job, pk)
+    try:
+        outputs, outputs_unreadable = job_outputs(job), ""
+    except OutputsUnreadable as exc:
+        outputs, outputs_unreadable = [], exc.why
     return page(
         request,
         "dashboard/jobs/detail.html",
@@ -94,7 +98,8 @@ def job_detail(request, pk):
         state=job_state(job),
         stream_rows=STREAM_ROWS,
         serving=serving_summary(job),
-        outputs=job_outputs(job),
+        outputs=outputs,
+        outputs_unreadable=outputs_unreadable if job.status == JobStatus.SUCCEEDED else "",
         scores_dataset=(job.result or {}).get("scores_dataset"),
         can_register=request.can.write,
         can_cancel=job.status in ACTIVE and request.can.write,
@@ -160,11 +165,10 @@ def output_download(request, pk, name):
     job = get_in_workspace(request, Job, pk)
     try:
         out = get_output(job, name)
+        opened = open_output(out)
     except NotFound as exc:
         raise Http404(exc.message) from None
-    return FileResponse(
-        out.path.open("rb"), as_attachment=True, filename=f"{job.id}-{out.name}.csv", content_type=CONTENT_TYPE
-    )
+    return FileResponse(opened, as_attachment=True, filename=f"{job.id}-{out.name}.csv", content_type=CONTENT_TYPE)
 
 
 @require_POST

@@ -19,7 +19,7 @@ from apps.jobs.api.serializers import (
     RuntimeReportSerializer,
 )
 from apps.jobs.models import Job, JobMetric
-from apps.jobs.outputs import CONTENT_TYPE, get_output, job_outputs, register_output
+from apps.jobs.outputs import CONTENT_TYPE, get_output, job_outputs, open_output, register_output
 from apps.jobs.services import apply_report, cancel_job, job_for_token, metric_points, retry_job
 from apps.workspaces.choices import Role
 
@@ -79,7 +79,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
     @extend_schema(responses=JobOutputSerializer(many=True))
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def outputs(self, request, *args, **kwargs):
-        """This side's outputs of the job (the PSI aligned table, the leader's scores): name, kind, path, size."""
+        """This side's outputs of the job (the PSI aligned table, the leader's scores): name, kind, path, size.
+        404 naming why when this installation cannot read the job's output folder."""
         return Response(JobOutputSerializer([o.as_dict() for o in job_outputs(self.get_object())], many=True).data)
 
     @extend_schema(
@@ -92,7 +93,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet
         job = self.get_object()
         out = get_output(job, output_name)
         name = f"{job.id}-{out.name}.csv"
-        return FileResponse(out.path.open("rb"), as_attachment=True, filename=name, content_type=CONTENT_TYPE)
+        return FileResponse(open_output(out), as_attachment=True, filename=name, content_type=CONTENT_TYPE)
 
     @extend_schema(parameters=[output_param], request=RegisterOutputSerializer, responses={201: DatasetSerializer})
     @action(detail=True, methods=["post"], url_path=rf"{OUTPUT}/register", url_name="output-register")

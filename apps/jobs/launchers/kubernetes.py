@@ -24,6 +24,7 @@ import copy
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,14 @@ def _s(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
 
-def _mounted_output_dir(job_id: str, side: str) -> Path | None:
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # a job id or side: one path component, never ".."
+
+
+def mounted_output_dir(job_id: str, side: str) -> Path | None:
     """Where this installation reads a runtime pod's output folder: the pod writes to <claim>/<job>/<side>/
     (its volume's subPath), and the workers and the web mount the same claim at FEDSITE_K8S_OUTPUT_MOUNT."""
     mount = _s("FEDSITE_K8S_OUTPUT_MOUNT", "")
-    if not mount or not _s("FEDSITE_K8S_OUTPUT_PVC", "") or not job_id or not side:
+    if not mount or not _s("FEDSITE_K8S_OUTPUT_PVC", "") or not _NAME_PART.match(job_id) or not _NAME_PART.match(side):
         return None
     return Path(mount) / job_id / side
 
@@ -479,9 +483,6 @@ class KubernetesLauncher(Launcher):
             handle["partition_count"] = spec.partitions
         if spec.keep_running:
             handle["kind"] = "Deployment"
-        mounted = _mounted_output_dir(spec.job_id, spec.side)
-        if mounted is not None:  # the outputs API lists and serves them as it does a local runtime's
-            handle["output_dir"] = str(mounted)
         ns = self.namespace
         try:
             if spec.keep_running:
@@ -679,7 +680,7 @@ class KubernetesLauncher(Launcher):
 
     def read_result(self, handle: dict[str, Any]) -> dict[str, Any]:
         """Where the workers mount the outputs PVC (FEDSITE_K8S_OUTPUT_MOUNT), the pod's result file."""
-        mounted = _mounted_output_dir(handle.get("job_id") or "", handle.get("side") or "")
+        mounted = mounted_output_dir(handle.get("job_id") or "", handle.get("side") or "")
         return read_result_file(mounted / RESULT_FILE) if mounted is not None else {}
 
     def log_tail(self, handle: dict[str, Any], lines: int = 50) -> str:
