@@ -289,6 +289,7 @@ def stream_config(ticket: Any, data: dict[str, Any]) -> dict[str, Any]:
         "time_column": cleaned["time_column"],
         "max_delay_s": shared.get("max_delay_s", 600.0),
         "max_batch_events": shared.get("block_size", 4096),
+        "idle_timeout_s": shared.get("idle_timeout_s", 300.0),
     }
     if ticket.kind == JobKind.STREAM_JOIN_TRAIN:
         out["publish_every_blocks"] = shared.get("publish_every_blocks", 10)

@@ -273,6 +273,13 @@ register_group(
         "block_size": Int(
             4096, 16, 1_000_000, "events each side reads per join round at most: a data block holds at most this many"
         ),
+        "idle_timeout_s": Num(
+            300.0,
+            1.0,
+            7 * 86_400.0,
+            "a side whose source delivers nothing this long stops holding the join back: its watermark follows "
+            "the partner's, and its events older than that arriving later count as late",
+        ),
         "publish_every_blocks": Int(
             10, 1, 1_000_000, "stream_join_train: a new model version after this many new blocks"
         ),

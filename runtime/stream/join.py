@@ -185,11 +185,31 @@ class _Side:
         self.max_delay = max_delay
         self.lateness = lateness
         self.max_time = NEG_INF
-        self.counters = {"events_read": 0, "late_events": 0, "matched": 0, "expired": 0, "duplicate_events": 0}
+        self.counters = {
+            "events_read": 0,
+            "late_events": 0,
+            "matched": 0,
+            "expired": 0,
+            "duplicate_events": 0,
+            "watermark_follows": 0,  # rounds in which this side's idle source let its watermark follow the partner's
+        }
 
     @property
     def watermark(self) -> float:
         return self.max_time - self.lateness
+
+    def follow(self, partner_watermark: float) -> bool:
+        """This side's source is idle: let its watermark follow the partner's (never back).
+
+        An idle source must not hold the other side's events forever (like an idle source in
+        Flink, it stops counting in the watermark). Events it delivers later that are older
+        than the watermark it reached are counted as late, like any late event.
+        """
+        if partner_watermark == NEG_INF or partner_watermark <= self.watermark:
+            return False
+        self.max_time = partner_watermark + self.lateness
+        self.counters["watermark_follows"] += 1
+        return True
 
     def _read(self, batch: EventBatch) -> tuple[np.ndarray, int]:
         times = batch.times.astype(np.float64)

@@ -13,6 +13,8 @@
       "max_batch_events": 65536,  # events read per round at most
       "poll_interval_s": 0.1,     # pause of an idle round
       "stop_when_idle_s": null,   # finish once both sources delivered nothing this long (backfills, tests)
+      "idle_timeout_s": 300,      # a side whose source is quiet this long stops holding the join back:
+                                  # its watermark follows the partner's (null: never)
       "peer_timeout_s": 120,      # silence from the partner that ends a session
       "connect_timeout_s": 600,   # how long a side waits for its partner (at start and after a restart)
       "stop_file": null           # optional path: the job stops cleanly once this file exists
@@ -55,6 +57,7 @@ class StreamParams:
     max_batch_events: int = 65536
     poll_interval_s: float = 0.1
     stop_when_idle_s: float | None = None
+    idle_timeout_s: float | None = 300.0
     peer_timeout_s: float = 120.0
     connect_timeout_s: float = 600.0
     stop_file: str | None = None
@@ -73,6 +76,7 @@ KNOWN = {
     "max_batch_events",
     "poll_interval_s",
     "stop_when_idle_s",
+    "idle_timeout_s",
     "peer_timeout_s",
     "connect_timeout_s",
     "stop_file",
@@ -140,6 +144,7 @@ def parse_stream_params(raw: dict[str, Any], *, job_id: str, role: str) -> Strea
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"stream.max_batch_events: must be a positive integer, got {batch!r}")
     idle = raw.get("stop_when_idle_s")
+    quiet = raw.get("idle_timeout_s", 300.0)
     stop_file = raw.get("stop_file")
     if stop_file is not None and (not isinstance(stop_file, str) or not stop_file):
         raise ConfigError(f"stream.stop_file: must be a path, got {stop_file!r}")
@@ -153,6 +158,7 @@ def parse_stream_params(raw: dict[str, Any], *, job_id: str, role: str) -> Strea
         max_batch_events=batch,
         poll_interval_s=_number(raw, "poll_interval_s", 0.1, strict=True),
         stop_when_idle_s=None if idle is None else _number(raw, "stop_when_idle_s", 0.0),
+        idle_timeout_s=None if quiet is None else _number(raw, "idle_timeout_s", 300.0, strict=True),
         peer_timeout_s=_number(raw, "peer_timeout_s", 120.0, strict=True),
         connect_timeout_s=_number(raw, "connect_timeout_s", 600.0, strict=True),
         stop_file=stop_file,

@@ -40,7 +40,7 @@ from runtime.stream.blocks import BlockStore, manifest_for
 from runtime.stream.join import NEG_INF, FollowerJoin, LeaderJoin
 from runtime.stream.link import PROTOCOL_VERSION, LinkLost, PartnerDone, StreamFollowerLink, StreamLeaderLink
 from runtime.stream.params import StreamParams, parse_stream_params
-from runtime.stream.sources import Columns, Source, open_source
+from runtime.stream.sources import Columns, EventBatch, Source, open_source
 
 STAGE = "stream join"
 WAITING = "waiting for data"
@@ -103,6 +103,32 @@ class _Job:
         self._last_stats = 0.0
         self._waiting: bool | None = None
         self.partner: dict[str, Any] = {}
+        self.quiet_since: float | None = None  # when this side's source last went quiet
+        self.following = False
+
+    def quiet(self, batch: EventBatch | None) -> bool:
+        """Whether this side's source has delivered nothing for ``idle_timeout_s`` (its watermark then follows)."""
+        limit = self.p.idle_timeout_s
+        if batch is not None:
+            self.quiet_since = None
+            if self.following:
+                self.following = False
+                self.reporter.log(
+                    f"stream: {self.source.describe()} delivers again; its own events drive its watermark"
+                )
+            return False
+        now = time.monotonic()
+        if self.quiet_since is None:
+            self.quiet_since = now
+        if limit is None or now - self.quiet_since < limit:
+            return False
+        if not self.following:
+            self.following = True
+            self.reporter.log(
+                f"stream: no events from {self.source.describe()} for {limit:g} s: this side's watermark now follows "
+                "the partner's, so the partner's events can expire (events older than it arriving later count as late)"
+            )
+        return True
 
     def fault(self, point: str) -> None:
         if FAULT is not None:
@@ -245,6 +271,7 @@ class _Job:
             "last_block": committed,
             "expired": counters.get("expired", 0),
             "duplicate_events": counters.get("duplicate_events", 0),
+            "watermark_follows": counters.get("watermark_follows", 0),
             "sessions": self.sessions,
             "stopped": reason,
             "partner": self.partner,
@@ -314,6 +341,7 @@ class LeaderJob(_Job):
         self.last_counters = state.counters
         self.reporter.log(f"stream: session {self.sessions} with the follower, resuming after block {committed}")
         seq = committed + 1
+        partner_wm = NEG_INF  # the follower's watermark, from its last answer
         while True:
             reason = self.stopper.reason()
             if reason:
@@ -322,6 +350,8 @@ class LeaderJob(_Job):
             batch = self.source.read(p.max_batch_events)
             if batch is not None:
                 self.offset = batch.offset
+            if self.quiet(batch):
+                state.follow(partner_wm)
             first, keys, times, _late = state.add(batch)
             self.fault("read")
             link.send(
@@ -342,6 +372,7 @@ class LeaderJob(_Job):
                 raise PeerError(f"the follower answered out of turn (expected the answer for block {seq})")
             a = ans.answer
             self.partner = {"events_read": a.events_read, "late_events": a.late_events}
+            partner_wm = NEG_INF if a.watermark <= -1e300 else a.watermark
             lsns = np.frombuffer(a.matched_lsns, dtype="<i8")
             if len(lsns):
                 try:
@@ -448,6 +479,8 @@ class FollowerJob(_Job):
             if len(keys) != len(times):
                 raise PeerError("the leader sent a malformed round (keys and times differ in number)")
             lwm = NEG_INF if q.watermark <= -1e300 else q.watermark
+            if self.quiet(batch):
+                state.follow(lwm)
             lsns, rows = state.round(batch, keys, times, q.first_lsn, lwm)
             digest = b""
             if len(lsns):

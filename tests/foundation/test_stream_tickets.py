@@ -35,6 +35,7 @@ def test_stream_kinds_take_the_stream_group_and_run_until_stopped():
     assert out["stream"] == {
         "max_delay_s": 600.0,
         "block_size": 4096,
+        "idle_timeout_s": 300.0,
         "publish_every_blocks": 3,
         "publish_every_minutes": 0.0,
     }
@@ -139,6 +140,7 @@ def test_the_runtime_config_runs_join_and_training_with_no_deadline(api, setup, 
         "time_column": "event_time",
         "max_delay_s": 600.0,
         "max_batch_events": 4096,
+        "idle_timeout_s": 300.0,
         "publish_every_blocks": 10,
         "publish_every_minutes": 0.0,
     }
@@ -306,5 +308,6 @@ def test_both_stream_steps_accept_every_ticket_key_at_its_bounds(api, setup, cli
     join = parse_stream_params(parsed.stream, job_id=parsed.job_id, role=parsed.role)
     train = parse_stream_train_params(parsed.stream)
     assert join.max_delay_s == values["max_delay_s"] and join.max_batch_events == values["block_size"]
+    assert join.idle_timeout_s == values["idle_timeout_s"]
     assert train.publish_every_blocks == values["publish_every_blocks"]
     assert train.publish_every_minutes == values["publish_every_minutes"]

@@ -336,6 +336,49 @@ def test_late_events_are_counted_and_idle_sources_wait(pki, tmp_path: Path) -> N
     assert n == lres["matched"] > 0
 
 
+@pytest.mark.parametrize("idle_timeout_s", [0.5, None])
+def test_a_quiet_source_stops_holding_the_join_back(pki, tmp_path: Path, idle_timeout_s: float | None) -> None:
+    """The follower's source goes quiet while the leader's runs on: after idle_timeout_s its watermark follows
+    the leader's, so the leader's events that can no longer match expire; follower events that then arrive
+    behind that watermark count as late. Without it, the leader's events wait for ever and nothing is late."""
+    ldf, fdf = make_events(300, max_delay=60, disorder_s=2, seed=8, span_s=300)
+    t_end = float(ldf["event_time"].max())
+    solo = ldf.iloc[:100].copy()  # leader events 1,000 s later that nothing will match
+    solo["click_id"] = [f"solo{i}" for i in range(100)]
+    solo["event_time"] = t_end + 1000 + np.arange(100.0)
+    tardy = fdf.iloc[:5].copy()  # follower events that land later, 100 s after the shared ones
+    tardy["click_id"] = [f"tardy{i}" for i in range(5)]
+    tardy["event_time"] = t_end + 100
+    write_parts(pd.concat([ldf, solo]), tmp_path / "in-alpha", 200)
+    write_parts(fdf, tmp_path / "in-beta", 200)
+    leader, follower = configs(
+        pki,
+        tmp_path,
+        {"max_delay_s": 60, "lateness_s": 10, "stop_when_idle_s": 3.0, "idle_timeout_s": idle_timeout_s},
+    )
+    timer = threading.Timer(1.5, lambda: write_parts(tardy, tmp_path / "in-beta", 100, start=50))
+    timer.start()
+    try:
+        lres, fres, _, frep = run_pair(leader, follower)
+    finally:
+        timer.cancel()
+    assert not isinstance(lres, BaseException), lres
+    assert not isinstance(fres, BaseException), fres
+    n = check_exact(tmp_path, ldf, fdf, 60)
+    assert n == lres["matched"] > 0  # the shared events joined exactly either way
+    logs = [e.get("line", "") for e in frep.events if e["type"] == "log"]
+    unmatched = len(ldf) - n  # the leader's own events with no partner among the shared ones
+    if idle_timeout_s is None:
+        # no solo event expired (they wait for the follower's watermark), and no tardy one was late
+        assert lres["expired"] <= unmatched and fres["late_events"] == 0 and fres["watermark_follows"] == 0
+        assert not any("now follows" in line for line in logs)
+    else:
+        # the solo events older than the followed watermark minus max_delay expired; the tardy ones were late
+        assert lres["expired"] >= unmatched + 20 and fres["late_events"] == 5 and fres["watermark_follows"] >= 1
+        assert any("now follows the partner's" in line for line in logs)
+        assert any("delivers again" in line for line in logs)
+
+
 def test_stop_from_the_follower(pki, tmp_path: Path) -> None:
     ldf, fdf = make_events(200, seed=5)
     write_parts(ldf, tmp_path / "in-alpha", 100)
