@@ -4,8 +4,11 @@ Layout under ``{output_dir}/stream/``::
 
     blocks/{seq:08d}.parquet   matched samples: example_id, event_time, this side's columns
     blocks/{seq:08d}.json      the manifest; exists only once the block is committed
-    state/{seq:08d}.ckpt.json  the join state right after block seq (source offset, counters)
-    state/{seq:08d}.<part>.arrow   that state's pending events (Arrow IPC)
+    state/{seq:08d}.ckpt.json  the join state right after block seq (source offset, counters), and
+                               whether it is a snapshot or a delta on the previous block's (``base``:
+                               the snapshot it builds on)
+    state/{seq:08d}.<part>.arrow   a snapshot's pending events, or a delta's events appended
+                               (``<part>``) and removed (``<part>.removed``), Arrow IPC
     state/{seq:08d}.prepared.json  follower: block seq is prepared, awaiting the leader's decision
     state/key                  the job's HMAC key (agreed with the partner at the first session)
 
@@ -35,7 +38,7 @@ from runtime.errors import DataError
 from runtime.stream.sources import ID, TIME
 
 MANIFEST_RE = re.compile(r"^(\d{8})\.json$")
-KEEP_CHECKPOINTS = 2
+SNAPSHOT_EVERY = 256  # blocks between full snapshots of the join state; the others save only what changed
 
 # Test hook: called with a point name before and after each durable step (crash injection).
 Fault = Callable[[str], None]
@@ -84,6 +87,8 @@ class BlockStore:
         self.blocks.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         self._fault = fault or (lambda point: None)
+        self.base: int | None = None  # the snapshot the last checkpoint written or loaded builds on
+        self.snapshot_every = SNAPSHOT_EVERY
 
     # -- writing ------------------------------------------------------------
     def _atomic(self, path: Path, write: Callable[[Path], object]) -> None:
@@ -101,10 +106,17 @@ class BlockStore:
     def write_block(self, seq: int, table: pa.Table) -> None:
         self._atomic(self.blocks / f"{seq:08d}.parquet", lambda p: pq.write_table(table, p))
 
+    def wants_snapshot(self, seq: int) -> bool:
+        """Whether block ``seq``'s checkpoint is a full snapshot (else a delta on the previous block's)."""
+        return self.base is None or seq - self.base >= self.snapshot_every
+
     def write_checkpoint(self, seq: int, meta: dict[str, Any], parts: dict[str, pa.Table]) -> None:
+        base = seq if meta.get("full", True) else self.base
+        assert base is not None, "a delta needs an earlier snapshot"
         for name, table in parts.items():
             self._atomic(self.state / f"{seq:08d}.{name}.arrow", functools.partial(_write_ipc, table=table))
-        self._json(self.state / f"{seq:08d}.ckpt.json", {**meta, "parts": sorted(parts)})
+        self._json(self.state / f"{seq:08d}.ckpt.json", {**meta, "base": base, "parts": sorted(parts)})
+        self.base = base
 
     def mark_prepared(self, seq: int, manifest: dict[str, Any]) -> None:
         self._json(self.state / f"{seq:08d}.prepared.json", manifest)
@@ -123,9 +135,14 @@ class BlockStore:
         (self.blocks / f"{seq:08d}.parquet").unlink(missing_ok=True)
 
     def _prune(self, seq: int) -> None:
+        """Drop the state files no committed block needs any more: those before this block's snapshot."""
+        try:
+            base = int(self._ckpt_meta(seq).get("base", seq))
+        except DataError:
+            return
         for p in self.state.iterdir():
             m = re.match(r"^(\d{8})\.", p.name)
-            if m and int(m.group(1)) <= seq - KEEP_CHECKPOINTS:
+            if m and int(m.group(1)) < base:
                 p.unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------
@@ -155,22 +172,42 @@ class BlockStore:
                 p.unlink(missing_ok=True)  # committed already: a leftover of a crash after the manifest
         return max(found, key=lambda x: x[0]) if found else None
 
-    def load_checkpoint(self, seq: int) -> tuple[dict[str, Any], dict[str, pa.Table]] | None:
-        """The join state saved with block ``seq`` (None for seq 0: start from scratch)."""
-        if seq == 0:
-            return None
+    def _ckpt_meta(self, seq: int) -> dict[str, Any]:
         path = self.state / f"{seq:08d}.ckpt.json"
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
+            return dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(
                 f"stream: block {seq} is committed but its checkpoint {path} is unreadable: {exc}"
             ) from None
+
+    def _parts(self, seq: int, meta: dict[str, Any]) -> dict[str, pa.Table]:
         parts = {}
         for name in meta.get("parts", []):
-            with ipc.open_file(self.state / f"{seq:08d}.{name}.arrow") as reader:
-                parts[name] = reader.read_all()
-        return meta, parts
+            path = self.state / f"{seq:08d}.{name}.arrow"
+            try:
+                with ipc.open_file(path) as reader:
+                    parts[name] = reader.read_all()
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise DataError(f"stream: block {seq}'s checkpoint part {path} is unreadable: {exc}") from None
+        return parts
+
+    def load_checkpoint(self, seq: int) -> dict[str, Any] | None:
+        """The join state saved with block ``seq`` (None for seq 0: start from scratch):
+        ``meta`` (block seq's), ``snapshot`` and ``snapshot_meta`` (the snapshot it builds on), and
+        ``deltas`` (each later block's meta and parts, in order, up to seq)."""
+        if seq == 0:
+            self.base = None
+            return None
+        meta = self._ckpt_meta(seq)
+        base = int(meta.get("base", seq))  # checkpoints written before deltas existed are snapshots
+        base_meta = meta if base == seq else self._ckpt_meta(base)
+        deltas = []
+        for s in range(base + 1, seq + 1):
+            m = meta if s == seq else self._ckpt_meta(s)
+            deltas.append((m, self._parts(s, m)))
+        self.base = base
+        return {"meta": meta, "snapshot": self._parts(base, base_meta), "snapshot_meta": base_meta, "deltas": deltas}
 
     def read_block(self, seq: int) -> pa.Table:
         return pq.read_table(self.blocks / f"{seq:08d}.parquet")

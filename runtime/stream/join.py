@@ -19,6 +19,7 @@ whatever the batching and timing of the two sources (docs/streaming.md).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from itertools import repeat
 from typing import Any
 
@@ -30,6 +31,8 @@ from runtime.stream.sources import ID, TIME, EventBatch
 KEY = "_key"
 AUX = "_aux"
 PTIME = "_time"
+GID = "_gid"  # an event's serial number in its Pending (never reused): how deltas name events
+ALIVE = "_alive"
 NEG_INF = float("-inf")
 
 
@@ -64,23 +67,39 @@ def late_mask(times: np.ndarray, max_before: float, lateness: float) -> np.ndarr
 
 
 class Pending:
-    """Events waiting for a partner: optional rows, keys, times, an int64 tag; lazily deleted."""
+    """Events waiting for a partner: optional rows, keys, times, an int64 tag; lazily deleted.
+
+    Every event gets a serial number (gid) when appended. What changed since the last
+    checkpoint (events appended, events removed) is kept, so a checkpoint can be a small
+    delta instead of the whole pending state (``snapshot``/``delta``, ``restore``/``apply``).
+    """
 
     def __init__(self, *, by_key: bool) -> None:
         self.table: pa.Table | None = None
         self.keys = np.zeros(0, dtype=np.uint64)
         self.times = np.zeros(0, dtype=np.float64)
         self.aux = np.zeros(0, dtype=np.int64)
+        self.gid = np.zeros(0, dtype=np.int64)
         self.alive = np.zeros(0, dtype=bool)
         self.by_key = by_key
         self.index: dict[int, int] = {}
         self.dead = 0
+        self.next_gid = 0
+        self.mark = 0  # events with gid >= mark were appended since the last checkpoint
+        self.removed: list[np.ndarray] = []  # gids (< mark) removed since the last checkpoint
 
     def __len__(self) -> int:
         return int(self.alive.sum())
 
-    def append(self, table: pa.Table | None, keys: np.ndarray, times: np.ndarray, aux: np.ndarray) -> tuple[int, int]:
-        """Add events; return (first index, duplicates skipped)."""
+    def _extend(
+        self,
+        table: pa.Table | None,
+        keys: np.ndarray,
+        times: np.ndarray,
+        aux: np.ndarray,
+        gids: np.ndarray,
+        alive: np.ndarray,
+    ) -> int:
         start = len(self.keys)
         if table is not None:
             self.table = (
@@ -89,6 +108,15 @@ class Pending:
         self.keys = np.concatenate([self.keys, keys.astype(np.uint64)])
         self.times = np.concatenate([self.times, times.astype(np.float64)])
         self.aux = np.concatenate([self.aux, aux.astype(np.int64)])
+        self.gid = np.concatenate([self.gid, gids.astype(np.int64)])
+        self.alive = np.concatenate([self.alive, alive])
+        if len(gids):
+            self.next_gid = max(self.next_gid, int(gids[-1]) + 1)
+        return start
+
+    def append(self, table: pa.Table | None, keys: np.ndarray, times: np.ndarray, aux: np.ndarray) -> tuple[int, int]:
+        """Add events; return (first index, duplicates skipped)."""
+        start = len(self.keys)
         alive = np.ones(len(keys), dtype=bool)
         dups = 0
         if self.by_key:
@@ -104,7 +132,8 @@ class Pending:
                     dups += 1
                 else:
                     index[k] = i
-        self.alive = np.concatenate([self.alive, alive])
+        gids = np.arange(self.next_gid, self.next_gid + len(keys), dtype=np.int64)
+        self._extend(table, keys, times, aux, gids, alive)
         self.dead += dups
         return start, dups
 
@@ -116,6 +145,8 @@ class Pending:
             return
         self.alive[idx] = False
         self.dead += len(idx)
+        gids = self.gid[idx]
+        self.removed.append(gids[gids < self.mark])
         if self.by_key:
             list(map(self.index.pop, self.keys[idx].tolist(), repeat(None)))
 
@@ -147,36 +178,88 @@ class Pending:
         keep = self.alive
         if self.table is not None:
             self.table = self.table.filter(pa.array(keep)).combine_chunks()
-        self.keys, self.times, self.aux = self.keys[keep], self.times[keep], self.aux[keep]
+        self.keys, self.times, self.aux, self.gid = self.keys[keep], self.times[keep], self.aux[keep], self.gid[keep]
         self.alive = np.ones(len(self.keys), dtype=bool)
         self.dead = 0
         if self.by_key:
             self.index = {k: i for i, k in enumerate(self.keys.tolist())}
 
     # -- checkpoints ----------------------------------------------------------
-    def snapshot(self) -> pa.Table:
-        keep = pa.array(self.alive)
+    def _rows(self, select: np.ndarray, *, with_alive: bool) -> pa.Table:
+        sel = pa.array(select, type=pa.int64())
         extra = {
-            KEY: pa.array(self.keys, type=pa.uint64()).filter(keep),
-            PTIME: pa.array(self.times, type=pa.float64()).filter(keep),
-            AUX: pa.array(self.aux, type=pa.int64()).filter(keep),
+            KEY: pa.array(self.keys[select], type=pa.uint64()),
+            PTIME: pa.array(self.times[select], type=pa.float64()),
+            AUX: pa.array(self.aux[select], type=pa.int64()),
+            GID: pa.array(self.gid[select], type=pa.int64()),
         }
-        if self.table is None:
-            return pa.table(extra)
-        t = self.table.filter(keep)
-        for name, col in extra.items():
-            t = t.append_column(name, col)
+        if with_alive:
+            extra[ALIVE] = pa.array(self.alive[select], type=pa.bool_())
+        t = pa.table(extra) if self.table is None else self.table.take(sel)
+        if self.table is not None:
+            for name, col in extra.items():
+                t = t.append_column(name, col)
         return t
 
-    @classmethod
-    def restore(cls, table: pa.Table, *, by_key: bool) -> Pending:
-        p = cls(by_key=by_key)
+    def _reset_journal(self) -> None:
+        self.mark = self.next_gid
+        self.removed = []
+
+    def snapshot(self) -> pa.Table:
+        """The whole pending state (live events); the next delta starts here."""
+        t = self._rows(np.flatnonzero(self.alive), with_alive=False)
+        self._reset_journal()
+        return t
+
+    def delta(self) -> tuple[pa.Table, pa.Table]:
+        """What changed since the last snapshot or delta: events appended (with whether they are still
+        live) and the gids of earlier events removed. The next delta starts here."""
+        added = self._rows(np.arange(np.searchsorted(self.gid, self.mark), len(self.gid)), with_alive=True)
+        removed = np.concatenate(self.removed) if self.removed else np.zeros(0, dtype=np.int64)
+        self._reset_journal()
+        return added, pa.table({GID: pa.array(removed, type=pa.int64())})
+
+    @staticmethod
+    def _columns(table: pa.Table) -> tuple[pa.Table | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         keys = table.column(KEY).to_numpy().astype(np.uint64)
         times = table.column(PTIME).to_numpy().astype(np.float64)
         aux = table.column(AUX).to_numpy().astype(np.int64)
-        rows = table.drop_columns([KEY, PTIME, AUX])
-        p.append(rows if rows.num_columns else None, keys, times, aux)
+        gids = (
+            table.column(GID).to_numpy().astype(np.int64)
+            if GID in table.column_names
+            else np.arange(len(keys), dtype=np.int64)  # a checkpoint written before gids existed
+        )
+        rows = table.drop_columns([c for c in (KEY, PTIME, AUX, GID, ALIVE) if c in table.column_names])
+        return (rows if rows.num_columns else None), keys, times, aux, gids
+
+    @classmethod
+    def restore(cls, table: pa.Table, *, by_key: bool, next_gid: int = 0) -> Pending:
+        p = cls(by_key=by_key)
+        rows, keys, times, aux, gids = cls._columns(table)
+        p._extend(rows, keys, times, aux, gids, np.ones(len(keys), dtype=bool))
+        if by_key:
+            p.index = {k: i for i, k in enumerate(keys.tolist())}
+        p.next_gid = max(p.next_gid, next_gid)
+        p._reset_journal()
         return p
+
+    def apply(self, added: pa.Table, removed: pa.Table, next_gid: int = 0) -> None:
+        """Replay one delta (as written by ``delta``) on the state it was taken after."""
+        gone = removed.column(GID).to_numpy().astype(np.int64)
+        if len(gone):
+            idx = np.searchsorted(self.gid, gone)
+            ok = idx < len(self.gid)
+            ok[ok] = self.gid[idx[ok]] == gone[ok]
+            idx = idx[ok]
+            self.kill(idx[self.alive[idx]])
+        rows, keys, times, aux, gids = self._columns(added)
+        alive = added.column(ALIVE).to_numpy(zero_copy_only=False).astype(bool)
+        start = self._extend(rows, keys, times, aux, gids, alive)
+        self.dead += int((~alive).sum())
+        if self.by_key:
+            self.index.update(zip(keys[alive].tolist(), (np.flatnonzero(alive) + start).tolist(), strict=True))
+        self.next_gid = max(self.next_gid, next_gid)
+        self._reset_journal()
 
 
 class _Side:
@@ -227,6 +310,48 @@ class _Side:
         self.max_time = NEG_INF if meta.get("max_time") is None else float(meta["max_time"])
         self.counters.update(meta.get("counters", {}))
 
+    # -- checkpoints: a snapshot, or a delta on the previous checkpoint ------------
+    PARTS: dict[str, bool] = {}  # pending part name -> whether it is indexed by key
+
+    def pendings(self) -> dict[str, Pending]:
+        raise NotImplementedError
+
+    def set_pendings(self, parts: dict[str, Pending]) -> None:
+        raise NotImplementedError
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def checkpoint(self, *, full: bool) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+        """The state to save with a block: every pending event (``full``), or what changed since the last one."""
+        parts: dict[str, pa.Table] = {}
+        for name, pending in self.pendings().items():
+            if full:
+                parts[name] = pending.snapshot()
+            else:
+                parts[name], parts[f"{name}.removed"] = pending.delta()
+        gids = {name: pending.next_gid for name, pending in self.pendings().items()}
+        return {**self.meta(), **self.extra_meta(), "gids": gids, "full": full}, parts
+
+    def restore(
+        self,
+        meta: dict[str, Any],
+        snapshot: dict[str, pa.Table],
+        deltas: Sequence[tuple[dict[str, Any], dict[str, pa.Table]]] = (),
+        snapshot_meta: dict[str, Any] | None = None,
+    ) -> None:
+        """The state after a block: its snapshot, then the deltas after it in order; ``meta`` is the block's own."""
+        self._restore_meta(meta)
+        base_gids = (snapshot_meta or meta).get("gids", {})
+        pendings = {
+            name: Pending.restore(snapshot[name], by_key=by_key, next_gid=int(base_gids.get(name, 0)))
+            for name, by_key in self.PARTS.items()
+        }
+        for dmeta, dparts in deltas:
+            for name, pending in pendings.items():
+                pending.apply(dparts[name], dparts[f"{name}.removed"], int(dmeta.get("gids", {}).get(name, 0)))
+        self.set_pendings(pendings)
+
 
 class LeaderJoin(_Side):
     """The leader's pending events, numbered by leader sequence numbers (lsn) in event-time order."""
@@ -264,13 +389,20 @@ class LeaderJoin(_Side):
         self.counters["expired"] += n
         return n
 
-    def checkpoint(self) -> tuple[dict[str, Any], dict[str, pa.Table]]:
-        return {**self.meta(), "next_lsn": self.next_lsn}, {"leader": self.pending.snapshot()}
+    PARTS = {"leader": False}
 
-    def restore(self, meta: dict[str, Any], parts: dict[str, pa.Table]) -> None:
-        self._restore_meta(meta)
+    def pendings(self) -> dict[str, Pending]:
+        return {"leader": self.pending}
+
+    def set_pendings(self, parts: dict[str, Pending]) -> None:
+        self.pending = parts["leader"]
+
+    def extra_meta(self) -> dict[str, Any]:
+        return {"next_lsn": self.next_lsn}
+
+    def _restore_meta(self, meta: dict[str, Any]) -> None:
+        super()._restore_meta(meta)
         self.next_lsn = int(meta["next_lsn"])
-        self.pending = Pending.restore(parts["leader"], by_key=False)
 
 
 class FollowerJoin(_Side):
@@ -324,10 +456,10 @@ class FollowerJoin(_Side):
             {ID: pa.array([], pa.string()), TIME: pa.array([], pa.float64())}
         )
 
-    def checkpoint(self) -> tuple[dict[str, Any], dict[str, pa.Table]]:
-        return self.meta(), {"own": self.own.snapshot(), "theirs": self.theirs.snapshot()}
+    PARTS = {"own": True, "theirs": True}
 
-    def restore(self, meta: dict[str, Any], parts: dict[str, pa.Table]) -> None:
-        self._restore_meta(meta)
-        self.own = Pending.restore(parts["own"], by_key=True)
-        self.theirs = Pending.restore(parts["theirs"], by_key=True)
+    def pendings(self) -> dict[str, Pending]:
+        return {"own": self.own, "theirs": self.theirs}
+
+    def set_pendings(self, parts: dict[str, Pending]) -> None:
+        self.own, self.theirs = parts["own"], parts["theirs"]

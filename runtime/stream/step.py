@@ -215,12 +215,12 @@ class _Job:
     def resume(self, committed: int) -> dict[str, Any] | None:
         """Back to block ``committed``: its checkpoint (None: the beginning) and the source right after it."""
         ck = self.store.load_checkpoint(committed)
-        self.offset = ck[0]["offset"] if ck else None
+        self.offset = ck["meta"]["offset"] if ck else None
         self.source.seek(self.offset)
         if committed:
             m = self.store.manifest(committed)
             self.newest_committed = max(self.newest_committed, m["event_time_max"] or NEG_INF)
-        return ck[0] | {"_parts": ck[1]} if ck else None
+        return ck
 
     # -- sessions -----------------------------------------------------------
     def open_link(self) -> Any:
@@ -337,7 +337,7 @@ class LeaderJob(_Job):
         state = LeaderJoin(key, p.max_delay_s, p.lateness_s)
         ck = self.resume(committed)
         if ck:
-            state.restore(ck, ck["_parts"])
+            state.restore(ck["meta"], ck["snapshot"], ck["deltas"], ck["snapshot_meta"])
         self.last_counters = state.counters
         self.reporter.log(f"stream: session {self.sessions} with the follower, resuming after block {committed}")
         seq = committed + 1
@@ -387,7 +387,7 @@ class LeaderJob(_Job):
                         "or the sides hash different ids)"
                     )
                 self.store.write_block(seq, rows)
-                meta, parts = state.checkpoint()
+                meta, parts = state.checkpoint(full=self.store.wants_snapshot(seq))
                 self.store.write_checkpoint(seq, {**meta, "offset": self.offset}, parts)
                 self.fault("prepared")
                 self.store.commit(seq, m)
@@ -445,7 +445,7 @@ class FollowerJob(_Job):
         state = FollowerJoin(key, p.max_delay_s, p.lateness_s)
         ck = self.resume(committed)
         if ck:
-            state.restore(ck, ck["_parts"])
+            state.restore(ck["meta"], ck["snapshot"], ck["deltas"], ck["snapshot_meta"])
         self.last_counters = state.counters
         self.reporter.log(f"stream: session {self.sessions} with the leader, resuming after block {committed}")
         pending: tuple[int, dict[str, Any], Any] | None = None  # prepared, awaiting the leader's commit
@@ -486,7 +486,7 @@ class FollowerJob(_Job):
             if len(lsns):
                 m = manifest_for(q.seq, rows, self.offset)
                 self.store.write_block(q.seq, rows)
-                meta, parts = state.checkpoint()
+                meta, parts = state.checkpoint(full=self.store.wants_snapshot(q.seq))
                 self.store.write_checkpoint(q.seq, {**meta, "offset": self.offset}, parts)
                 self.store.mark_prepared(q.seq, m)
                 self.fault("prepared")

@@ -163,6 +163,56 @@ def test_pending_index_skips_repeated_ids() -> None:
     assert p.lookup(np.array([2], dtype=np.uint64)).tolist() == [-1] and len(p) == 3
 
 
+def _live(p: Pending) -> list[tuple]:
+    idx = np.flatnonzero(p.alive)
+    rows = p.take(idx).to_pylist() if p.table is not None else [{}] * len(idx)
+    return [
+        (int(k), float(t), int(a), tuple(sorted(r.items())))
+        for k, t, a, r in zip(p.keys[idx], p.times[idx], p.aux[idx], rows, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("by_key", [True, False])
+def test_a_snapshot_and_its_deltas_restore_exactly_the_live_state(by_key: bool) -> None:
+    """Random appends (with repeated keys), matches, evictions and compactions; after each step a checkpoint
+    (a snapshot now and then, else a delta); the snapshot plus the deltas after it rebuilds the live state,
+    key index included, and goes on exactly like it."""
+    rng = np.random.default_rng(7 if by_key else 8)
+    live = Pending(by_key=by_key)
+    snapshot: pa.Table | None = None
+    snap_gid = 0
+    deltas: list[tuple[pa.Table, pa.Table, int]] = []
+    clock, lsn = 0.0, 0
+    for step_no in range(120):
+        n = int(rng.integers(0, 40))
+        keys = rng.integers(0, 400, size=n).astype(np.uint64)
+        times = clock + rng.random(n) * 5
+        clock += 2
+        rows = pa.table({"v": pa.array([f"r{lsn + i}" for i in range(n)])})
+        live.append(rows, keys, times, np.arange(lsn, lsn + n))
+        lsn += n
+        alive = np.flatnonzero(live.alive)
+        if len(alive):
+            live.kill(rng.choice(alive, size=min(len(alive), int(rng.integers(0, 10))), replace=False))
+        live.evict_before(clock - 30)
+        if step_no % 50 == 7:
+            live.dead = max(live.dead, 50_000)  # force a compaction on the next eviction
+        if snapshot is None or rng.random() < 0.1:
+            snapshot, snap_gid, deltas = live.snapshot(), live.next_gid, []
+        else:
+            added, removed = live.delta()
+            deltas.append((added, removed, live.next_gid))
+        restored = Pending.restore(snapshot, by_key=by_key, next_gid=snap_gid)
+        for added, removed, next_gid in deltas:
+            restored.apply(added, removed, next_gid)
+        assert _live(restored) == _live(live), f"step {step_no}"
+        if by_key:
+            probe = np.arange(400, dtype=np.uint64)
+            assert (restored.keys[np.maximum(restored.lookup(probe), 0)] == probe)[restored.lookup(probe) >= 0].all()
+            assert (restored.lookup(probe) >= 0).tolist() == (live.lookup(probe) >= 0).tolist()
+        assert restored.next_gid == live.next_gid
+
+
 def test_join_equals_batch_join(pki, tmp_path: Path) -> None:
     ldf, fdf = make_events(3000, max_delay=600, disorder_s=30, seed=1)
     write_parts(ldf, tmp_path / "in-alpha", 400)
@@ -234,17 +284,21 @@ class Faults:
             hook(role, point)
 
 
-def crash_trial(pki, faults: Faults, work: Path, seed: int, victim: str, at: int, events: int = 30) -> int:
-    """One small job; `victim` dies at its `at`-th protocol point and restarts.
+def crash_trial(
+    pki, faults: Faults, work: Path, seed: int, victim: str, at: int, events: int = 30, again_at: int = 0
+) -> int:
+    """One small job; `victim` dies at its `at`-th protocol point and restarts (and, with `again_at`, dies
+    again that many points after its restart, and restarts again).
 
-    Returns the points the victim passed (at=0: a crash-free run) or whether it crashed."""
+    Returns the points the victim passed (at=0: a crash-free run) or how many times it crashed."""
     ldf, fdf = make_events(events, max_delay=600, disorder_s=30, seed=seed, far=0.1)
     write_parts(ldf, work / "in-alpha", 9)
     write_parts(fdf, work / "in-beta", 7)
     job = f"job-{work.name}"
     leader, follower = configs(pki, work, {"max_batch_events": 8, "stop_when_idle_s": 0.05}, job=job)
     cfgs = {"leader": leader, "follower": follower}
-    seen = {"n": 0, "crashed": False}
+    plan = [at] + ([at + again_at] if at and again_at else [])
+    seen = {"n": 0, "crashes": 0}
     lock = threading.Lock()
 
     def fault(role: str, point: str) -> None:
@@ -252,8 +306,8 @@ def crash_trial(pki, faults: Faults, work: Path, seed: int, victim: str, at: int
             return
         with lock:
             seen["n"] += 1
-            if seen["n"] == at and not seen["crashed"]:
-                seen["crashed"] = True
+            if seen["crashes"] < len(plan) and seen["n"] == plan[seen["crashes"]]:
+                seen["crashes"] += 1
                 raise Crash(point)
 
     out: dict[str, Any] = {}
@@ -263,7 +317,7 @@ def crash_trial(pki, faults: Faults, work: Path, seed: int, victim: str, at: int
         for t in threads.values():
             t.start()
         threads[victim].join(30)
-        if isinstance(out.get(victim), Crash):
+        while isinstance(out.get(victim), Crash):
             again = threading.Thread(target=run_side, args=(cfgs[victim], out, victim, Recorder()))
             again.start()
             again.join(30)
@@ -276,19 +330,24 @@ def crash_trial(pki, faults: Faults, work: Path, seed: int, victim: str, at: int
     for name in cfgs:
         assert not isinstance(out[name], BaseException), f"{name}: {out[name]!r}"
     check_exact(work, ldf, fdf, 600)
-    return seen["n"] if not at else int(seen["crashed"])
+    return seen["n"] if not at else seen["crashes"]
 
 
 def test_exactly_once_across_random_crashes(pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """>= 100 trials: either side dies at a random protocol point (incl. between a file's write and its
-    rename), restarts, and the union of both sides' blocks still equals the batch join, once each.
+    rename), restarts, and the union of both sides' blocks still equals the batch join, once each. A quarter
+    of the trials die a second time after restarting. A full snapshot of the join state every 3 blocks
+    (deltas between), so resumes go through snapshots, chains of deltas and pruned state.
     Trials run six at a time (each its own job, port and folders)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
+    from runtime.stream import blocks
+
     faults = Faults()
     monkeypatch.setattr(step, "FAULT", faults)
+    monkeypatch.setattr(blocks, "SNAPSHOT_EVERY", 3)
     rng = np.random.default_rng(20261129)
     # how many protocol points each side passes in a crash-free run of this size
     points = {v: crash_trial(pki, faults, tmp_path / f"dry-{v}", 7, v, at=0) for v in ("leader", "follower")}
@@ -296,12 +355,14 @@ def test_exactly_once_across_random_crashes(pki, tmp_path: Path, monkeypatch: py
     plan = []
     for trial in range(110):
         victim = "leader" if trial % 2 else "follower"
-        at = int(rng.integers(1, int(points[victim] * 0.8)))  # trials' data differ: stay inside their runs
-        plan.append((tmp_path / f"t{trial}", int(rng.integers(1 << 30)), victim, at))
+        at = int(rng.integers(1, int(points[victim] * 0.6)))  # trials' data differ: stay inside their runs
+        again_at = int(rng.integers(1, int(points[victim] * 0.3))) if trial % 4 < 2 else 0
+        plan.append((tmp_path / f"t{trial}", int(rng.integers(1 << 30)), victim, at, 30, again_at))
     with ThreadPoolExecutor(6) as pool:
         crashed = list(pool.map(lambda a: crash_trial(pki, faults, *a), plan))
-    victims = [v for (_, _, v, _), c in zip(plan, crashed, strict=True) if c]
+    victims = [v for (_, _, v, *_), c in zip(plan, crashed, strict=True) if c]
     assert len(victims) >= 100 and victims.count("leader") >= 45 and victims.count("follower") >= 45
+    assert sum(1 for c in crashed if c == 2) >= 15  # trials that died twice
 
 
 def test_late_events_are_counted_and_idle_sources_wait(pki, tmp_path: Path) -> None:
