@@ -14,9 +14,12 @@ Rounds (protocol: protos/fedsite_proto/runtime/v1/stream_train.proto):
    the manifests' id digests);
 2. the rows of the range's older blocks are trained on once, batch by batch, as the ``train``
    step does (activations forward, gradients back), continuing from the last round's weights;
-3. **progressive validation**: the newest block is scored by the model trained on everything
-   before it: its loss, AUC, KS and accuracy are what a model version reports; then its rows
-   are trained on too (the shuffle of each part is seeded, the same on both sides);
+3. **progressive validation**: the round's new blocks are scored by the model trained on
+   everything before them, then trained on (older blocks first, then the newest; the shuffle of
+   each part is seeded, the same on both sides). The scores since the last version are pooled:
+   the pool's loss, AUC, KS and accuracy are each round's progressive metrics and what the next
+   version reports (one small block alone often holds a single class and has no AUC). The pool
+   starts again after each version, and after a restart;
 4. both sides checkpoint the round (weights, optimizer, preprocessing, offsets); every
    ``publish_every_blocks`` blocks, or ``publish_every_minutes`` with new blocks, the leader
    declares a new version and both export their half to ``stream/versions/v<NNNN>/`` and
@@ -440,6 +443,8 @@ def _leader(t: _Trainer) -> dict[str, Any]:
             pb.StreamTrainLeaderMessage(welcome=pb.StreamWelcome(start_round=start, share_metrics=params.share_metrics))
         )
         t.resume(start)
+        pool_y: list[np.ndarray] = []  # labels and scores of the newest blocks since the last version
+        pool_p: list[np.ndarray] = []
         while True:
             blocks = _wait_for_blocks(t, link)
             rnd = t.state["round"] + 1
@@ -458,9 +463,13 @@ def _leader(t: _Trainer) -> dict[str, Any]:
             x, y = t.inputs(blocks)
             assert y is not None and t.half is not None
             older, newest = _schedule(len(x), blocks[-1].count, t.params, rnd)
+            # Progressive validation: the round's new blocks are scored before any training on them, and the
+            # scores since the last version pooled (one small block alone often holds a single class: no AUC).
+            pool_p.append(_leader_score(t, link, x, y, np.arange(len(x)), rnd))
+            pool_y.append(y)
             _leader_train(t, link, x, y, rnd, older, 0)
-            metrics = _leader_score(t, link, x, y, np.arange(len(x) - blocks[-1].count, len(x)), rnd)
             _leader_train(t, link, x, y, rnd, newest, len(older))
+            metrics = binary_metrics(np.concatenate(pool_y), np.concatenate(pool_p))
             st = t.state
             due = st["blocks_since_publish"] + len(blocks) >= sp.publish_every_blocks or (
                 sp.publish_every_minutes > 0 and time.time() - st["last_publish_at"] >= 60 * sp.publish_every_minutes
@@ -472,6 +481,8 @@ def _leader(t: _Trainer) -> dict[str, Any]:
                 if math.isfinite(value):
                     reporter.metric(name, value, step=rnd, epoch=rnd, split="progressive")
             t.finish_round(blocks, len(x), version, metrics)
+            if version:
+                pool_y, pool_p = [], []
             if sp.stop_after_versions and st["version"] >= sp.stop_after_versions:
                 return t.summary()
     except BaseException as exc:
@@ -483,8 +494,8 @@ def _leader(t: _Trainer) -> dict[str, Any]:
 
 def _leader_score(
     t: _Trainer, link: StreamLeaderLink, x: np.ndarray, y: np.ndarray, rows: np.ndarray, rnd: int
-) -> dict[str, float]:
-    """Progressive validation: the current model's metrics on the newest block, before training on it."""
+) -> np.ndarray:
+    """Progressive validation: the current model's scores of the newest block, before training on it."""
     preds = []
     for b, idx in enumerate(batches(rows, t.params.batch_size)):
         act = expect(link.recv(t.params.peer_timeout_s, f"activations to score round {rnd}"), "activations")
@@ -494,7 +505,7 @@ def _leader_score(
         if a_peer.shape != (len(idx), t.peer_dim):
             raise PeerError(f"the follower sent activations of shape {a_peer.shape} for a batch of {len(idx)}")
         preds.append(t.half.predict(x[idx], a_peer).numpy())
-    return binary_metrics(y[rows], np.concatenate(preds))
+    return np.concatenate(preds).reshape(-1)
 
 
 def _schedule(rows: int, newest_rows: int, params: TrainParams, rnd: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -583,9 +594,9 @@ def _follower(t: _Trainer) -> dict[str, Any]:
             x, _ = t.inputs(blocks)
             half = t.half
             older, newest = _schedule(len(x), blocks[-1].count, params, rnd)
-            _follower_train(t, link, x, rnd, older, 0)
-            for b, idx in enumerate(batches(np.arange(len(x) - blocks[-1].count, len(x)), params.batch_size)):
+            for b, idx in enumerate(batches(np.arange(len(x)), params.batch_size)):
                 _send_act(link, rnd, b, "validation", half.forward(x[idx]))  # scored before training on it
+            _follower_train(t, link, x, rnd, older, 0)
             _follower_train(t, link, x, rnd, newest, len(older))
             end = expect(link.recv(timeout, f"the end of round {rnd}"), "round_end")
             if end.round != rnd:
