@@ -288,7 +288,11 @@ def run_stream_flow(
             published = stream.get("versions") or []
             for v in published[seen:]:
                 auc = v.get("auc")
-                shown = f" (AUC {auc:.3f} on the newest block, before training on it)" if auc is not None else ""
+                shown = (
+                    f" (AUC {auc:.3f} on the blocks since the last version, scored before training on them)"
+                    if auc is not None
+                    else ""
+                )
                 say(f"  ✓ model version v{v['version']} published{shown}")
             seen = len(published)
             if time.monotonic() - last_line > 5:

@@ -66,7 +66,7 @@ def register_stream_version(job: Any, data: dict[str, Any]) -> ModelVersion:
     """Register version N of a continual-training job from its runtime's `stream_version` result (idempotent).
 
     Its parent is version N-1 of the same job (the weights it continued from), so the versions
-    form a chain; its metrics are the progressive validation on the newest block before training on it.
+    form a chain; its metrics are the progressive validation of the blocks since the previous version, each scored before training on it.
     """
     try:
         sequence = int(data["version"])

@@ -251,7 +251,7 @@
       }
       if (versionChart) {
         var series = new Series();
-        s.versions.forEach(function (v) { if (v.auc !== null) series.add("auc", "AUC on the newest block, before training on it", v.version, v.auc); });
+        s.versions.forEach(function (v) { if (v.auc !== null) series.add("auc", "AUC on its new blocks, each scored before training on it", v.version, v.auc); });
         versionChart.data.datasets = series.datasets();
         versionChart.update("none");
       }
@@ -282,7 +282,7 @@
     if (chart) {
       var lineage = new Series();
       JSON.parse(lineageNode.textContent).forEach(function (p) {
-        if (p.auc !== null && p.auc !== undefined) lineage.add("auc", "AUC on the newest block, before training on it", p.version, p.auc);
+        if (p.auc !== null && p.auc !== undefined) lineage.add("auc", "AUC on its new blocks, each scored before training on it", p.version, p.auc);
       });
       chart.data.datasets = lineage.datasets();
       chart.update("none");

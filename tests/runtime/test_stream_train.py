@@ -71,7 +71,7 @@ def test_versions_follow_the_blocks_on_both_sides(streamed) -> None:
             assert v["model_dir"] == str(work / side / "stream" / "versions" / f"v{v['version']:04d}")
             assert (Path(v["model_dir"]) / "saved_model.pb").exists()
             assert json.loads((Path(v["model_dir"]) / "fedsite.json").read_text())["stream_version"] == v["version"]
-    # progressive validation: scored on the newest block before training on it; the model learns
+    # progressive validation: new blocks scored before training on them; the model learns
     aucs = [v["metrics"]["progressive"]["auc"] for v in lv]
     assert aucs[-1] > 0.75 and aucs[-1] > aucs[0], aucs
     # the follower sees the same (shared) metrics
