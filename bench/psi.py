@@ -490,9 +490,9 @@ def main() -> None:
             # libpsi's psi_execute on the same files: as given (keys_unique=false), and told the keys are unique.
             dkeys: list[tuple[str, bool | None]] = []
             if direct:
-                for dkey, unique in ((f"libpsi_direct_{direct}", False), (f"libpsi_direct_{direct}_unique", True)):
-                    if not (unique and (direct != "rr22" or n > args.unique_baseline_max)):
-                        dkeys.append((dkey, unique))
+                for dkey, keys_unique in ((f"libpsi_direct_{direct}", False), (f"libpsi_direct_{direct}_unique", True)):
+                    if not (keys_unique and (direct != "rr22" or n > args.unique_baseline_max)):
+                        dkeys.append((dkey, keys_unique))
             # --repeat: the job and its baselines take turns, and each keeps its fastest run, so a burst of
             # other load on this shared machine cannot favour one of them.
             best: dict[str, dict[str, Any]] = {}
@@ -582,7 +582,12 @@ def main() -> None:
     previous = last.get("skipped") or {}
     if isinstance(previous, list):
         previous = {skip_key(w): w for w in previous}
-    result["skipped"] = {k: v for k, v in previous.items() if int(k.rpartition("@")[2]) not in sizes}
+    # (a row's reason stays unless this run tried that row at that size)
+    result["skipped"] = {
+        k: v
+        for k, v in previous.items()
+        if not (k.rpartition("@")[0] in args.protocols and int(k.rpartition("@")[2]) in sizes)
+    }
     result["skipped"].update({skip_key(w): w for w in skipped})
     if "rsa" in result and "runs" in result["rsa"]:
         result["rsa"]["speedup_vs_baseline"] = round(
