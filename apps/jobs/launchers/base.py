@@ -91,9 +91,21 @@ def error_summary(log_tail: str, exit_code: int | None = None) -> str:
 
 
 def read_result_file(path: Path) -> dict[str, Any]:
-    """A runtime's result file: {} if it is not there; ValueError if it is not a JSON object."""
+    """A runtime's result file: {} if it is not there; ValueError if it is not a JSON object, or if it leads
+    (through a symlink) outside the runtime's own folder, e.g. to another job's result."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        return {}
+    except RuntimeError:  # a symlink loop
+        raise ValueError(f"{path}: a symlink loop") from None
+    if path.parent.is_symlink():
+        raise ValueError(f"{path.parent} is a symlink (to {path.parent.resolve()}): its result is not read")
+    folder = path.parent.resolve()
+    if not real.is_relative_to(folder) or not real.is_file():
+        raise ValueError(f"{path} leads outside its job's folder (to {real}): not read")
+    try:
+        data = json.loads(real.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     if not isinstance(data, dict):
