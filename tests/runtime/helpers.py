@@ -39,6 +39,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too (a runtime running join and training listens on both)."""
+    while True:
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
 def make_data(directory: Path, n: int, seed: int, prefix: str = "") -> tuple[Path, Path]:
     """Leader: 3 numbers + 1 category + label; follower: 4 numbers + 1 category. The label needs both."""
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ import pytest
 from runtime.config import parse_config
 from runtime.errors import ConfigError, DataError
 from tests.pki import make_party
-from tests.runtime.helpers import Recorder, pair_configs, run_threads
+from tests.runtime.helpers import Recorder, free_port_pair, pair_configs, run_threads
 from tests.runtime.stream_blocks import events, write_block, write_blocks
 
 pytestmark = pytest.mark.runtime
@@ -130,6 +130,12 @@ def test_join_and_training_run_side_by_side_in_one_runtime_process(pki, tmp_path
             "stop_when_idle_s": 4.0,
         },
     )
+    # the join listens on a port and training on the next one: both must be free (a taken second port
+    # failed the leader's training at once while the follower waited for it)
+    port = free_port_pair()
+    leader["listen_address"], follower["peer_address"] = f"127.0.0.1:{port}", f"127.0.0.1:{port}"
+    for raw in (leader, follower):  # a side left alone fails within a minute, with its output in the assertion
+        raw["train"] = {**raw["train"], "connect_timeout_s": 60}
     lf, ff = events(3000, 11)
     for side, frame in (("in-alpha", lf), ("in-beta", ff)):
         write_parts(frame, tmp_path / side, 500)
