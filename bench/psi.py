@@ -196,6 +196,11 @@ def direct_child(spec_path: str) -> None:
         desc.add_party(name, addr)
     desc.connect_retry_times = 200
     desc.connect_retry_interval_ms = 100
+    # The same quick retry as the job's link (brpc's default waits a second after a first call made
+    # before the partner listens): the baseline's time is psi_execute's, not a link's bad luck.
+    desc.retry_opts.retry_interval_ms = 50
+    desc.retry_opts.retry_interval_incr_ms = 100
+    desc.retry_opts.max_retry = 10
     ctx = link.create_brpc(desc, spec["rank"])
     proto = {
         "rr22": psi.PsiProtocol.PROTOCOL_RR22,
@@ -239,6 +244,7 @@ def run_direct(folder: Path, n: int, protocol: str, keys_unique: bool = False) -
             subprocess.Popen(
                 [PY, str(Path(__file__).resolve()), "--direct-child", str(path)],
                 cwd=ROOT,
+                env={**os.environ, "TMPDIR": str(folder)},  # libpsi's scratch and trace files
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,

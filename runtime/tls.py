@@ -22,6 +22,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A partner that starts a moment later is reached 0.1 s after it listens, not after gRPC's
+    # default first reconnect backoff of a whole second.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 # For servers: never share a port with another process (gRPC sets SO_REUSEPORT by default,
 # so a second runtime on a taken port would bind "successfully" and split its connections).

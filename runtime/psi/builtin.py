@@ -112,7 +112,9 @@ def _state_matches(state: dict[str, Any] | None, table: Table, params: PsiParams
 class _Run:
     """What both roles share: input, checkpoint, pool, final values, output."""
 
-    def __init__(self, cfg: JobConfig, params: PsiParams, reporter: Reporter) -> None:
+    def __init__(
+        self, cfg: JobConfig, params: PsiParams, reporter: Reporter, worker: libpsi_engine.Worker | None = None
+    ) -> None:
         self.cfg, self.params, self.reporter = cfg, params, reporter
         self.out = Output(cfg)
         self.ckpt = self.out.ckpt
@@ -142,7 +144,9 @@ class _Run:
         self.libpsi_worker: libpsi_engine.Worker | None = None
         if self.local_error is None and "libpsi/" in (preference(params)[:1] or [""])[0] and "libpsi/rr22" in self.caps:
             # Load libpsi and read this side's ids while the two sides shake hands.
-            self.libpsi_worker = libpsi_engine.Worker(cfg)
+            self.libpsi_worker = worker or libpsi_engine.Worker(cfg)
+        elif worker is not None:
+            worker.close(0)  # started early, but this run will not use libpsi
         self._settled = False
 
     def settle_libpsi(self) -> None:
@@ -224,8 +228,10 @@ class _Run:
 
 
 class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
-    def __init__(self, cfg: JobConfig, params: PsiParams, reporter: Reporter) -> None:
-        super().__init__(cfg, params, reporter)
+    def __init__(
+        self, cfg: JobConfig, params: PsiParams, reporter: Reporter, worker: libpsi_engine.Worker | None = None
+    ) -> None:
+        super().__init__(cfg, params, reporter, worker)
         self._lock = threading.Condition()
         self.hello_seen = threading.Event()
         self.done = threading.Event()
@@ -591,8 +597,10 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
 
 
 class _Follower(_Run):
-    def __init__(self, cfg: JobConfig, params: PsiParams, reporter: Reporter) -> None:
-        super().__init__(cfg, params, reporter)
+    def __init__(
+        self, cfg: JobConfig, params: PsiParams, reporter: Reporter, worker: libpsi_engine.Worker | None = None
+    ) -> None:
+        super().__init__(cfg, params, reporter, worker)
         self.failure: RuntimeJobError | None = None
         self.finishing = False
         self._stop = threading.Event()
@@ -924,6 +932,9 @@ class _Follower(_Run):
         return self.write_output(rows, peer_n, {"x25519": crypto.x25519_backend()} if not rsa else {})
 
 
-def run_builtin(cfg: JobConfig, params: PsiParams, reporter: Reporter) -> dict[str, Any]:
+def run_builtin(
+    cfg: JobConfig, params: PsiParams, reporter: Reporter, worker: libpsi_engine.Worker | None = None
+) -> dict[str, Any]:
+    """Run this side; `worker` is a libpsi worker started early (``libpsi_engine.prestart``), if any."""
     role = _Leader if cfg.is_leader else _Follower
-    return role(cfg, params, reporter).run()
+    return role(cfg, params, reporter, worker).run()

@@ -6,13 +6,18 @@ brpc link with TLS from the same certificates (each side presents its own
 certificate and verifies the partner's against the pinned CA). libpsi runs in a
 child process: a cancel (kill) stops it at once, and brpc's occasional abort
 while tearing the link down cannot take the runtime with it once the result is
-in. libpsi's own file pipeline (an external ``sort`` of whole rows, its
-duplicate handling, re-reading the whole input for the output) is kept out of
-the way: the worker reads the id column with Arrow and checks it (empty and
-duplicate ids) while the link comes up, and hands libpsi only the ids, with
-``keys_unique`` and no alignment; meanwhile the runtime reads its own table with
-Arrow. The intersection is then aligned with a vectorised sort and hash lookup
-and written with Arrow (own columns, id first, rows by id).
+in. The child is started first thing in the PSI step, so libpsi loads while the
+rest of the runtime imports and the two sides shake hands.
+
+libpsi's own file pipeline (an external ``sort`` of whole rows, its duplicate
+handling, re-reading the whole input for the output) is kept out of the way:
+meanwhile the runtime reads the id column with Arrow and checks it (empty and
+duplicate ids), and hands libpsi only the ids and their row numbers, with
+``keys_unique`` and no alignment. libpsi's output then carries each common id's
+row number, so the runtime picks its rows by position (no hash lookup), orders
+them with a vectorised sort and writes them with Arrow (own columns, id first,
+rows by id). libpsi's scratch files and traces go to the job's own folder
+(``TMPDIR``), removed with it, never to the machine's ``/tmp``.
 
 Link addresses: each side's link listens on a free port it announces in
 ``Hello`` (the leader's can be fixed with ``psi.link_port``, e.g. for a
@@ -38,7 +43,6 @@ from typing import Any
 from runtime.config import JobConfig
 from runtime.errors import DataError, PeerError
 from runtime.lifeline import die_with_parent
-from runtime.psi.data import csv_is_plain  # noqa: F401 - re-exported: the engine's CSV condition
 from runtime.report import Reporter
 
 PROTOCOLS = ("rr22", "kkrt", "ecdh")
@@ -66,6 +70,25 @@ def available() -> str | None:
     return None
 
 
+def prestart(cfg: JobConfig) -> Worker | None:
+    """Start the libpsi worker first thing if this job will most likely run libpsi, else None.
+
+    Loading libpsi and reading the ids then overlap the rest of the runtime's imports and the
+    handshake. Decided from the raw config, before the modules that parse it are imported; the
+    engine decides for real later and closes a worker it does not use.
+    """
+    psi = cfg.psi if isinstance(cfg.psi, dict) else {}
+    protocol, engine = psi.get("protocol", "ecdh"), psi.get("engine", "auto")
+    first_is_libpsi = (protocol in ("auto", "rr22", "kkrt") and engine in ("auto", "libpsi")) or (
+        protocol == "ecdh" and engine == "libpsi"
+    )
+    if not first_is_libpsi or psi.get("partitions") not in (None, 1) or available() is not None:
+        return None
+    if Path(cfg.data.path).suffix.lower() in (".parquet", ".pq") or not Path(cfg.data.path).is_file():
+        return None
+    return Worker(cfg)
+
+
 def ids_folder(cfg: JobConfig) -> Path:
     """Where the worker writes this side's ids for libpsi (libpsi's temporary files go beside them)."""
     return Path(cfg.output_dir) / "psi" / ".libpsi"
@@ -74,32 +97,44 @@ def ids_folder(cfg: JobConfig) -> Path:
 class Worker:
     """A spawned process that loads libpsi at once and then runs one ``psi_execute``.
 
-    With ``cfg``, it also starts reading and checking this side's ids at once, while the
-    two runtimes shake hands (they go to ``ids_folder(cfg)``, removed by ``close``).
+    With ``cfg``, this process also starts reading and checking this side's ids at once (a
+    thread), while libpsi loads and the two runtimes shake hands; they go to
+    ``ids_folder(cfg)`` (removed by ``close``) and reach the worker once its link is up.
     """
 
     def __init__(self, cfg: JobConfig | None = None) -> None:
-        prep: dict[str, Any] | None = None
         self.folder: Path | None = None
+        self.prepared: dict[str, Any] = {}
+        self._prep: threading.Thread | None = None
         if cfg is not None:
             self.folder = ids_folder(cfg)
             shutil.rmtree(self.folder, ignore_errors=True)  # an interrupted run's files
             self.folder.mkdir(parents=True, exist_ok=True)
-            prep = {
-                "data": str(Path(cfg.data.path).resolve()),
-                "id_column": cfg.data.id_column,
-                "input": str(self.folder / "ids.csv"),
-            }
         ctx = multiprocessing.get_context("spawn")
         self.specs: multiprocessing.Queue = ctx.Queue()
         self.events: multiprocessing.Queue = ctx.Queue()
+        scratch = str(self.folder) if self.folder is not None else None
         self.proc = ctx.Process(
-            target=_worker_main, args=(self.specs, self.events, os.getpid(), prep), name="libpsi", daemon=True
+            target=_worker_main, args=(self.specs, self.events, os.getpid(), scratch), name="libpsi", daemon=True
         )
         self.proc.start()
+        if cfg is not None:
+            self._prepare(
+                {
+                    "data": str(Path(cfg.data.path).resolve()),
+                    "id_column": cfg.data.id_column,
+                    "input": str(ids_folder(cfg) / "ids.csv"),
+                }
+            )
         self.used = False
         self.loaded: str | None = None  # "" once libpsi imported, else why it did not
         self.early: list[tuple[str, Any]] = []  # events read while waiting for the load
+
+    def _prepare(self, prep: dict[str, Any]) -> None:
+        self._prep = threading.Thread(
+            target=lambda: self.prepared.update(_prepare_ids(prep)), name="psi-ids", daemon=True
+        )
+        self._prep.start()
 
     def wait_loaded(self, timeout_s: float) -> str | None:
         """None once libpsi is loaded in the worker, else why not (an import error or no answer)."""
@@ -121,8 +156,19 @@ class Worker:
         return self.loaded or None
 
     def start(self, spec: dict[str, Any]) -> None:
+        """Run `spec`; this side's checked ids follow as soon as they are ready."""
         self.used = True
         self.specs.put(spec)
+        if self._prep is None:
+            self._prepare({k: spec[k] for k in ("data", "id_column", "input")})
+        prep = self._prep
+
+        def feed() -> None:
+            assert prep is not None
+            prep.join()
+            self.specs.put(dict(self.prepared))
+
+        threading.Thread(target=feed, name="psi-ids-feed", daemon=True).start()
 
     def close(self, wait_s: float = 0.5) -> None:
         if self.proc.is_alive() and not self.used:
@@ -131,41 +177,65 @@ class Worker:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+        if self._prep is not None:
+            self._prep.join(30)  # not in the middle of writing the ids file when the folder goes
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _worker_main(
-    specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int, prep: dict[str, Any] | None = None
+    specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int, scratch: str | None = None
 ) -> None:
     # Killed with the runtime (a cancel kills it). The worker is started from the runtime's
     # main thread, so the kernel's parent-death signal is safe to use here.
-    import threading
-
     die_with_parent(parent, pdeathsig=True)
+    if scratch is not None:
+        # libpsi's scratch folders and its trace file go to the job's folder, removed with it.
+        os.environ["TMPDIR"] = scratch
     t0 = time.monotonic()
-    prepared: dict[str, Any] = {}
-    reader = None
-    if prep is not None:
-        # Read and check the ids while libpsi loads and the two sides shake hands.
-        reader = threading.Thread(target=lambda: prepared.update(_prepare_ids(prep)), name="psi-ids", daemon=True)
-        reader.start()
     try:
-        from spu import psi  # noqa: F401
-        from spu.libspu import link  # noqa: F401
+        psi, link = import_libpsi()
     except Exception as exc:  # noqa: BLE001 - sent to the parent
         out.put(("load_error", f"spu (libpsi) cannot be imported: {exc.__class__.__name__}: {exc}"))
         return
     out.put(("loaded", None))
-    out.put(("log", f"libpsi: loaded in {time.monotonic() - t0:.1f}s"))
+    out.put(("log", f"libpsi: loaded in {time.monotonic() - t0:.2f}s"))
     spec = specs.get()
     if spec is None:
         return
-    if reader is None:
-        spec_prep = {k: spec[k] for k in ("data", "id_column", "input")}
-        reader = threading.Thread(target=lambda: prepared.update(_prepare_ids(spec_prep)), name="psi-ids", daemon=True)
-        reader.start()
-    _child(spec, out, reader, prepared)
+    _child(spec, out, specs, psi, link)
+
+
+def import_libpsi() -> tuple[Any, Any]:
+    """``spu.psi`` and ``spu.libspu.link``, without running ``spu``'s package init.
+
+    That init imports JAX for SPU's compiler (0.35 s of CPU), which PSI never uses; libpsi and
+    the link are two extension modules of their own (0.03 s). If this lean load fails (another
+    spu layout), the package is imported the usual way.
+    """
+    import sys
+    import types
+
+    if "spu" not in sys.modules:
+        spec = importlib.util.find_spec("spu")
+        if spec is not None and spec.submodule_search_locations:
+            pkg = types.ModuleType("spu")
+            pkg.__path__ = list(spec.submodule_search_locations)
+            pkg.__spec__ = spec
+            pkg.__file__ = spec.origin
+            sys.modules["spu"] = pkg
+            try:
+                from spu import psi
+                from spu.libspu import link
+
+                return psi, link
+            except Exception:  # noqa: BLE001 - fall back to the full import below
+                for name in [m for m in sys.modules if m == "spu" or m.startswith("spu.")]:
+                    del sys.modules[name]
+    from spu import psi
+    from spu.libspu import link
+
+    return psi, link
 
 
 class PortHold:
@@ -192,10 +262,11 @@ class PortHold:
 
 
 IDS_HEADER = "psi_id"
+ROW_HEADER = "psi_row"  # each id's row number in the data file: libpsi's output carries it back
 
 
 def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
-    """This side's ids for libpsi: read with Arrow, checked (empty, duplicate), written as a one-column CSV."""
+    """This side's ids for libpsi: read with Arrow, checked (empty, duplicate), written with their row numbers."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -207,10 +278,13 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
         if len(ids) == 0:
             raise DataError(f"data.path: {table.path.name} has no rows")
         find_duplicate(ids, table.path.name)
+        rows = _arange(len(ids))
         with open(spec["input"], "wb") as f:
-            f.write(f"{IDS_HEADER}\n".encode())
+            f.write(f"{IDS_HEADER},{ROW_HEADER}\n".encode())
             pcsv.write_csv(
-                pa.table({IDS_HEADER: ids}), f, pcsv.WriteOptions(include_header=False, quoting_style="none")
+                pa.table({IDS_HEADER: ids, ROW_HEADER: rows}),
+                f,
+                pcsv.WriteOptions(include_header=False, quoting_style="none"),
             )
         return {"n": len(ids), "error": "", "input": spec["input"]}
     except DataError as exc:
@@ -223,17 +297,27 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
         }
 
 
-def _child(spec: dict[str, Any], out: multiprocessing.Queue, reader: Any, prepared: dict[str, Any]) -> None:
-    """Runs in the worker: the link (while the ids are read), both sides' checks, one psi_execute, the counts."""
-    from spu import psi
-    from spu.libspu import link
+def _arange(n: int) -> Any:
+    import numpy as np
+    import pyarrow as pa
 
+    return pa.array(np.arange(n, dtype=np.int64))
+
+
+def _link_desc(link: Any, spec: dict[str, Any]) -> Any:
+    """The brpc link's settings: the parties, TLS, and retries quick enough for a link that is coming up."""
     desc = link.Desc()
     desc.id = spec["job_id"]
     for name, addr in spec["parties"]:
         desc.add_party(name, addr)
-    desc.connect_retry_interval_ms = 250
-    desc.connect_retry_times = max(4, int(min(spec["timeout_s"], 600) * 4))
+    # The partner's link may not listen yet when this side first calls: brpc's default retry of that
+    # first call waits a whole second (a link then took 1.1-1.3 s to come up instead of 0.1-0.2 s).
+    desc.connect_retry_interval_ms = 100
+    desc.connect_retry_times = max(10, int(min(spec["timeout_s"], 600) * 10))
+    # Its retries then come every 50, 150, 250 ... ms, ten in all (5 s), not after 1, 3 and 5 s.
+    desc.retry_opts.retry_interval_ms = 50
+    desc.retry_opts.retry_interval_incr_ms = 100
+    desc.retry_opts.max_retry = 10
     desc.recv_timeout_ms = int(spec["timeout_s"] * 1000)
     if spec["tls"]:
         cert, key, ca = spec["tls"]
@@ -243,6 +327,12 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, reader: Any, prepar
             opts.cert.private_key_path = key
             opts.verify.ca_file_path = ca
             opts.verify.verify_depth = 1
+    return desc
+
+
+def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocessing.Queue, psi: Any, link: Any) -> None:
+    """Runs in the worker: the link (while the ids are read), both sides' checks, one psi_execute, the counts."""
+    desc = _link_desc(link, spec)
     try:
         t0 = time.monotonic()
         ctx = link.create_brpc(desc, spec["rank"])
@@ -253,7 +343,7 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, reader: Any, prepar
                 f"libpsi: link to the partner up in {time.monotonic() - t0:.1f}s ({'TLS' if spec['tls'] else 'plaintext'})",
             )
         )
-        reader.join()
+        prepared = specs.get()  # this side's ids, read and checked by the runtime meanwhile
         out.put(("log", f"libpsi: {prepared['n']} ids read and checked"))
         # Both sides' input checks before the protocol: bad input fails both, naming the problem.
         mine_check = {"n": prepared["n"], "error": prepared["error"]}
@@ -389,25 +479,29 @@ def run_libpsi(
                 raise PeerError(str(value))
             else:
                 result = value
+        mine, peer = result["mine"], result["peer"]
+        if mine["unique"] != mine["n"] or peer["unique"] != peer["n"] or mine["n"] == 0 or peer["n"] == 0:
+            raise PeerError(
+                f"libpsi counted inputs that were checked unique and non-empty (here {mine}, partner {peer})"
+            )
+        if mine["inter"] != peer["inter"]:
+            raise PeerError(
+                f"the two sides computed different intersections ({mine['inter']} here, {peer['inter']} at the partner)"
+            )
+        loader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        # Meanwhile the worker tears its link down (it has sent its last message; killing it sooner
+        # could leave the partner waiting for that message).
+        t_out = time.monotonic()
+        _write_output(table, loaded["table"], raw_out, output.aligned, int(mine["inter"]))
+        reporter.log(f"psi: aligned output written in {time.monotonic() - t_out:.1f}s")
     finally:
         if port_hold is not None:
             port_hold.release()
-        # The result (and libpsi's output file) is in: do not wait on brpc's link teardown.
+        # The result (and libpsi's output file) is in: do not wait long on brpc's link teardown.
         proc.join(0.5 if result is not None else 5)
-        worker.close(0)  # kills it if still there; removes this side's ids file
-    mine, peer = result["mine"], result["peer"]
-    if mine["unique"] != mine["n"] or peer["unique"] != peer["n"] or mine["n"] == 0 or peer["n"] == 0:
-        raise PeerError(f"libpsi counted inputs that were checked unique and non-empty (here {mine}, partner {peer})")
-    if mine["inter"] != peer["inter"]:
-        raise PeerError(
-            f"the two sides computed different intersections ({mine['inter']} here, {peer['inter']} at the partner)"
-        )
-    loader.join()
-    if "error" in loaded:
-        raise loaded["error"]
-    t_out = time.monotonic()
-    _write_output(table, loaded["table"], raw_out, output.aligned, int(mine["inter"]))
-    reporter.log(f"psi: aligned output written in {time.monotonic() - t_out:.1f}s")
+        worker.close(0)  # kills it if still there; removes this side's ids file and libpsi's scratch
     stats = {
         "engine": "libpsi",
         "protocol": protocol,
@@ -426,23 +520,30 @@ def run_libpsi(
 
 
 def _write_output(table: Any, full: Any, raw: Path, dest: Path, expected: int) -> None:
-    """libpsi's intersection (ids, any order) -> this side's rows ordered by id, id first, written atomically."""
+    """libpsi's intersection (ids and their row numbers) -> this side's rows ordered by id, id first, written atomically."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    from runtime.psi.data import positions_of, write_rows
+    from runtime.psi.data import write_rows
 
     inter = pcsv.read_csv(
         raw,
         convert_options=pcsv.ConvertOptions(
-            column_types={IDS_HEADER: pa.string()},
-            include_columns=[IDS_HEADER],
+            column_types={IDS_HEADER: pa.string(), ROW_HEADER: pa.int64()},
+            include_columns=[IDS_HEADER, ROW_HEADER],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
             null_values=[],
         ),
-    ).column(0)
-    if len(inter) != expected:
-        raise PeerError(f"libpsi wrote {len(inter)} common ids but counted {expected}")
-    pos = positions_of(inter, full.column(table.id_index), table.path.name)
-    write_rows(table, full.take(pos), dest)
+    )
+    if inter.num_rows != expected:
+        raise PeerError(f"libpsi wrote {inter.num_rows} common ids but counted {expected}")
+    changed = DataError(f"data.path: {table.path.name} changed while PSI ran (its rows are not the ones PSI read)")
+    pos = inter.column(ROW_HEADER)
+    if expected and (pc.min(pos).as_py() < 0 or pc.max(pos).as_py() >= full.num_rows):
+        raise changed
+    picked = full.take(pos)
+    if expected and not pc.all(pc.equal(picked.column(table.id_index), inter.column(IDS_HEADER))).as_py():
+        raise changed
+    write_rows(table, picked, dest)

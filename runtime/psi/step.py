@@ -12,13 +12,25 @@ from typing import Any
 
 from runtime.config import JobConfig
 from runtime.errors import ConfigError
-from runtime.psi import libpsi_engine, partition
-from runtime.psi.builtin import run_builtin
-from runtime.psi.common import parse_params
+from runtime.psi import libpsi_engine
 from runtime.report import Reporter
 
 
 def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
+    # First, before the heavier modules below are imported: libpsi loads meanwhile.
+    worker = libpsi_engine.prestart(cfg)
+    try:
+        return _run(cfg, reporter, worker)
+    finally:
+        if worker is not None:
+            worker.close(0)
+
+
+def _run(cfg: JobConfig, reporter: Reporter, worker: libpsi_engine.Worker | None) -> dict[str, Any]:
+    from runtime.psi import partition
+    from runtime.psi.builtin import run_builtin
+    from runtime.psi.common import parse_params
+
     if partition.partitions_of(cfg) > 1:
         return partition.run(cfg, reporter)  # psi.partitions: P pairs of ordinary PSI (runtime/psi/partition.py)
     cfg = partition.engine_config(cfg)
@@ -31,7 +43,7 @@ def run(cfg: JobConfig, reporter: Reporter) -> dict[str, Any]:
         why = libpsi_engine.available()
         if why is not None:
             raise ConfigError(f"psi.engine: 'libpsi' was requested but {why}")
-    stats = run_builtin(cfg, params, reporter)
+    stats = run_builtin(cfg, params, reporter, worker)
     reporter.log(
         f"psi: {stats['intersection_size']} common ids of {stats['input_size']} here and {stats['peer_input_size']} at the partner ({stats['engine']} engine, {stats['protocol']}, {stats['seconds']}s)"
     )

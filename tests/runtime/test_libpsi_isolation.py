@@ -1,14 +1,20 @@
-"""libpsi jobs keep to their own folders and ports: two jobs on the same dataset at once, held link ports."""
+"""libpsi jobs keep to their own folders and ports: two jobs on the same dataset at once, held link ports,
+libpsi's scratch files, and the rows picked from libpsi's output by their row numbers."""
 
 from __future__ import annotations
 
 import errno
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from runtime.errors import DataError
 from runtime.psi import libpsi_engine
+from runtime.psi.data import Table
 from tests.pki import make_party
 from tests.runtime.test_psi import aligned_ids, free_port, make_cfg, run_pair, write_csv
 
@@ -98,7 +104,8 @@ def test_libpsi_reads_only_an_ids_file_in_the_job_folder(tmp_path):
     work.mkdir(parents=True)
     spec = {"data": str(data), "id_column": "id", "input": str(work / "ids.csv")}
     assert libpsi_engine._prepare_ids(spec) == {"n": 3, "error": "", "input": str(work / "ids.csv")}
-    assert (work / "ids.csv").read_text(encoding="utf-8") == f"{libpsi_engine.IDS_HEADER}\nu2\nu1\n日本\n"
+    # each id with its row number in the data file (libpsi's output carries it back)
+    assert (work / "ids.csv").read_text(encoding="utf-8") == "psi_id,psi_row\nu2,0\nu1,1\n日本,2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "job"]
     # bad ids are named, and no ids file is offered to libpsi
     for rows, message in (
@@ -111,3 +118,90 @@ def test_libpsi_reads_only_an_ids_file_in_the_job_folder(tmp_path):
         res = libpsi_engine._prepare_ids({"data": str(bad), "id_column": "id", "input": str(out)})
         assert res["n"] == 0 and message in res["error"], res
         assert not out.exists()
+
+
+@needs_libpsi
+@pytest.mark.timeout(120)
+def test_libpsi_keeps_its_scratch_files_in_the_job_folder(tmp_path, pki, monkeypatch):
+    """libpsi writes its buckets, sorted indices and a copy of the common ids to the temporary folder:
+    never the machine's (shared, world-readable, and left behind when the worker is killed)."""
+    machine_tmp = tmp_path / "machine-tmp"
+    machine_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(machine_tmp))
+    a = write_csv(tmp_path / "a.csv", ["id", "label"], [[f"u{i}", i % 2] for i in range(0, 3000, 2)])
+    b = write_csv(tmp_path / "b.csv", ["uid", "f"], [[f"u{i}", i % 7] for i in range(2000)])
+    port = free_port()
+    psi = {"protocol": "rr22", "engine": "libpsi"}
+    res = run_pair(
+        make_cfg(tmp_path, pki, "leader", a, "id", port, psi), make_cfg(tmp_path, pki, "follower", b, "uid", port, psi)
+    )
+    assert all(not isinstance(r, Exception) and r["engine"] == "libpsi" for r in res.values()), res
+    assert res["leader"]["intersection_size"] == 1000
+    assert list(machine_tmp.iterdir()) == []
+    # and the job's own copy went with the job's ids folder
+    assert not list(tmp_path.rglob(".libpsi"))
+
+
+@needs_libpsi
+def test_libpsi_loads_without_spus_package_init():
+    """The worker imports libpsi and the link alone: spu's package init imports JAX (0.35 s of CPU)."""
+    code = (
+        "import sys\n"
+        "from runtime.psi.libpsi_engine import import_libpsi\n"
+        "psi, link = import_libpsi()\n"
+        "assert callable(psi.psi_execute) and callable(link.create_brpc)\n"
+        "print(sorted(m for m in ('jax', 'spu.api', 'spu.experimental') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _raw(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("psi_id,psi_row\n" + "".join(f"{i},{r}\n" for i, r in rows), encoding="utf-8")
+    return path
+
+
+def test_the_output_picks_rows_by_libpsis_row_numbers_and_orders_them_by_id(tmp_path):
+    data = write_csv(tmp_path / "d.csv", ["x", "id"], [["a", "u3"], ["b", "u1"], ["c", "u2"], ["d", "u0"]])
+    table = Table(str(data), "id")
+    full = table.read_table()
+    dest = tmp_path / "aligned.csv"
+    libpsi_engine._write_output(table, full, _raw(tmp_path / "raw.csv", [("u3", 0), ("u2", 2)]), dest, 2)
+    assert dest.read_text(encoding="utf-8") == "id,x\nu2,c\nu3,a\n"
+    # a data file that changed after its ids were handed to libpsi is named, and nothing is written
+    for rows, expected in (([("u3", 1), ("u2", 2)], 2), ([("u3", 0), ("u2", 9)], 2), ([("u1", 0)], 1)):
+        dest.unlink(missing_ok=True)
+        with pytest.raises(DataError, match="d.csv changed while PSI ran"):
+            libpsi_engine._write_output(table, full, _raw(tmp_path / "raw.csv", rows), dest, expected)
+        assert not dest.exists()
+
+
+@needs_libpsi
+@pytest.mark.timeout(120)
+def test_a_finished_libpsi_job_exits_at_once_and_cleanly(tmp_path, pki):
+    """Both runtimes end right after their output (no teardown of brpc's and Arrow's native threads),
+    with nothing on stderr that looks like a crash or a leak."""
+    import json
+    import os
+
+    repo = Path(__file__).resolve().parents[2]
+    a = write_csv(tmp_path / "a.csv", ["id", "label"], [[f"u{i}", i % 2] for i in range(0, 4000, 2)])
+    b = write_csv(tmp_path / "b.csv", ["uid", "f"], [[f"u{i}", i % 7] for i in range(3000)])
+    port = free_port()
+    procs = {}
+    for role, data, col in (("leader", a, "id"), ("follower", b, "uid")):
+        path = tmp_path / f"{role}.json"
+        path.write_text(json.dumps(make_cfg(tmp_path, pki, role, data, col, port, {"protocol": "rr22"})))
+        procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "psi", "--config", str(path)],
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for role, p in procs.items():
+        _, err = p.communicate(timeout=90)
+        assert p.returncode == 0, err[-3000:]
+        for bad in ("Traceback", "leaked", "terminate called", "Warning"):
+            assert bad not in err, f"{role}: {bad!r} on stderr:\n{err[-3000:]}"
+        assert (tmp_path / role / "psi" / "aligned.csv").read_text().count("\n") == 1501
