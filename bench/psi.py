@@ -208,6 +208,8 @@ def direct_child(spec_path: str) -> None:
         "ecdh": psi.PsiProtocol.PROTOCOL_ECDH,
     }[spec["protocol"]]
     pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
+    if spec.get("bucket_size"):
+        pconf.bucket_size = spec["bucket_size"]
     if spec["protocol"] == "ecdh":
         pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
     conf = psi.PsiExecuteConfig(
@@ -220,12 +222,15 @@ def direct_child(spec_path: str) -> None:
     os._exit(0)  # skip brpc's teardown, as the runtime does
 
 
-def run_direct(folder: Path, n: int, protocol: str, keys_unique: bool = False) -> dict[str, Any]:
+def run_direct(
+    folder: Path, n: int, protocol: str, keys_unique: bool = False, bucket_size: int | None = None
+) -> dict[str, Any]:
+    """libpsi's psi_execute on the same files; `bucket_size` None is libpsi's default."""
     a, b = make_inputs(folder, n)
     ports = [free_port(), free_port()]
     parties = [["leader", f"127.0.0.1:{ports[0]}"], ["follower", f"127.0.0.1:{ports[1]}"]]
     procs = []
-    tag = f"direct-{protocol}{'-unique' if keys_unique else ''}-{n}"
+    tag = f"direct-{protocol}{'-unique' if keys_unique else ''}{f'-b{bucket_size}' if bucket_size else ''}-{n}"
     cpu0 = children_cpu_s()
     t0 = time.monotonic()
     for rank, data in enumerate((a, b)):
@@ -235,6 +240,7 @@ def run_direct(folder: Path, n: int, protocol: str, keys_unique: bool = False) -
             "rank": rank,
             "protocol": protocol,
             "keys_unique": keys_unique,
+            "bucket_size": bucket_size,
             "input": str(data),
             "output": str(folder / f"{tag}-{rank}.csv"),
         }
@@ -268,6 +274,7 @@ def run_direct(folder: Path, n: int, protocol: str, keys_unique: bool = False) -
         "intersection_size": inter,
         "peak_rss_mb": peaks.mb(),
         "keys_unique": keys_unique,
+        "bucket_size": bucket_size or "libpsi default",
         **cpu_figures(n, children_cpu_s() - cpu0),
     }
 

@@ -192,6 +192,13 @@ register_group(
             "auto", PSI_PROTOCOLS, "PSI protocol; `auto` picks the best both sides can run (see docs/psi.md)"
         ),
         "batch_size": Int(8192, 1_000, 1_000_000, "ids per batch (the unit of streaming, work and checkpoints)"),
+        "bucket_size": Int(
+            1 << 20,
+            1 << 10,
+            1 << 24,
+            "libpsi (RR22, KKRT): ids per bucket; the protocol runs bucket by bucket, so this bounds its memory "
+            "(2^18 was 2-3 % faster for RR22 at 10M ids per side; see docs/psi.md)",
+        ),
         "partitions": Int(
             1,
             1,

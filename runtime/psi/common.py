@@ -34,6 +34,7 @@ class PsiParams:
     rsa_primes: int = 3
     hash_to_curve: str = "nu"
     link_port: int = 0  # libpsi engine, leader: the link's port (0 = a free port, announced in Hello)
+    bucket_size: int = 1 << 20  # libpsi engine, RR22/KKRT: ids per bucket (libpsi's default; both sides must agree)
 
     @property
     def suite(self) -> str:
@@ -46,7 +47,17 @@ class PsiParams:
 
 def parse_params(raw: dict[str, Any]) -> PsiParams:
     """Validate ``cfg.psi``; ConfigError names the field."""
-    known = {"protocol", "engine", "batch_size", "workers", "rsa_bits", "rsa_primes", "hash_to_curve", "link_port"}
+    known = {
+        "protocol",
+        "engine",
+        "batch_size",
+        "workers",
+        "rsa_bits",
+        "rsa_primes",
+        "hash_to_curve",
+        "link_port",
+        "bucket_size",
+    }
     for key in raw:
         if key not in known:
             raise ConfigError(f"psi.{key}: unknown parameter (known: {', '.join(sorted(known))})")
@@ -79,6 +90,7 @@ def parse_params(raw: dict[str, Any]) -> PsiParams:
         rsa_primes=rsa_primes,
         hash_to_curve=h2c,
         link_port=_int("link_port", 0, 0, 65535),
+        bucket_size=_int("bucket_size", 1 << 20, 1 << 10, 1 << 24),
     )
 
 

@@ -346,7 +346,7 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocess
         prepared = specs.get()  # this side's ids, read and checked by the runtime meanwhile
         out.put(("log", f"libpsi: {prepared['n']} ids read and checked"))
         # Both sides' input checks before the protocol: bad input fails both, naming the problem.
-        mine_check = {"n": prepared["n"], "error": prepared["error"]}
+        mine_check = {"n": prepared["n"], "error": prepared["error"], "bucket_size": spec["bucket_size"]}
         checks = [json.loads(x) for x in ctx.all_gather(json.dumps(mine_check))]
         peer_check = checks[1 - spec["rank"]]
         if prepared["error"]:
@@ -355,8 +355,19 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocess
         if peer_check["error"]:
             out.put(("peer_error", f"the partner's input cannot be used: {peer_check['error']}"))
             return
+        if peer_check.get("bucket_size") != spec["bucket_size"]:
+            out.put(
+                (
+                    "peer_error",
+                    f"psi.bucket_size differs: {spec['bucket_size']} here, {peer_check.get('bucket_size')} at the partner",
+                )
+            )
+            return
         proto = getattr(psi.PsiProtocol, _ENUM[spec["protocol"]])
         pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
+        # libpsi hashes both inputs into buckets and runs the protocol bucket by bucket: the bucket
+        # size bounds the protocol's memory (psi.bucket_size, docs/psi.md).
+        pconf.bucket_size = spec["bucket_size"]
         if spec["protocol"] == "ecdh":
             pconf.ecdh_params = psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519, batch_size=4096)
         conf = psi.PsiExecuteConfig(
@@ -373,7 +384,12 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocess
 
         t1 = time.monotonic()
         rep = psi.psi_execute(conf, ctx, psi.ProgressParams(hook=hook, interval_ms=500))
-        out.put(("log", f"libpsi: {spec['protocol']} done in {time.monotonic() - t1:.1f}s"))
+        out.put(
+            (
+                "log",
+                f"libpsi: {spec['protocol']} done in {time.monotonic() - t1:.1f}s (buckets of {pconf.bucket_size:,} ids)",
+            )
+        )
         mine = {"n": rep.original_count, "unique": rep.original_unique_count, "inter": rep.intersection_count}
         both = [json.loads(x) for x in ctx.all_gather(json.dumps(mine))]
         out.put(("result", {"mine": mine, "peer": both[1 - spec["rank"]]}))
@@ -396,7 +412,7 @@ def run_libpsi(
 
     `port_hold` keeps this side's link port until the link is up (then it is released).
     """
-    from runtime.psi.common import Output
+    from runtime.psi.common import Output, parse_params
     from runtime.psi.data import Table
 
     table = Table(cfg.data.path, cfg.data.id_column)
@@ -424,6 +440,7 @@ def run_libpsi(
         "output": str(raw_out),
         "tls": tls,
         "timeout_s": cfg.timeout_s,
+        "bucket_size": parse_params(cfg.psi).bucket_size,
     }
     worker = worker or Worker(cfg)
     worker.start(spec)

@@ -205,3 +205,24 @@ def test_a_finished_libpsi_job_exits_at_once_and_cleanly(tmp_path, pki):
         for bad in ("Traceback", "leaked", "terminate called", "Warning"):
             assert bad not in err, f"{role}: {bad!r} on stderr:\n{err[-3000:]}"
         assert (tmp_path / role / "psi" / "aligned.csv").read_text().count("\n") == 1501
+
+
+@needs_libpsi
+@pytest.mark.timeout(120)
+def test_both_sides_must_agree_on_libpsis_bucket_size(tmp_path, pki):
+    a = write_csv(tmp_path / "a.csv", ["id", "label"], [[f"u{i}", i % 2] for i in range(0, 400, 2)])
+    b = write_csv(tmp_path / "b.csv", ["uid", "f"], [[f"u{i}", i % 7] for i in range(300)])
+    port = free_port()
+    res = run_pair(
+        make_cfg(tmp_path, pki, "leader", a, "id", port, {"protocol": "rr22", "bucket_size": 2048}),
+        make_cfg(tmp_path, pki, "follower", b, "uid", port, {"protocol": "rr22", "bucket_size": 4096}),
+    )
+    for role, mine, theirs in (("leader", 2048, 4096), ("follower", 4096, 2048)):
+        assert isinstance(res[role], Exception), res
+        assert f"psi.bucket_size differs: {mine} here, {theirs} at the partner" in str(res[role])
+    # and with the same (small) bucket size the job runs, bucket by bucket
+    res = run_pair(
+        make_cfg(tmp_path, pki, "leader", a, "id", port, {"protocol": "rr22", "bucket_size": 1024}),
+        make_cfg(tmp_path, pki, "follower", b, "uid", port, {"protocol": "rr22", "bucket_size": 1024}),
+    )
+    assert res["leader"]["intersection_size"] == res["follower"]["intersection_size"] == 150, res
