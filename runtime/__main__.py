@@ -135,7 +135,7 @@ if __name__ == "__main__":
         # semaphores of the queues and pools this process made (else its resource tracker warns
         # that they leaked).
         gc.collect()
-        multiprocessing.util._run_finalizers()
+        multiprocessing.util._run_finalizers()  # type: ignore[attr-defined]  # what atexit would run
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
