@@ -42,7 +42,7 @@ def run_step(step: str, cfg: JobConfig, reporter: Reporter) -> dict:
 
 def _result_dir(cfg: JobConfig) -> str:
     """A partition worker of a partitioned PSI keeps its own result file (the merged one is the side's)."""
-    if ("psi" in cfg.steps or "partitions" in cfg.psi) and cfg.psi.get("partitions") not in (None, 1):
+    if cfg.psi.get("partitions") not in (None, 1):
         from runtime.psi.partition import result_dir  # only then: it imports gRPC, Arrow and numpy
 
         return result_dir(cfg)

@@ -57,6 +57,9 @@ class TLSConfig:
         return out[0], out[1], out[2]
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")  # a data file with another suffix is CSV
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """This side's input table."""

@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from runtime.config import PARQUET_SUFFIXES
 from runtime.errors import DataError
 
 csv.field_size_limit(1 << 24)
-PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
 def _canonical(value: Any, where: str) -> str:
@@ -500,14 +500,6 @@ def write_aligned(table: Table, rows_in_order: np.ndarray, out: Path, batch_size
     if len(rows) and int(rows.max()) >= full.num_rows:
         raise DataError(f"data.path: {table.path.name} changed while PSI ran (fewer rows than before)")
     write_rows(table, full.take(pa.array(rows)), out)
-
-
-def positions_of(ids: pa.Array | pa.ChunkedArray, table_ids: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
-    """Row positions in `table_ids` of each of `ids` (a vectorised hash lookup)."""
-    pos = pc.index_in(ids, value_set=table_ids)
-    if pos.null_count:
-        raise DataError(f"data.path: {name} changed while PSI ran (an id of the intersection is no longer there)")
-    return pos
 
 
 def sort_indices_bytewise(ids: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -16,8 +16,8 @@ duplicate ids), and hands libpsi only the ids and their row numbers, with
 ``keys_unique`` and no alignment. libpsi's output then carries each common id's
 row number, so the runtime picks its rows by position (no hash lookup), orders
 them with a vectorised sort and writes them with Arrow (own columns, id first,
-rows by id). libpsi's scratch files and traces go to the job's own folder
-(``TMPDIR``), removed with it, never to the machine's ``/tmp``.
+rows by id). libpsi's scratch files go to the job's own folder (``TMPDIR``),
+removed with it, never to the machine's ``/tmp``.
 
 Link addresses: each side's link listens on a free port it announces in
 ``Hello`` (the leader's can be fixed with ``psi.link_port``, e.g. for a
@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.config import JobConfig
+from runtime.config import PARQUET_SUFFIXES, JobConfig
 from runtime.errors import DataError, PeerError
 from runtime.lifeline import die_with_parent
 from runtime.report import Reporter
@@ -77,14 +77,17 @@ def prestart(cfg: JobConfig) -> Worker | None:
     handshake. Decided from the raw config, before the modules that parse it are imported; the
     engine decides for real later and closes a worker it does not use.
     """
-    psi = cfg.psi if isinstance(cfg.psi, dict) else {}
+    psi = cfg.psi
     protocol, engine = psi.get("protocol", "ecdh"), psi.get("engine", "auto")
+    # Whether common.preference() puts libpsi first, from the raw values (importing common
+    # would import numpy and Arrow, the very wait this start avoids).
     first_is_libpsi = (protocol in ("auto", "rr22", "kkrt") and engine in ("auto", "libpsi")) or (
         protocol == "ecdh" and engine == "libpsi"
     )
     if not first_is_libpsi or psi.get("partitions") not in (None, 1) or available() is not None:
         return None
-    if Path(cfg.data.path).suffix.lower() in (".parquet", ".pq") or not Path(cfg.data.path).is_file():
+    data = Path(cfg.data.path)
+    if data.suffix.lower() in PARQUET_SUFFIXES or not data.is_file():
         return None
     return Worker(cfg)
 
@@ -190,7 +193,8 @@ def _worker_main(
     # main thread, so the kernel's parent-death signal is safe to use here.
     die_with_parent(parent, pdeathsig=True)
     if scratch is not None:
-        # libpsi's scratch folders and its trace file go to the job's folder, removed with it.
+        # libpsi's scratch folders go to the job's folder, removed with it (its timing trace
+        # still goes to /tmp: that path is fixed in libpsi).
         os.environ["TMPDIR"] = scratch
     t0 = time.monotonic()
     try:
@@ -267,6 +271,7 @@ ROW_HEADER = "psi_row"  # each id's row number in the data file: libpsi's output
 
 def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
     """This side's ids for libpsi: read with Arrow, checked (empty, duplicate), written with their row numbers."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -278,7 +283,7 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
         if len(ids) == 0:
             raise DataError(f"data.path: {table.path.name} has no rows")
         find_duplicate(ids, table.path.name)
-        rows = _arange(len(ids))
+        rows = pa.array(np.arange(len(ids), dtype=np.int64))
         with open(spec["input"], "wb") as f:
             f.write(f"{IDS_HEADER},{ROW_HEADER}\n".encode())
             pcsv.write_csv(
@@ -295,13 +300,6 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"data.path: cannot prepare the ids for libpsi ({exc.__class__.__name__}: {exc})",
             "input": "",
         }
-
-
-def _arange(n: int) -> Any:
-    import numpy as np
-    import pyarrow as pa
-
-    return pa.array(np.arange(n, dtype=np.int64))
 
 
 def _link_desc(link: Any, spec: dict[str, Any]) -> Any:
