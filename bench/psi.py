@@ -194,8 +194,8 @@ def direct_child(spec_path: str) -> None:
     desc.id = spec["job_id"]
     for name, addr in spec["parties"]:
         desc.add_party(name, addr)
-    desc.connect_retry_times = 200
-    desc.connect_retry_interval_ms = 100
+    desc.connect_retry_times = 1000
+    desc.connect_retry_interval_ms = 20  # as the job's link asks again (libpsi_engine._link_desc)
     # The same quick retry as the job's link (brpc's default waits a second after a first call made
     # before the partner listens): the baseline's time is psi_execute's, not a link's bad luck.
     desc.retry_opts.retry_interval_ms = 50

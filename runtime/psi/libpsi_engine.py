@@ -208,6 +208,12 @@ def _worker_main(
     if spec is None:
         return
     _child(spec, out, specs, psi, link)
+    # Done (the link is stopped, the result sent): end here rather than in the interpreter's
+    # teardown, where brpc's threads are torn down too (the runtime waits for this exit, so the
+    # partner has had this side's last message before the process and its socket go).
+    out.close()
+    out.join_thread()
+    os._exit(0)
 
 
 def import_libpsi() -> tuple[Any, Any]:
@@ -310,8 +316,9 @@ def _link_desc(link: Any, spec: dict[str, Any]) -> Any:
         desc.add_party(name, addr)
     # The partner's link may not listen yet when this side first calls: brpc's default retry of that
     # first call waits a whole second (a link then took 1.1-1.3 s to come up instead of 0.1-0.2 s).
-    desc.connect_retry_interval_ms = 100
-    desc.connect_retry_times = max(10, int(min(spec["timeout_s"], 600) * 10))
+    # Asked again every 20 ms (the partner starts its link at about the same moment), up to timeout_s.
+    desc.connect_retry_interval_ms = 20
+    desc.connect_retry_times = max(50, int(min(spec["timeout_s"], 600) * 50))
     # Its retries then come every 50, 150, 250 ... ms, ten in all (5 s), not after 1, 3 and 5 s.
     desc.retry_opts.retry_interval_ms = 50
     desc.retry_opts.retry_interval_incr_ms = 100

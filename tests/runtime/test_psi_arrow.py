@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from runtime.errors import DataError, PeerError
@@ -190,3 +191,24 @@ def test_bytewise_sort_matches_utf8_byte_order(width):
             vals[0] = vals[0][:-1] or "q"  # one shorter id: Arrow's sort
         order = data.sort_indices_bytewise(pa.chunked_array([pa.array(vals, pa.string())])).to_numpy()
         assert [vals[i].encode() for i in order] == sorted(v.encode() for v in vals)
+
+
+@pytest.mark.parametrize("width", [3, 14, 20])
+def test_bytewise_sort_is_arrows_stable_order_with_shared_bytes_and_repeats(width):
+    """Bytes common to every id are skipped and ties on the first word resorted: the order is exactly Arrow's."""
+    rng = np.random.default_rng(width)
+    for _ in range(30):
+        n = int(rng.integers(2, 400))
+        tails = rng.integers(0, 40, size=n)  # few values: repeats and ties on the first packed word
+        vals = [f"{'user-' if width > 5 else ''}{t:0{width - (5 if width > 5 else 0)}d}" for t in tails]
+        arr = pa.array(vals, pa.string())
+        got = data.sort_indices_bytewise(arr).to_pylist()
+        assert got == pc.sort_indices(arr).to_pylist()
+
+
+def test_hash64_words_agree_with_the_byte_path_at_every_length():
+    """The one-length path sums 64-bit words, the general path bytes: the same hash for every length."""
+    for width in range(1, 35):
+        same = pa.array(["".join(chr(33 + (i * 7 + j * 13) % 90) for j in range(width)) for i in range(50)])
+        mixed = pa.concat_arrays([pa.array(["q" * (width + 3)]), same])
+        assert (data.hash64(mixed)[1:] == data.hash64(same)).all(), width
