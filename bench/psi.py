@@ -231,6 +231,11 @@ def run_direct(
     parties = [["leader", f"127.0.0.1:{ports[0]}"], ["follower", f"127.0.0.1:{ports[1]}"]]
     procs = []
     tag = f"direct-{protocol}{'-unique' if keys_unique else ''}{f'-b{bucket_size}' if bucket_size else ''}-{n}"
+    for data in (a, b):
+        # libpsi caches a file's key count and hash in <file>.meta (written by the keys_unique path,
+        # reused while the size is unchanged): each run starts as on a file libpsi has not seen,
+        # as the job's ids file always is, so an earlier run's cache cannot speed up a later one.
+        Path(str(data) + ".meta").unlink(missing_ok=True)
     cpu0 = children_cpu_s()
     t0 = time.monotonic()
     for rank, data in enumerate((a, b)):

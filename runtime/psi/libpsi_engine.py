@@ -13,7 +13,8 @@ libpsi's own file pipeline (an external ``sort`` of whole rows, its duplicate
 handling, re-reading the whole input for the output) is kept out of the way:
 meanwhile the runtime reads the id column with Arrow and checks it (empty and
 duplicate ids), and hands libpsi only the ids and their row numbers, with
-``keys_unique`` and no alignment. libpsi's output then carries each common id's
+``keys_unique``, no alignment, and the key count and hash libpsi would otherwise
+re-read the whole file to compute (its ``.meta`` file, see ``write_meta``). libpsi's output then carries each common id's
 row number, so the runtime picks its rows by position (no hash lookup), orders
 them with a vectorised sort and writes them with Arrow (own columns, id first,
 rows by id). libpsi's scratch files go to the job's own folder (``TMPDIR``),
@@ -297,6 +298,7 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
                 f,
                 pcsv.WriteOptions(include_header=False, quoting_style="none"),
             )
+        write_meta(spec["input"], ids)
         return {"n": len(ids), "error": "", "input": spec["input"]}
     except DataError as exc:
         return {"n": 0, "error": str(exc), "input": ""}
@@ -306,6 +308,42 @@ def _prepare_ids(spec: dict[str, Any]) -> dict[str, Any]:
             "error": f"data.path: cannot prepare the ids for libpsi ({exc.__class__.__name__}: {exc})",
             "input": "",
         }
+
+
+def write_meta(path: str, ids: Any) -> None:
+    """libpsi's ``<input>.meta`` for an ids file of unique `ids` (in file order), so libpsi trusts it.
+
+    With ``keys_unique``, libpsi reads a new input file once through before anything else, only to
+    count its keys and hash them, and keeps the figures in this file beside it (reused while the
+    file's size is unchanged): 4.2 s of 43 s for 10M ids. The runtime has the ids in memory and has
+    just checked them unique, so it writes the same figures itself: the SHA-256 of the keys' bytes
+    one after the other (Arrow's string data, in file order), and the counts.
+    ``test_the_meta_file_is_the_one_libpsi_writes`` compares it with libpsi's own.
+    """
+    import base64
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    chunks = ids.chunks if hasattr(ids, "chunks") else [ids]
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+        if not len(chunk):
+            continue
+        bufs = chunk.buffers()
+        width = np.int64 if str(chunk.type) == "large_string" else np.int32
+        off = np.frombuffer(bufs[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
+        if bufs[2] is not None:
+            digest.update(memoryview(bufs[2])[int(off[0]) : int(off[-1])])
+    meta = {
+        "keysHash": base64.b64encode(digest.digest()).decode(),
+        "uniqueKeyCnt": n,
+        "originalCnt": n,
+        "sourceFileSize": str(os.path.getsize(path)),
+    }
+    Path(path + ".meta").write_text(json.dumps(meta, separators=(",", ":")))
 
 
 def _link_desc(link: Any, spec: dict[str, Any]) -> Any:

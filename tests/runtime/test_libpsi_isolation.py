@@ -4,6 +4,7 @@ libpsi's scratch files, and the rows picked from libpsi's output by their row nu
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -226,3 +227,68 @@ def test_both_sides_must_agree_on_libpsis_bucket_size(tmp_path, pki):
         make_cfg(tmp_path, pki, "follower", b, "uid", port, {"protocol": "rr22", "bucket_size": 1024}),
     )
     assert res["leader"]["intersection_size"] == res["follower"]["intersection_size"] == 150, res
+
+
+_BARE_SIDE = """
+import json, os, sys
+from runtime.psi.libpsi_engine import import_libpsi
+psi, link = import_libpsi()
+rank, inp, out, p0, p1 = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+desc = link.Desc()
+desc.id = "meta-test"
+desc.add_party("a", "127.0.0.1:" + p0)
+desc.add_party("b", "127.0.0.1:" + p1)
+desc.connect_retry_interval_ms = 20
+desc.connect_retry_times = 1000
+ctx = link.create_brpc(desc, rank)
+pconf = psi.PsiProtocolConfig(protocol=psi.PsiProtocol.PROTOCOL_RR22, receiver_rank=0, broadcast_result=True)
+conf = psi.PsiExecuteConfig(
+    protocol_conf=pconf,
+    input_params=psi.InputParams(path=inp, selected_keys=["psi_id"], keys_unique=True),
+    output_params=psi.OutputParams(path=out, disable_alignment=True),
+    checkpoint_conf=psi.CheckpointConfig(enable=False),
+)
+print(json.dumps({"inter": psi.psi_execute(conf, ctx).intersection_count}), flush=True)
+os._exit(0)
+"""
+
+
+@needs_libpsi
+@pytest.mark.timeout(120)
+def test_the_meta_file_is_the_one_libpsi_writes(tmp_path):
+    """The runtime writes libpsi's <ids file>.meta itself (libpsi would re-read the whole file to make it):
+    byte for byte the file libpsi writes for the same ids, so libpsi takes it as its own."""
+    rows = [[f"user-{i:06d}", str(i % 3)] for i in range(1500)] + [["日本", "1"], ["x" * 40, "2"]]
+    data = {}
+    for side, keep in (("a", lambda i: i % 2 == 0), ("b", lambda i: i % 3 != 1)):
+        d = write_csv(tmp_path / f"{side}.csv", ["id", "v"], [r for i, r in enumerate(rows) if keep(i)])
+        ids = tmp_path / side / "ids.csv"
+        ids.parent.mkdir()
+        assert libpsi_engine._prepare_ids({"data": str(d), "id_column": "id", "input": str(ids)})["error"] == ""
+        bare = tmp_path / side / "bare.csv"  # the same ids file, which libpsi has not seen
+        bare.write_bytes(ids.read_bytes())
+        data[side] = (ids, bare)
+    for pick in (1, 0):  # libpsi on the files without a meta, then (it must take ours) on the others
+        ports = [str(free_port()), str(free_port())]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BARE_SIDE,
+                    str(rank),
+                    str(data[side][pick]),
+                    str(tmp_path / f"out-{side}.csv"),
+                    *ports,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env={**os.environ, "TMPDIR": str(tmp_path)},
+            )
+            for rank, side in enumerate(("a", "b"))
+        ]
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+        assert all('"inter": ' in o for o in outs), outs
+    for ids, bare in data.values():
+        assert Path(str(ids) + ".meta").read_text() == Path(str(bare) + ".meta").read_text()
