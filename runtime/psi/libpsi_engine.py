@@ -33,8 +33,10 @@ import json
 import multiprocessing
 import os
 import queue
+import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -118,10 +120,18 @@ class Worker:
         self.specs: multiprocessing.Queue = ctx.Queue()
         self.events: multiprocessing.Queue = ctx.Queue()
         scratch = str(self.folder) if self.folder is not None else None
+        # libpsi logs its phases to the worker's stdout: read here, passed on to this process's stdout
+        # (where they went before) and turned into progress (libpsi's progress hook stays silent).
+        log_r, log_w = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(
-            target=_worker_main, args=(self.specs, self.events, os.getpid(), scratch), name="libpsi", daemon=True
+            target=_worker_main,
+            args=(self.specs, self.events, os.getpid(), scratch, log_w),
+            name="libpsi",
+            daemon=True,
         )
         self.proc.start()
+        log_w.close()
+        threading.Thread(target=_pump_log, args=(log_r, self.events), name="libpsi-log", daemon=True).start()
         if cfg is not None:
             self._prepare(
                 {
@@ -188,11 +198,19 @@ class Worker:
 
 
 def _worker_main(
-    specs: multiprocessing.Queue, out: multiprocessing.Queue, parent: int, scratch: str | None = None
+    specs: multiprocessing.Queue,
+    out: multiprocessing.Queue,
+    parent: int,
+    scratch: str | None = None,
+    log: Any = None,
 ) -> None:
     # Killed with the runtime (a cancel kills it). The worker is started from the runtime's
     # main thread, so the kernel's parent-death signal is safe to use here.
     die_with_parent(parent, pdeathsig=True)
+    if log is not None:
+        sys.stdout.flush()
+        os.dup2(log.fileno(), 1)  # libpsi's log (C++, to file descriptor 1) goes to the runtime's reader
+        log.close()
     if scratch is not None:
         # libpsi's scratch folders go to the job's folder, removed with it (its timing trace
         # still goes to /tmp: that path is fixed in libpsi).
@@ -215,6 +233,51 @@ def _worker_main(
     out.close()
     out.join_thread()
     os._exit(0)
+
+
+# libpsi's log lines that mark where a run is (the same for RR22, KKRT and ECDH, bar the per-bucket line).
+_STAGES = (
+    ("preprocess", re.compile(r"::PreProcess\] start")),
+    ("online", re.compile(r"::Online\] start")),
+    # one per bucket: RR22 at the end of each, KKRT at the start of each
+    ("bucket", re.compile(r"\] get intersection end|\] run psi bucket_idx=")),
+    ("online_done", re.compile(r"::Online\] end")),
+    ("sorted", re.compile(r"Finished sort scripts")),
+    ("finalized", re.compile(r"AbstractPsiParty::Finalize\] end")),
+)
+# The step's progress at each stage: the share of a 10M RR22 run spent before it (bucketing 25 %,
+# the buckets 45 %, libpsi's output 25 %, the runtime's own output the rest).
+STAGE_PROGRESS = {"preprocess": 0.03, "online": 0.25, "online_done": 0.70, "sorted": 0.78, "finalized": 0.95}
+
+
+def libpsi_stage(line: str) -> str | None:
+    """The stage a libpsi log line marks (see _STAGES), else None."""
+    for name, pattern in _STAGES:
+        if pattern.search(line):
+            return name
+    return None
+
+
+def _pump_log(conn: Any, events: multiprocessing.Queue) -> None:
+    """Pass the worker's stdout (libpsi's log) on to this process's stdout; stage lines become events."""
+    fd, rest = conn.fileno(), b""
+    out = getattr(sys.stdout, "buffer", None)
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for raw in lines:
+                if out is not None:
+                    out.write(raw + b"\n")
+                stage = libpsi_stage(raw.decode("utf-8", "replace"))
+                if stage is not None:
+                    events.put(("stage", stage))
+            if out is not None:
+                out.flush()
+    except (OSError, ValueError):
+        pass  # the worker is gone, or this process's stdout is closed: nothing more to pass on
+    finally:
+        conn.close()
 
 
 def import_libpsi() -> tuple[Any, Any]:
@@ -406,6 +469,9 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocess
                 )
             )
             return
+        # libpsi splits both sides' ids into buckets of bucket_size by the larger input (ECDH runs as one)
+        buckets = -(-max(prepared["n"], peer_check["n"]) // spec["bucket_size"]) if spec["protocol"] != "ecdh" else 1
+        out.put(("buckets", max(1, buckets)))
         proto = getattr(psi.PsiProtocol, _ENUM[spec["protocol"]])
         pconf = psi.PsiProtocolConfig(protocol=proto, receiver_rank=0, broadcast_result=True)
         # libpsi hashes both inputs into buckets and runs the protocol bucket by bucket: the bucket
@@ -501,6 +567,15 @@ def run_libpsi(
     q, proc = worker.events, worker.proc
     result = None
     link_up = False
+    done = 0.0  # progress of the step so far (never goes back)
+    buckets, bucket = 1, 0
+
+    def advance(value: float) -> None:
+        nonlocal done
+        if value > done:
+            done = value
+            reporter.progress(value, "psi")
+
     deadline = started + cfg.timeout_s
     try:
         while result is None:
@@ -527,8 +602,17 @@ def run_libpsi(
                 if link_up and port_hold is not None:
                     port_hold.release()  # brpc listens on it now
                 reporter.log(str(value))
-            elif kind == "progress":
-                reporter.progress(0.9 * float(value) / 100.0, "psi")
+            elif kind == "stage":
+                if value == "bucket":
+                    bucket += 1
+                    lo, hi = STAGE_PROGRESS["online"], STAGE_PROGRESS["online_done"]
+                    advance(lo + (hi - lo) * min(bucket, buckets) / buckets)
+                else:
+                    advance(STAGE_PROGRESS[str(value)])
+            elif kind == "buckets":
+                buckets = int(value)
+            elif kind == "progress":  # libpsi's own hook, should it ever report
+                advance(0.9 * float(value) / 100.0)
             elif kind == "loaded":
                 continue
             elif kind in ("error", "load_error"):

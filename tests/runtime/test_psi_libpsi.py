@@ -187,8 +187,9 @@ def test_auto_with_one_side_lacking_libpsi_falls_back_on_both(tmp_path, pki):
 
 @needs_libpsi
 def test_libpsi_progress_reaches_the_reporter(tmp_path, pki):
-    a = write_csv(tmp_path / "a.csv", ["id"], [[str(i)] for i in range(2000)])
-    b = write_csv(tmp_path / "b.csv", ["id"], [[str(i)] for i in range(1000, 3000)])
+    """libpsi's own progress hook never reports: the step's progress follows libpsi's log, bucket by bucket."""
+    a = write_csv(tmp_path / "a.csv", ["id"], [[str(i)] for i in range(5000)])
+    b = write_csv(tmp_path / "b.csv", ["id"], [[str(i)] for i in range(1000, 5000)])
     port = free_port()
     reps = {"leader": Capture(), "follower": Capture()}
     out: dict = {}
@@ -196,7 +197,10 @@ def test_libpsi_progress_reaches_the_reporter(tmp_path, pki):
     def go(role, data):
         try:
             out[role] = run(
-                parse_config(make_cfg(tmp_path, pki, role, data, "id", port, {"protocol": "rr22"})), reps[role]
+                parse_config(
+                    make_cfg(tmp_path, pki, role, data, "id", port, {"protocol": "rr22", "bucket_size": 1024})
+                ),
+                reps[role],
             )
         except Exception as exc:  # noqa: BLE001
             out[role] = exc
@@ -208,7 +212,15 @@ def test_libpsi_progress_reaches_the_reporter(tmp_path, pki):
         t.join(90)
     for role in ("leader", "follower"):
         assert out[role]["engine"] == "libpsi", out
-        assert reps[role].progress_values and reps[role].progress_values[-1] == 1.0
+        values = reps[role].progress_values
+        assert values and values[-1] == 1.0
+        assert values == sorted(values), values  # never goes back
+        # bucketing, five buckets of 1024 ids (the larger side has 5000), libpsi's output, the runtime's
+        between = [v for v in values if 0.25 < v < 0.70]
+        assert len(between) >= 4, values
+        assert {libpsi_engine.STAGE_PROGRESS[s] for s in ("preprocess", "online", "online_done", "finalized")} <= set(
+            values
+        ), values
         assert any("engine libpsi, protocol rr22" in line for line in reps[role].lines)
 
 
