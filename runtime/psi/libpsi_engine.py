@@ -267,15 +267,17 @@ def _pump_log(conn: Any, events: multiprocessing.Queue) -> None:
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
             for raw in lines:
-                if out is not None:
-                    out.write(raw + b"\n")
                 stage = libpsi_stage(raw.decode("utf-8", "replace"))
                 if stage is not None:
                     events.put(("stage", stage))
-            if out is not None:
-                out.flush()
-    except (OSError, ValueError):
-        pass  # the worker is gone, or this process's stdout is closed: nothing more to pass on
+            if out is not None and lines:
+                try:
+                    out.write(b"\n".join(lines) + b"\n")
+                    out.flush()
+                except (OSError, ValueError):
+                    out = None  # this process's stdout is gone: keep reading, or libpsi would block on its log
+    except OSError:
+        pass  # the worker is gone
     finally:
         conn.close()
 

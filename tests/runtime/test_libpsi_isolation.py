@@ -292,3 +292,43 @@ def test_the_meta_file_is_the_one_libpsi_writes(tmp_path):
         assert all('"inter": ' in o for o in outs), outs
     for ids, bare in data.values():
         assert Path(str(ids) + ".meta").read_text() == Path(str(bare) + ".meta").read_text()
+
+
+@pytest.mark.timeout(30)
+def test_libpsis_log_becomes_stages_and_is_drained_when_stdout_is_gone(monkeypatch):
+    """The runtime reads the worker's stdout (libpsi's log) for progress: it keeps reading even when its own
+    stdout is closed (else libpsi would block on a full pipe), and picks out the phase lines."""
+    import io
+    import multiprocessing
+    import queue
+
+    class Gone(io.RawIOBase):
+        def write(self, b):
+            raise BrokenPipeError("stdout closed")
+
+    class Out:
+        buffer = Gone()
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    r, w = multiprocessing.Pipe(duplex=False)
+    lines = [
+        "[2026-12-05 19:48:10.503] [info] [receiver.cc:53] [Rr22PsiReceiver::PreProcess] start",
+        "[2026-12-05 19:48:11.651] [info] [receiver.cc:89] [Rr22PsiReceiver::Online] start",
+        *["[2026-12-05 19:48:13.011] [info] [rr22_psi.cc:118] get intersection end"] * 3,
+        "[2026-12-05 20:15:27.691] [info] [bucket.cc:62] run psi bucket_idx=0, bucket_item_size=25121",
+        "[2026-12-05 19:48:13.563] [info] [receiver.cc:141] [Rr22PsiReceiver::Online] end",
+        "x" * 200_000,  # more than a pipe holds, with nobody passing it on
+        "[2026-12-05 19:48:13.854] [info] [key.cc:181] Finished sort scripts: tail -n +2 a.csv | sort -n",
+        "[2026-12-05 19:48:14.567] [info] [interface.cc:189] [AbstractPsiParty::Finalize] end",
+    ]
+    events: queue.Queue = queue.Queue()
+    pump = threading.Thread(target=libpsi_engine._pump_log, args=(r, events))
+    pump.start()
+    os.write(w.fileno(), ("\n".join(lines) + "\n").encode())  # blocks unless the pump keeps reading
+    w.close()
+    pump.join(10)
+    assert not pump.is_alive()
+    got = []
+    while not events.empty():
+        got.append(events.get()[1])
+    assert got == ["preprocess", "online", "bucket", "bucket", "bucket", "bucket", "online_done", "sorted", "finalized"]
