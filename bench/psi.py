@@ -12,7 +12,8 @@ from /proc). The baseline is Fedlearner's RSA signing measured in the same run:
 gmpy2 ``powmod`` with the full private exponent and no CRT, the leader signing
 its own ids and the follower's blinded ids, per process. Beside each libpsi
 row, libpsi's ``psi_execute`` called directly on the same files with the same
-semantics (broadcast, aligned output) in two bare processes. A row whose
+semantics (broadcast, aligned output) in two bare processes, each run
+without the ``.meta`` cache libpsi may have left beside the file. A row whose
 predicted time (from its rate at a smaller size in this run, else from the last
 ``psi.json``) exceeds ``--budget-s`` is skipped with the reason printed. Writes
 ``bench/results/psi.json``.
