@@ -522,7 +522,7 @@ def main() -> None:
                     x = (
                         run_pair(folder, parties, n, key, psi_params)
                         if unique is None or direct is None
-                        else run_direct(folder, n, direct, unique)
+                        else run_direct(folder, n, direct, unique, psi_params.get("bucket_size"))
                     )
                     if rkey not in best or x["seconds"] < best[rkey]["seconds"]:
                         best[rkey] = {**x, "repeats": best.get(rkey, {}).get("repeats", 0) + 1}

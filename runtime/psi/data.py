@@ -377,6 +377,21 @@ def _fixed_width_matrix(data: np.ndarray, n: int, width: int) -> np.ndarray:
     return mat
 
 
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's offsets (int64, one more than its length) and its UTF-8 bytes, without a copy.
+
+    The bytes of element i are ``data[off[i] : off[i + 1]]``; those of the whole array, one after
+    the other, ``data[off[0] : off[-1]]``. Arrays of another type are cast to strings first.
+    """
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    bufs = arr.buffers()
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    off = np.frombuffer(bufs[1], dtype=width)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64, copy=False)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    return off, data
+
+
 def hash64(ids: pa.Array) -> np.ndarray:
     """A 64-bit hash of each string (its UTF-8 bytes), vectorised: for grouping and candidates only.
 
@@ -386,13 +401,9 @@ def hash64(ids: pa.Array) -> np.ndarray:
     """
     if not isinstance(ids, pa.Array):
         ids = ids.combine_chunks()
-    if ids.type != pa.large_string():
-        ids = ids.cast(pa.large_string())
     n = len(ids)
     out = np.empty(n, dtype=np.uint64)
-    bufs = ids.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    offsets, data = string_buffers(ids)
     step = 1 << 18
     with np.errstate(over="ignore"):
         for lo in range(0, n, step):
@@ -535,15 +546,12 @@ def sort_indices_bytewise(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     n = len(arr)
     if n < 2 or arr.null_count:
         return pc.sort_indices(arr)
-    if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
-    bufs = arr.buffers()
-    off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    off, data = string_buffers(arr)
     lens = np.diff(off)
     width = int(lens[0])
     if width == 0 or width > 64 or not (lens == width).all():
         return pc.sort_indices(arr)
-    mat = np.frombuffer(bufs[2], dtype=np.uint8)[int(off[0]) : int(off[-1])].reshape(n, width)
+    mat = data[int(off[0]) : int(off[-1])].reshape(n, width)
     varying = np.flatnonzero((mat != mat[0]).any(axis=0))
     if len(varying) == 0:
         return pa.array(np.arange(n, dtype=np.int64))  # all equal: the input order is the stable order

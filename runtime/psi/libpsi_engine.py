@@ -100,6 +100,11 @@ def ids_folder(cfg: JobConfig) -> Path:
     return Path(cfg.output_dir) / "psi" / ".libpsi"
 
 
+def ids_file(cfg: JobConfig) -> str:
+    """This side's ids file for libpsi (with libpsi's ``.meta`` beside it)."""
+    return str(ids_folder(cfg) / "ids.csv")
+
+
 class Worker:
     """A spawned process that loads libpsi at once and then runs one ``psi_execute``.
 
@@ -137,7 +142,7 @@ class Worker:
                 {
                     "data": str(Path(cfg.data.path).resolve()),
                     "id_column": cfg.data.id_column,
-                    "input": str(ids_folder(cfg) / "ids.csv"),
+                    "input": ids_file(cfg),
                 }
             )
         self.used = False
@@ -289,7 +294,6 @@ def import_libpsi() -> tuple[Any, Any]:
     the link are two extension modules of their own (0.03 s). If this lean load fails (another
     spu layout), the package is imported the usual way.
     """
-    import sys
     import types
 
     if "spu" not in sys.modules:
@@ -410,20 +414,16 @@ def write_meta(path: str, ids: Any) -> None:
     import base64
     import hashlib
 
-    import numpy as np
+    from runtime.psi.data import string_buffers
 
     digest = hashlib.sha256()
     chunks = ids.chunks if hasattr(ids, "chunks") else [ids]
     n = 0
     for chunk in chunks:
         n += len(chunk)
-        if not len(chunk):
-            continue
-        bufs = chunk.buffers()
-        width = np.int64 if str(chunk.type) == "large_string" else np.int32
-        off = np.frombuffer(bufs[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
-        if bufs[2] is not None:
-            digest.update(memoryview(bufs[2])[int(off[0]) : int(off[-1])])
+        if len(chunk):
+            off, data = string_buffers(chunk)
+            digest.update(data[int(off[0]) : int(off[-1])].data)  # the bytes, not a copy
     meta = {
         "keysHash": base64.b64encode(digest.digest()).decode(),
         "uniqueKeyCnt": n,
@@ -568,7 +568,7 @@ def run_libpsi(
         "rank": 0 if cfg.is_leader else 1,
         "protocol": protocol,
         "data": str(Path(cfg.data.path).resolve()),
-        "input": str(ids_folder(cfg) / "ids.csv"),  # libpsi's temporary files go beside it
+        "input": ids_file(cfg),  # libpsi's temporary files go beside it
         "id_column": cfg.data.id_column,
         "output": str(raw_out),
         "tls": tls,
