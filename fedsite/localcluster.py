@@ -275,6 +275,11 @@ class Installation:
                 raise RuntimeError(f"[{self.name}] {role} exited with {proc.returncode}; its log ({log}) ends:\n{tail}")
 
     def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        """Wait until /readyz answers 200 and, if this installation runs its peer service, that accepts connections.
+
+        The peer service starts apart from the web app and may take longer: a partner's handshake sent
+        before it listens is refused as "partner unreachable" (502).
+        """
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -283,6 +288,8 @@ class Installation:
                 r = requests.get(f"{self.url}/readyz", timeout=2)
                 last = r.json()
                 if r.status_code == 200:
+                    if "peer" in self.processes:
+                        self.wait_peer_listening(max(deadline - time.monotonic(), 1.0))
                     return last
             except (requests.RequestException, ValueError) as exc:
                 last = exc

@@ -8,6 +8,7 @@ flow makes through it is checked; the returned checker holds what was seen and w
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,13 @@ def response_checks() -> list[Any]:
     )
 
     return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def path_parameters(template: str, path: str) -> dict[str, str]:
+    """The values of `template`'s {placeholders} in `path` ({} if the path does not fit the template)."""
+    pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+    match = re.fullmatch(pattern, path)
+    return match.groupdict() if match else {}
 
 
 @dataclass
@@ -52,7 +60,10 @@ class SchemaChecker:
         op_id = operation.definition.raw.get("operationId", operation.label)
         self.seen[op_id] = self.seen.get(op_id, 0) + 1
         try:
-            operation.Case().validate_response(response, checks=response_checks())
+            # The case carries the request's path parameters: schemathesis renders a failing case as a
+            # curl command, and a template left unfilled would hide the failure behind InvalidSchema.
+            case = operation.Case(path_parameters=path_parameters(operation.path, path))
+            case.validate_response(response, checks=response_checks())
         except FailureGroup as group:
             for failure in group.exceptions:
                 self.violations.append(

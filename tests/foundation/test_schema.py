@@ -8,6 +8,7 @@ from django.core.management import call_command
 from hypothesis import HealthCheck, given, settings
 
 from apps.workspaces.models import Membership, Workspace
+from tests.schema_client import SchemaChecker, response_checks
 
 pytestmark = pytest.mark.django_db
 
@@ -97,23 +98,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzz_token, 
         request_finished.connect(close_old_connections)
 
 
-def _checks():
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
-    return [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-
-
 def _fuzz(fuzz_token, get_wsgi_application):
     from schemathesis.core.failures import FailureGroup
 
     schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
     headers = {"Authorization": f"Token {fuzz_token}"}
-    checks = _checks()
+    checks = response_checks()
     failures: list[str] = []
     calls: list[int] = []
     examples = int(os.environ.get("FUZZ_EXAMPLES", "6"))
@@ -201,3 +191,25 @@ def _fuzz(fuzz_token, get_wsgi_application):
 def settings_data_root(settings, tmp_path):
     settings.FEDSITE_DATA_ROOTS = [tmp_path.resolve()]
     return tmp_path
+
+
+def test_the_flow_checker_names_a_violation_on_a_path_with_parameters(db):
+    """The e2e flow's schema checker records an undeclared answer (here a 502 to accept) as a violation
+    naming method, path and status; it once raised schemathesis's InvalidSchema instead, hiding the answer."""
+    import requests
+    from django.core.wsgi import get_wsgi_application
+
+    checker = SchemaChecker(schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application()))
+    url = "http://127.0.0.1:1/api/v1/workspaces/beta/partners/accept/"
+    response = requests.Response()
+    response.request = requests.Request("POST", url, json={"code": "x", "name": "y"}).prepare()
+    response.url, response.status_code = url, 502
+    response.headers["Content-Type"] = "application/json"
+    response._content = b'{"detail": "could not reach 127.0.0.1:9: UNAVAILABLE", "code": "partner_unreachable"}'
+
+    checker.check(response)
+
+    assert checker.seen == {"v1_workspaces_partners_accept_create": 1}
+    assert checker.violations, "a 502 is a server error"
+    assert all(v.startswith("POST /api/v1/workspaces/beta/partners/accept/ -> 502") for v in checker.violations)
+    assert any("partner_unreachable" in v for v in checker.violations)
