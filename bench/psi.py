@@ -387,15 +387,6 @@ def save(result: dict[str, Any]) -> None:
         cb = result["rsa"]["runs"][-1].get("cpu_bound_items_per_s_per_side")
         if cb:
             result["rsa"]["cpu_bound_speedup_vs_baseline"] = round(cb / base, 2)
-    peaks = [
-        max(r["peak_rss_mb"].values())
-        for k, v in result.items()
-        if isinstance(v, dict)
-        for r in v.get("runs", [])
-        if "peak_rss_mb" in r and "engine" in r
-    ]
-    if peaks:
-        result["memory"] = {"peak_rss_mb_per_side": max(peaks)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old: dict[str, Any] = {}
     if RESULTS.exists():
@@ -404,6 +395,17 @@ def save(result: dict[str, Any]) -> None:
         except ValueError:
             old = {}
     old.update(result)
+    # Over every job row on record, not only this run's: a run of small rows must not hide a 10M peak.
+    peaks = [
+        (max(r["peak_rss_mb"].values()), key, r["n_per_side"])
+        for key, v in old.items()
+        if isinstance(v, dict)
+        for r in v.get("runs", [])
+        if "peak_rss_mb" in r and "engine" in r
+    ]
+    if peaks:
+        mb, key, n = max(peaks)
+        old["memory"] = {"peak_rss_mb_per_side": mb, "row": key, "n_per_side": n}
     RESULTS.write_text(json.dumps(old, indent=2) + "\n")
 
 
