@@ -55,6 +55,7 @@ KIND_LEADER_FINAL = 1
 KIND_FOLLOWER_FINAL = 2
 OWN, PEER, ENC = "own_final", "peer_final", "enc"
 ERROR_GRACE_S = 30.0  # how long a side with bad input waits to tell its partner
+LEADER_GRACE_S = 3.0  # how long a failed libpsi follower waits for the leader to end first
 
 
 class _Pool:
@@ -605,6 +606,7 @@ class _Follower(_Run):
         self.finishing = False
         self._stop = threading.Event()
         self.leader_done = threading.Event()
+        self.watch_ended = threading.Event()  # the leader's Watch stream is over, however it ended
 
     def _rpc_error(self, exc: grpc.RpcError, what: str) -> PeerError:
         code = exc.code() if hasattr(exc, "code") else None
@@ -666,6 +668,12 @@ class _Follower(_Run):
 
     def _watch(self, stub, session: str) -> None:
         try:
+            self._watch_stream(stub, session)
+        finally:
+            self.watch_ended.set()
+
+    def _watch_stream(self, stub, session: str) -> None:
+        try:
             for _ in stub.Watch(psi_pb2.PsiBatchRef(session_id=session)):
                 if self._stop.is_set():
                     return
@@ -708,16 +716,22 @@ class _Follower(_Run):
                 parties = [("leader", f"{host}:{leader_port}"), ("follower", self._sent_link)]
                 self.libpsi_mode = True
                 threading.Thread(target=self._watch, args=(stub, ""), daemon=True, name="psi-watch").start()
-                stats = libpsi_engine.run_libpsi(
-                    self.cfg,
-                    reply.protocol,
-                    parties,
-                    self.reporter,
-                    self.started,
-                    self.libpsi_worker,
-                    lambda: self.failure,
-                    self.link_hold,
-                )
+                try:
+                    stats = libpsi_engine.run_libpsi(
+                        self.cfg,
+                        reply.protocol,
+                        parties,
+                        self.reporter,
+                        self.started,
+                        self.libpsi_worker,
+                        lambda: self.failure,
+                        self.link_hold,
+                    )
+                except PeerError:
+                    # The leader's own worker tells it the same (say, its ids have a duplicate): let it end first,
+                    # so it reports that, not this side's dropped connection ("disconnected in the middle").
+                    self.watch_ended.wait(LEADER_GRACE_S)
+                    raise
                 self.leader_done.wait(10.0)  # let the leader finish before this side drops the connection
                 return stats
             self.close_worker()

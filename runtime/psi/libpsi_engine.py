@@ -479,19 +479,22 @@ def _child(spec: dict[str, Any], out: multiprocessing.Queue, specs: multiprocess
         mine_check = {"n": prepared["n"], "error": prepared["error"], "bucket_size": spec["bucket_size"]}
         checks = [json.loads(x) for x in ctx.all_gather(json.dumps(mine_check))]
         peer_check = checks[1 - spec["rank"]]
+        problem = None
         if prepared["error"]:
-            out.put(("data_error", prepared["error"]))
-            return
-        if peer_check["error"]:
-            out.put(("peer_error", f"the partner's input cannot be used: {peer_check['error']}"))
-            return
-        if peer_check.get("bucket_size") != spec["bucket_size"]:
-            out.put(
-                (
-                    "peer_error",
-                    f"psi.bucket_size differs: {spec['bucket_size']} here, {peer_check.get('bucket_size')} at the partner",
-                )
+            problem = ("data_error", prepared["error"])
+        elif peer_check["error"]:
+            problem = ("peer_error", f"the partner's input cannot be used: {peer_check['error']}")
+        elif peer_check.get("bucket_size") != spec["bucket_size"]:
+            problem = (
+                "peer_error",
+                f"psi.bucket_size differs: {spec['bucket_size']} here, {peer_check.get('bucket_size')} at the partner",
             )
+        if problem is not None:
+            out.put(problem)
+            # Both sides stop here, having seen the same checks. Stopping the link waits until this side's
+            # part of the exchange has reached the partner: a worker gone sooner left the partner's
+            # all_gather waiting until its timeout, or brpc ending it with exit code 255.
+            ctx.stop_link()
             return
         # libpsi splits both sides' ids into buckets of bucket_size by the larger input (ECDH runs as one)
         buckets = -(-max(prepared["n"], peer_check["n"]) // spec["bucket_size"]) if spec["protocol"] != "ecdh" else 1
