@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.config import parse_config
-from runtime.errors import ConfigError, PeerError
+from runtime.errors import ConfigError, DataError, PeerError
 from runtime.psi import libpsi_engine
 from runtime.psi.step import run
 from runtime.report import Reporter
@@ -126,9 +126,18 @@ def test_libpsi_link_refuses_unpinned_certificate(tmp_path, pki):
 
 
 @needs_libpsi
-def test_libpsi_duplicates_fail_on_both_sides(tmp_path, pki):
-    res = psi_pair(tmp_path, pki, ["a", "b", "a"], ["a", "b"], {"protocol": "rr22"})
-    assert "duplicate" in str(res["leader"]) and "duplicate" in str(res["follower"]), res
+@pytest.mark.parametrize("bad", ["leader", "follower"])
+def test_libpsi_duplicates_fail_on_both_sides(tmp_path, pki, bad):
+    """The side with the duplicate reports its own data error; the other names the partner's input.
+
+    Neither reports a dropped link or a timeout: both sides' runtimes once raced their link's teardown.
+    """
+    dup, ok = ["a", "b", "a"], ["a", "b"]
+    res = psi_pair(tmp_path, pki, *((dup, ok) if bad == "leader" else (ok, dup)), {"protocol": "rr22"})
+    good = "follower" if bad == "leader" else "leader"
+    assert isinstance(res[bad], DataError) and "duplicate id 'a'" in str(res[bad]), res
+    assert isinstance(res[good], PeerError), res
+    assert "the partner's input cannot be used" in str(res[good]) and "duplicate id 'a'" in str(res[good]), res
     for role in ("leader", "follower"):
         assert not (tmp_path / role / "psi" / "stats.json").exists()
         assert not (tmp_path / role / "psi" / "aligned.csv").exists()
