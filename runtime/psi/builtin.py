@@ -113,6 +113,9 @@ def _state_matches(state: dict[str, Any] | None, table: Table, params: PsiParams
 class _Run:
     """What both roles share: input, checkpoint, pool, final values, output."""
 
+    failure: RuntimeJobError | None  # the session's failure, set by either role's gRPC side
+    link_hold: libpsi_engine.PortHold | None  # this side's libpsi link port, held until the link listens
+
     def __init__(
         self, cfg: JobConfig, params: PsiParams, reporter: Reporter, worker: libpsi_engine.Worker | None = None
     ) -> None:
@@ -170,6 +173,19 @@ class _Run:
             assert self.table is not None
             self.n = check_ids(self.table, self.params.batch_size, self.out.root / ".ids-spill")
             self.counted = True
+
+    def run_libpsi(self, protocol: str, parties: list[tuple[str, str]]) -> dict[str, Any]:
+        """This side of an agreed libpsi session; a failure of the session (`failure`) stops it."""
+        return libpsi_engine.run_libpsi(
+            self.cfg,
+            protocol,
+            parties,
+            self.reporter,
+            self.started,
+            self.libpsi_worker,
+            lambda: self.failure,
+            self.link_hold,
+        )
 
     def close_worker(self) -> None:
         if self.libpsi_worker is not None:
@@ -563,16 +579,7 @@ class _Leader(_Run, psi_pb2_grpc.PsiServiceServicer):
             if self.libpsi_plan is not None:
                 # The gRPC server stays up: the follower's Watch stream tells either side at once if the other dies.
                 protocol, parties = self.libpsi_plan
-                stats = libpsi_engine.run_libpsi(
-                    self.cfg,
-                    protocol,
-                    parties,
-                    self.reporter,
-                    self.started,
-                    self.libpsi_worker,
-                    lambda: self.failure,
-                    self.link_hold,
-                )
+                stats = self.run_libpsi(protocol, parties)
                 self.libpsi_finished = True
                 return stats
             assert self.result is not None
@@ -717,16 +724,7 @@ class _Follower(_Run):
                 self.libpsi_mode = True
                 threading.Thread(target=self._watch, args=(stub, ""), daemon=True, name="psi-watch").start()
                 try:
-                    stats = libpsi_engine.run_libpsi(
-                        self.cfg,
-                        reply.protocol,
-                        parties,
-                        self.reporter,
-                        self.started,
-                        self.libpsi_worker,
-                        lambda: self.failure,
-                        self.link_hold,
-                    )
+                    stats = self.run_libpsi(reply.protocol, parties)
                 except PeerError:
                     # The leader's own worker tells it the same (say, its ids have a duplicate): let it end first,
                     # so it reports that, not this side's dropped connection ("disconnected in the middle").
